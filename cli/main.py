@@ -1,0 +1,69 @@
+"""The ``deprune-onnx`` command group.
+
+Each command lives in its own module of this package and is registered below. Heavy libraries (onnx,
+onnxruntime, tensorrt, torch) are imported inside the commands, so ``--help`` stays instant and a missing optional
+backend never breaks the other commands. Every user error becomes one line on stderr and exit code 2; a failed
+check exits 1. Set ``DEPRUNE_DEBUG=1`` to see the traceback of an unexpected error.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from typing import Any
+
+import click
+
+from deprune_onnx.errors import EXIT_USAGE, DepruneError
+
+
+class ErrorReportingGroup(click.Group):
+    """A click group that turns exceptions into one line on stderr and the documented exit codes."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DepruneError as exc:
+            click.echo(f"deprune-onnx: error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except KeyboardInterrupt:
+            click.echo("deprune-onnx: interrupted", err=True)
+            ctx.exit(130)
+        except Exception as exc:  # a bug, or an input case we did not foresee: still one line, never a traceback
+            if os.environ.get("DEPRUNE_DEBUG"):
+                raise
+            message = " ".join(f"{type(exc).__name__}: {exc}".split())
+            click.echo(f"deprune-onnx: error: unexpected failure ({message}); "
+                       "rerun with DEPRUNE_DEBUG=1 for the traceback", err=True)
+            ctx.exit(EXIT_USAGE)
+
+
+@click.group(cls=ErrorReportingGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="deprune-onnx")
+def main() -> None:
+    """Prune depthwise-separable CNNs in ONNX the DEPrune way (NeurIPS 2024) and run them under TensorRT.
+
+    \b
+    Typical use:
+      deprune-onnx inspect model.onnx
+      deprune-onnx prune model.onnx pruned.onnx --method bh --dw-ratio 0.5
+      deprune-onnx compare model.onnx pruned.onnx
+    """
+
+
+# One module per command, each exposing ``command``; the order here is the order of ``--help``.
+COMMAND_MODULES: tuple[str, ...] = (
+)
+
+
+def _register_commands() -> None:
+    for name in COMMAND_MODULES:
+        main.add_command(importlib.import_module(f"deprune_onnx.cli.{name}").command)
+
+
+_register_commands()
+
+if __name__ == "__main__":
+    sys.exit(main())

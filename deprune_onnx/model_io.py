@@ -1,0 +1,156 @@
+"""Loading and saving ONNX models safely.
+
+Why a module of its own: every command reads a user's model and writes a new file, and the rules are the same
+everywhere. The input is only ever read; a bad file becomes one ``DepruneError`` line naming it; outputs are
+written to a temporary file in the destination folder and renamed into place, so a crash or a concurrent writer
+never leaves a partial file at the destination. Models whose weights exceed protobuf's 2 GB limit are written
+with their tensors in one external data file beside the output (``<output>.data``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from deprune_onnx.errors import DepruneError
+
+MIN_OPSET = 11
+# protobuf cannot serialise a message of 2 GiB or more; stay clearly below it.
+EXTERNAL_DATA_THRESHOLD_BYTES = 1_800_000_000
+
+
+def _check_readable_file(path: Path) -> None:
+    if not path.exists():
+        raise DepruneError(f"{path}: no such file")
+    if path.is_dir():
+        raise DepruneError(f"{path}: is a directory, not an ONNX file")
+    if not os.access(path, os.R_OK):
+        raise DepruneError(f"{path}: permission denied (cannot read)")
+    if path.stat().st_size == 0:
+        raise DepruneError(f"{path}: empty file, not an ONNX model")
+
+
+def default_opset(model: onnx.ModelProto) -> int | None:
+    """The version of the default ('' or 'ai.onnx') domain, or None when the model imports none."""
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return entry.version
+    return None
+
+
+def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """Read an ONNX model (inline or external data) without ever modifying the file.
+
+    Raises DepruneError with one line for: missing file, directory, unreadable, empty, not a protobuf model,
+    no graph, opset below 11, missing external data file.
+    """
+    path = Path(path)
+    _check_readable_file(path)
+    try:
+        model = onnx.load_model(str(path), load_external_data=False)
+    except (DecodeError, RuntimeWarning, ValueError, TypeError, UnicodeDecodeError) as exc:
+        raise DepruneError(f"{path}: not a valid ONNX model ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # protobuf's C++ backend raises its own types for truncated input
+        raise DepruneError(f"{path}: not a valid ONNX model ({type(exc).__name__}: {exc})") from None
+    if not model.HasField("graph") or len(model.graph.node) == 0:
+        raise DepruneError(f"{path}: not an ONNX model (no graph or no nodes)")
+    opset = default_opset(model)
+    if opset is None:
+        raise DepruneError(f"{path}: the model imports no default ONNX opset")
+    if opset < MIN_OPSET:
+        raise DepruneError(f"{path}: opset {opset} is not supported (need {MIN_OPSET} or newer; "
+                           "upgrade with onnx.version_converter)")
+    _load_external_data(model, path)
+    return model
+
+
+def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
+    base_dir = path.parent
+    for tensor in onnx.external_data_helper._get_all_tensors(model):
+        if not onnx.external_data_helper.uses_external_data(tensor):
+            continue
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        location = info.get("location", "")
+        data_path = (base_dir / location).resolve()
+        if not location or not data_path.is_file():
+            raise DepruneError(f"{path}: external data file '{location}' of tensor '{tensor.name}' not found")
+    try:
+        onnx.load_external_data_for_model(model, str(base_dir))
+    except Exception as exc:
+        raise DepruneError(f"{path}: cannot read external data ({type(exc).__name__}: {exc})") from None
+
+
+def check_output_path(output: str | os.PathLike[str], *inputs: str | os.PathLike[str]) -> Path:
+    """Refuse an output that would overwrite an input or that cannot be written, before any work is done."""
+    output = Path(output)
+    for source in inputs:
+        source = Path(source)
+        if source.exists() and output.exists() and os.path.samefile(source, output):
+            raise DepruneError(f"{output}: output path is the input file; choose another output")
+        if os.path.abspath(source) == os.path.abspath(output):
+            raise DepruneError(f"{output}: output path is the input file; choose another output")
+    directory = output.parent if str(output.parent) else Path(".")
+    if not directory.is_dir():
+        raise DepruneError(f"{output}: output directory '{directory}' does not exist")
+    if not os.access(directory, os.W_OK):
+        raise DepruneError(f"{output}: output directory '{directory}' is not writable")
+    if output.is_dir():
+        raise DepruneError(f"{output}: is a directory, expected an output file path")
+    return output
+
+
+def _tensor_bytes(model: onnx.ModelProto) -> int:
+    total = 0
+    for tensor in onnx.external_data_helper._get_all_tensors(model):
+        total += len(tensor.raw_data) if tensor.HasField("raw_data") else tensor.ByteSize()
+    return total
+
+
+def save_model(model: onnx.ModelProto, output: str | os.PathLike[str]) -> Path:
+    """Write ``model`` atomically; tensors go to ``<output>.data`` when the model is too big for one protobuf.
+
+    The model proto is not modified. Returns the output path.
+    """
+    output = Path(output)
+    directory = output.parent if str(output.parent) else Path(".")
+    external = _tensor_bytes(model) >= EXTERNAL_DATA_THRESHOLD_BYTES
+    with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=directory) as staging:
+        staged_model = Path(staging) / output.name
+        if external:
+            data_name = output.name + ".data"
+            to_save = onnx.ModelProto()
+            to_save.CopyFrom(model)
+            onnx.save_model(to_save, str(staged_model), save_as_external_data=True,
+                            all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
+            os.replace(Path(staging) / data_name, directory / data_name)
+        else:
+            with open(staged_model, "wb") as handle:
+                handle.write(model.SerializeToString(deterministic=True))
+        os.replace(staged_model, output)
+    return output
+
+
+def write_text_atomic(output: str | os.PathLike[str], text: str) -> Path:
+    """Write a text file by temp file + rename, so readers never see half of it."""
+    output = Path(output)
+    directory = output.parent if str(output.parent) else Path(".")
+    handle = tempfile.NamedTemporaryFile("w", dir=directory, prefix=f".{output.name}.", delete=False,
+                                         encoding="utf-8")
+    try:
+        with handle:
+            handle.write(text)
+        os.replace(handle.name, output)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+    return output
+
+
+def write_json_atomic(output: str | os.PathLike[str], data: Any) -> Path:
+    """JSON with sorted keys and a fixed layout, so equal data gives byte-identical files."""
+    return write_text_atomic(output, json.dumps(data, indent=2, sort_keys=True) + "\n")
