@@ -1,0 +1,335 @@
+"""Find the depthwise (DW) and pointwise (PW) convolutions of a model and the DSConv blocks they form.
+
+A DW layer is a ``Conv`` with ``group == C_in`` (C_in >= 2) and weight ``[m*C_in, 1, kh, kw]``; a PW layer is a
+2-D ``Conv`` with a 1x1 kernel and ``group == 1``. A 1x1 conv that works on a globally pooled tensor is the
+squeeze-excitation (SE) part of a block, not a PW layer. Convs whose weight cannot be folded to a constant, or
+with attributes we do not handle, are listed as skipped with the reason; they are never an error.
+
+A DSConv block is PW-conv1 (expansion) -> DW -> [SE] -> PW-conv2 (projection) [-> residual Add], found by walking
+from the DW conv through the element-wise activations exporters emit (Relu, Clip, HardSwish, decomposed
+hard-swish, SiLU, ...), where every branch that leaves the main path must join it again (an SE gate or an
+activation's ``x * f(x)``). Inspect -> validate -> mutate: nothing here changes the model.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+
+from deprune_onnx.graph import GraphIndex, node_attributes
+from deprune_onnx.shapes import Shape, concrete, infer_tensor_shapes
+
+SUBGEMM_CHANNELS = 32
+
+# Ops a block's main path may pass through: element-wise, shape-preserving per channel.
+ELEMENTWISE_OPS = frozenset({
+    "Relu", "Clip", "HardSwish", "HardSigmoid", "Sigmoid", "Tanh", "LeakyRelu", "Elu", "Selu", "Softplus",
+    "Gelu", "Mish", "Identity", "BatchNormalization", "Mul", "Div", "Add", "Sub", "PRelu", "Swish",
+})
+# Ops an SE branch may contain between the pooled tensor and the gate.
+SE_BRANCH_OPS = ELEMENTWISE_OPS | {"GlobalAveragePool", "ReduceMean", "Conv", "Reshape", "Flatten", "Squeeze",
+                                   "Unsqueeze", "Gemm", "MatMul"}
+_WALK_LIMIT = 40
+
+
+@dataclass
+class ConvLayer:
+    """One DW or PW conv, with what the report and the pruners need to know about it."""
+
+    name: str
+    kind: str  # "dw" or "pw"
+    input: str
+    output: str
+    weight: str  # the tensor feeding the weight input (an initializer, or the end of a foldable chain)
+    weight_is_initializer: bool
+    bias: str | None
+    in_channels: int
+    out_channels: int
+    kernel: tuple[int, int]
+    strides: tuple[int, int]
+    pads: tuple[int, int, int, int]
+    dilations: tuple[int, int]
+    depth_multiplier: int
+    subgemms: int
+    params: int
+    macs: int | None
+    sparsity: float
+    input_shape: Shape | None
+    output_shape: Shape | None
+    block: int | None = None
+
+
+@dataclass
+class SkippedLayer:
+    name: str
+    op_type: str
+    reason: str
+
+
+@dataclass
+class DSConvBlock:
+    """PW-conv1 -> DW -> [SE] -> PW-conv2 [-> residual Add]; names are node names (None when absent)."""
+
+    index: int
+    dw: str
+    expand_pw: str | None
+    project_pw: str | None
+    se_convs: list[str] = field(default_factory=list)
+    residual_add: str | None = None
+
+
+@dataclass
+class ModelAnalysis:
+    dw_layers: list[ConvLayer]
+    pw_layers: list[ConvLayer]
+    se_convs: list[str]
+    blocks: list[DSConvBlock]
+    skipped: list[SkippedLayer]
+
+    def dw_by_name(self) -> dict[str, ConvLayer]:
+        return {layer.name: layer for layer in self.dw_layers}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dw_layers": [asdict(layer) for layer in self.dw_layers],
+            "pw_layers": [asdict(layer) for layer in self.pw_layers],
+            "se_convs": list(self.se_convs),
+            "blocks": [asdict(block) for block in self.blocks],
+            "skipped": [asdict(layer) for layer in self.skipped],
+        }
+
+
+def _pair(values: Any, default: int) -> tuple[int, int]:
+    if values is None:
+        return (default, default)
+    values = list(values)
+    return (int(values[0]), int(values[1]))
+
+
+def _resolve_pads(attrs: dict[str, Any], input_shape: tuple[int, ...] | None, kernel: tuple[int, int],
+                  strides: tuple[int, int], dilations: tuple[int, int]) -> tuple[int, int, int, int] | str:
+    """Explicit [top, left, bottom, right] pads, or a reason string when they cannot be known."""
+    auto_pad = attrs.get("auto_pad", "NOTSET")
+    if auto_pad in ("NOTSET", ""):
+        pads = attrs.get("pads", [0, 0, 0, 0])
+        return (int(pads[0]), int(pads[1]), int(pads[2]), int(pads[3]))
+    if auto_pad == "VALID":
+        return (0, 0, 0, 0)
+    if input_shape is None:
+        return f"auto_pad={auto_pad} with unknown input spatial size"
+    begin, end = [], []
+    for axis in range(2):
+        size = input_shape[2 + axis]
+        out = math.ceil(size / strides[axis])
+        total = max(0, (out - 1) * strides[axis] + dilations[axis] * (kernel[axis] - 1) + 1 - size)
+        small, large = total // 2, total - total // 2
+        begin.append(small if auto_pad == "SAME_UPPER" else large)
+        end.append(large if auto_pad == "SAME_UPPER" else small)
+    return (begin[0], begin[1], end[0], end[1])
+
+
+def conv_output_hw(in_hw: tuple[int, int], kernel: tuple[int, int], strides: tuple[int, int],
+                   pads: tuple[int, int, int, int], dilations: tuple[int, int]) -> tuple[int, int]:
+    """Standard convolution output size (floor mode)."""
+    return tuple(  # type: ignore[return-value]
+        (in_hw[a] + pads[a] + pads[a + 2] - dilations[a] * (kernel[a] - 1) - 1) // strides[a] + 1
+        for a in range(2))
+
+
+def _classify_conv(node: onnx.NodeProto, index: GraphIndex, shapes: dict[str, Shape]
+                   ) -> ConvLayer | SkippedLayer | None:
+    """A ConvLayer for DW/PW convs, a SkippedLayer with the reason, or None for other (ordinary) convs."""
+    attrs = node_attributes(node)
+    weight_name = node.input[1] if len(node.input) > 1 else ""
+    weight_shape = shapes.get(weight_name)
+    weight = index.constant(weight_name)
+    if weight is not None:
+        weight_shape = weight.shape
+    if weight_shape is None or len(weight_shape) != 4 or not all(isinstance(d, int) for d in weight_shape):
+        if weight_shape is not None and len(weight_shape) != 4:
+            return None  # 1-D or 3-D conv: not a 2-D DSConv layer, nothing to say
+        return SkippedLayer(node.name, node.op_type, f"weight '{weight_name}' has unknown shape")
+    c_out, c_in_per_group, kh, kw = (int(d) for d in weight_shape)
+    group = int(attrs.get("group", 1))
+    c_in = group * c_in_per_group
+    is_dw = c_in_per_group == 1 and group == c_in and group >= 2 and c_out % group == 0
+    is_pw = group == 1 and (kh, kw) == (1, 1)
+    if not (is_dw or is_pw):
+        return None
+    kind = "dw" if is_dw else "pw"
+    if weight is None:
+        return SkippedLayer(node.name, node.op_type,
+                            f"{kind.upper()} weight '{weight_name}' is not a constant (computed at run time)")
+    if not np.issubdtype(weight.dtype, np.floating):
+        return SkippedLayer(node.name, node.op_type, f"{kind.upper()} weight '{weight_name}' is {weight.dtype}")
+    if weight.size and not np.all(np.isfinite(weight)):
+        return SkippedLayer(node.name, node.op_type, f"{kind.upper()} weight '{weight_name}' has NaN or Inf")
+    kernel = _pair(attrs.get("kernel_shape", (kh, kw)), 1)
+    strides = _pair(attrs.get("strides"), 1)
+    dilations = _pair(attrs.get("dilations"), 1)
+    input_shape = shapes.get(node.input[0])
+    concrete_input = concrete(input_shape)
+    pads = _resolve_pads(attrs, concrete_input, kernel, strides, dilations)
+    if isinstance(pads, str):
+        return SkippedLayer(node.name, node.op_type, pads)
+    bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+    if bias is not None and index.constant(bias) is None:
+        return SkippedLayer(node.name, node.op_type, f"bias '{bias}' is not a constant")
+    output_shape = shapes.get(node.output[0])
+    macs = None
+    if concrete_input is not None and len(concrete_input) == 4:
+        out_h, out_w = conv_output_hw(concrete_input[2:], kernel, strides, pads, dilations)
+        macs = int(concrete_input[0] * c_out * c_in_per_group * kh * kw * out_h * out_w)
+    return ConvLayer(
+        name=node.name, kind=kind, input=node.input[0], output=node.output[0], weight=weight_name,
+        weight_is_initializer=weight_name in index.initializers, bias=bias, in_channels=c_in,
+        out_channels=c_out, kernel=kernel, strides=strides, pads=pads, dilations=dilations,
+        depth_multiplier=c_out // c_in if is_dw else 1,
+        subgemms=-(-c_out // SUBGEMM_CHANNELS) if is_dw else 0,
+        params=int(weight.size + (c_out if bias else 0)), macs=macs,
+        sparsity=float(np.count_nonzero(weight == 0) / weight.size) if weight.size else 0.0,
+        input_shape=input_shape, output_shape=output_shape)
+
+
+def _is_on_pooled_tensor(node: onnx.NodeProto, index: GraphIndex, shapes: dict[str, Shape]) -> bool:
+    """True for a 1x1 conv of an SE branch: its input is 1x1 spatially or comes from a global pooling."""
+    shape = shapes.get(node.input[0])
+    if shape is not None and len(shape) == 4 and tuple(shape[2:]) == (1, 1):
+        return True
+    tensor = node.input[0]
+    for _ in range(6):
+        producer = index.producer.get(tensor)
+        if producer is None or producer.op_type not in SE_BRANCH_OPS:
+            return False
+        if producer.op_type in ("GlobalAveragePool", "ReduceMean"):
+            return True
+        tensor = producer.input[0]
+    return False
+
+
+def _variable_inputs(node: onnx.NodeProto, index: GraphIndex) -> list[str]:
+    return [name for name in node.input if name and not index.is_constant(name)]
+
+
+def _walk_forward(start: str, index: GraphIndex, pw_names: set[str]
+                  ) -> tuple[str | None, list[str]]:
+    """From a DW output, follow the main path to the projection PW.
+
+    Every branch that leaves the path must rejoin it (SE gate, x*f(x) activations); a node that mixes in a tensor
+    from outside the region (a residual, a concat) ends the walk without a projection PW. Returns the PW node
+    name (or None) and the SE convs seen on the way.
+    """
+    pending = {start: len(index.consumers.get(start, []))}
+    region_outputs = {start}
+    se_convs: list[str] = []
+    visited: set[str] = set()
+    for _ in range(_WALK_LIMIT):
+        open_tensors = [t for t, remaining in pending.items() if remaining > 0]
+        if len(open_tensors) == 1:
+            tensor = open_tensors[0]
+            users = index.consumers.get(tensor, [])
+            if len(users) == 1 and users[0].name in pw_names and pending[tensor] == 1 and \
+                    all(r == 0 for t, r in pending.items() if t != tensor):
+                return users[0].name, se_convs
+        candidates = [node for t in open_tensors for node in index.consumers.get(t, [])
+                      if node.name not in visited]
+        if not candidates or any(t in index.graph_outputs for t in open_tensors):
+            return None, se_convs
+        # Take the earliest node in graph order whose variable inputs are all produced inside the region.
+        ready = [node for node in candidates
+                 if all(name in region_outputs for name in _variable_inputs(node, index))]
+        if not ready:
+            return None, se_convs
+        node = min(ready, key=lambda n: index.node_position[n.name])
+        allowed = SE_BRANCH_OPS if len(open_tensors) > 1 or node.op_type != "Conv" else frozenset()
+        if node.op_type not in allowed or (node.op_type == "Conv" and node.name in pw_names):
+            return None, se_convs
+        if node.op_type == "Conv":
+            se_convs.append(node.name)
+        visited.add(node.name)
+        for name in set(_variable_inputs(node, index)):
+            pending[name] -= list(node.input).count(name)
+        for output in node.output:
+            if output:
+                pending[output] = len(index.consumers.get(output, []))
+                region_outputs.add(output)
+    return None, se_convs
+
+
+def _walk_backward(start: str, index: GraphIndex, pw_names: set[str]) -> str | None:
+    """From a DW input, go back through element-wise ops (all paths must merge) to the expansion PW."""
+    frontier = {start}
+    for _ in range(_WALK_LIMIT):
+        if len(frontier) == 1:
+            tensor = next(iter(frontier))
+            producer = index.producer.get(tensor)
+            if producer is not None and producer.name in pw_names:
+                return producer.name
+        latest = max((index.producer.get(t) for t in frontier), default=None,
+                     key=lambda n: -1 if n is None else index.node_position[n.name])
+        if latest is None or latest.op_type not in ELEMENTWISE_OPS:
+            return None
+        frontier.difference_update(latest.output)
+        frontier.update(_variable_inputs(latest, index))
+        if not frontier:
+            return None
+    return None
+
+
+def _residual_add(pw_output: str, index: GraphIndex) -> str | None:
+    """The Add that joins a projection PW's output with a skip connection, if any."""
+    tensor = pw_output
+    for _ in range(4):
+        user = index.only_consumer(tensor)
+        if user is None:
+            return None
+        if user.op_type == "Add" and len(_variable_inputs(user, index)) == 2:
+            return user.name
+        if user.op_type not in ("BatchNormalization", "Identity"):
+            return None
+        tensor = user.output[0]
+    return None
+
+
+def analyze(model: onnx.ModelProto, shapes: dict[str, Shape] | None = None) -> ModelAnalysis:
+    """Classify every Conv of the top-level graph and group DW/PW layers into DSConv blocks."""
+    index = GraphIndex(model.graph)
+    shapes = infer_tensor_shapes(model) if shapes is None else shapes
+    dw_layers: list[ConvLayer] = []
+    pw_layers: list[ConvLayer] = []
+    se_convs: list[str] = []
+    skipped: list[SkippedLayer] = []
+    for node in model.graph.node:
+        if node.op_type != "Conv":
+            continue
+        layer = _classify_conv(node, index, shapes)
+        if layer is None:
+            continue
+        if isinstance(layer, SkippedLayer):
+            skipped.append(layer)
+        elif layer.kind == "pw" and _is_on_pooled_tensor(node, index, shapes):
+            se_convs.append(layer.name)
+        elif layer.kind == "pw":
+            pw_layers.append(layer)
+        else:
+            dw_layers.append(layer)
+
+    pw_names = {layer.name for layer in pw_layers}
+    blocks: list[DSConvBlock] = []
+    for block_index, dw in enumerate(dw_layers):
+        project, block_se = _walk_forward(dw.output, index, pw_names)
+        expand = _walk_backward(dw.input, index, pw_names)
+        residual = None
+        if project is not None:
+            residual = _residual_add(index.node(project).output[0], index)
+        blocks.append(DSConvBlock(block_index, dw.name, expand, project, block_se, residual))
+        dw.block = block_index
+    by_name = {layer.name: layer for layer in pw_layers}
+    for block in blocks:
+        for name in (block.expand_pw, block.project_pw):
+            if name is not None:
+                by_name[name].block = block.index
+    return ModelAnalysis(dw_layers, pw_layers, se_convs, blocks, skipped)

@@ -1,0 +1,140 @@
+"""Read-only index over an ONNX graph: who produces and who consumes each tensor, and constant values.
+
+Analysis walks the graph many times; building the maps once keeps every walk O(edges). Constants are resolved
+through the chains exporters leave in front of weights (Identity, Cast, DequantizeLinear, Constant nodes), so a
+weight counts as "an initializer" whenever it can be folded to one.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+FOLDABLE_OPS = ("Identity", "Cast", "DequantizeLinear", "Constant")
+
+
+def node_attributes(node: onnx.NodeProto) -> dict[str, Any]:
+    """Attributes of a node as Python values (ints, floats, lists, strings decoded, tensors as numpy)."""
+    values: dict[str, Any] = {}
+    for attribute in node.attribute:
+        value = onnx.helper.get_attribute_value(attribute)
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", errors="replace")
+        elif isinstance(value, onnx.TensorProto):
+            value = numpy_helper.to_array(value)
+        values[attribute.name] = value
+    return values
+
+
+def ensure_unique_node_names(model: onnx.ModelProto) -> int:
+    """Give every unnamed or duplicate-named node a deterministic unique name (``<op>_<index>``).
+
+    Layers are identified by node name in plans and reports, so names must be unique. Returns how many nodes
+    were renamed. Named, unique nodes keep their names.
+    """
+    seen: set[str] = set()
+    taken = {node.name for node in model.graph.node}
+    renamed = 0
+    for index, node in enumerate(model.graph.node):
+        if node.name and node.name not in seen:
+            seen.add(node.name)
+            continue
+        candidate = f"{node.op_type}_{index}"
+        while candidate in taken or candidate in seen:
+            candidate += "_"
+        node.name = candidate
+        seen.add(candidate)
+        taken.add(candidate)
+        renamed += 1
+    return renamed
+
+
+class GraphIndex:
+    """Producer/consumer maps and constant folding for one (top-level) graph."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.graph = graph
+        self.initializers: dict[str, onnx.TensorProto] = {t.name: t for t in graph.initializer}
+        self.producer: dict[str, onnx.NodeProto] = {}
+        self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+        self.node_position: dict[str, int] = {}
+        for position, node in enumerate(graph.node):
+            self.node_position[node.name] = position
+            for output in node.output:
+                if output:
+                    self.producer[output] = node
+            for name in node.input:
+                if name:
+                    self.consumers[name].append(node)
+        self.graph_inputs = {v.name for v in graph.input} - set(self.initializers)
+        # Initializers that are also graph inputs can be overridden at run time, so they are not constants.
+        self.overridable = {v.name for v in graph.input if v.name in self.initializers}
+        self.graph_outputs = {v.name for v in graph.output}
+        self._constant_cache: dict[str, np.ndarray | None] = {}
+
+    def node(self, name: str) -> onnx.NodeProto:
+        return self.graph.node[self.node_position[name]]
+
+    def is_constant(self, tensor: str) -> bool:
+        return self.constant(tensor) is not None
+
+    def constant(self, tensor: str) -> np.ndarray | None:
+        """The value of ``tensor`` if it folds to a constant (initializer or foldable chain), else None."""
+        if tensor in self._constant_cache:
+            return self._constant_cache[tensor]
+        value = self._fold(tensor, depth=0)
+        self._constant_cache[tensor] = value
+        return value
+
+    def _fold(self, tensor: str, depth: int) -> np.ndarray | None:
+        if not tensor:
+            return None
+        if tensor in self.initializers and tensor not in self.overridable:
+            return numpy_helper.to_array(self.initializers[tensor])
+        node = self.producer.get(tensor)
+        if node is None or node.op_type not in FOLDABLE_OPS or depth > 8:
+            return None
+        if node.op_type == "Constant":
+            attrs = node_attributes(node)
+            if "value" in attrs:
+                return np.asarray(attrs["value"])
+            for key in ("value_float", "value_int"):
+                if key in attrs:
+                    return np.asarray(attrs[key])
+            for key in ("value_floats", "value_ints"):
+                if key in attrs:
+                    return np.asarray(attrs[key])
+            return None
+        source = self._fold(node.input[0], depth + 1)
+        if source is None:
+            return None
+        if node.op_type == "Identity":
+            return source
+        if node.op_type == "Cast":
+            target = onnx.helper.tensor_dtype_to_np_dtype(node_attributes(node)["to"])
+            return source.astype(target)
+        return self._dequantize(node, source, depth)
+
+    def _dequantize(self, node: onnx.NodeProto, source: np.ndarray, depth: int) -> np.ndarray | None:
+        scale = self._fold(node.input[1], depth + 1) if len(node.input) > 1 else None
+        if scale is None:
+            return None
+        zero_point = self._fold(node.input[2], depth + 1) if len(node.input) > 2 and node.input[2] else None
+        axis = node_attributes(node).get("axis", 1)
+        shape = [1] * source.ndim
+        if scale.ndim == 1 and source.ndim > 0:
+            shape[axis] = -1
+        centred = source.astype(np.float32)
+        if zero_point is not None:
+            centred = centred - zero_point.astype(np.float32).reshape(shape)
+        return (centred * scale.astype(np.float32).reshape(shape)).astype(scale.dtype)
+
+    def only_consumer(self, tensor: str) -> onnx.NodeProto | None:
+        """The single consumer of ``tensor``, or None if it has several or is a graph output."""
+        users = self.consumers.get(tensor, [])
+        if len(users) != 1 or tensor in self.graph_outputs:
+            return None
+        return users[0]
