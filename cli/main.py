@@ -18,7 +18,24 @@ from deprune_onnx.errors import EXIT_USAGE, DepruneError
 
 
 class ErrorReportingGroup(click.Group):
-    """A click group that turns exceptions into one line on stderr and the documented exit codes."""
+    """A click group that turns exceptions into one line on stderr and the documented exit codes.
+
+    Click's own usage errors print a usage block; we print the single error line (it names the option) so
+    scripts can rely on one line per failure.
+    """
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            code = super().main(*args, **kwargs)
+        except click.exceptions.Abort:
+            click.echo("deprune-onnx: aborted", err=True)
+            sys.exit(130)
+        except click.ClickException as exc:
+            hint = " (see --help)" if isinstance(exc, click.UsageError) else ""
+            click.echo(f"deprune-onnx: error: {' '.join(exc.format_message().split())}{hint}", err=True)
+            sys.exit(exc.exit_code)
+        sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -55,6 +72,8 @@ def main() -> None:
 
 # One module per command, each exposing ``command``; the order here is the order of ``--help``.
 COMMAND_MODULES: tuple[str, ...] = (
+    "inspect_cmd",
+    "prune_cmd",
 )
 
 

@@ -138,3 +138,30 @@ class GraphIndex:
         if len(users) != 1 or tensor in self.graph_outputs:
             return None
         return users[0]
+
+
+def remove_unused(model: onnx.ModelProto) -> int:
+    """Drop nodes whose outputs nobody uses and initializers nobody reads; returns how many items went.
+
+    Needed after a weight is replaced: its old Identity/Cast/DequantizeLinear chain is left dangling.
+    """
+    graph = model.graph
+    graph_outputs = {v.name for v in graph.output}
+    removed = 0
+    while True:
+        used = {name for node in graph.node for name in node.input} | graph_outputs
+        dead = [i for i, node in enumerate(graph.node)
+                if not any(output in used for output in node.output if output)]
+        if not dead:
+            break
+        for position in reversed(dead):
+            del graph.node[position]
+        removed += len(dead)
+    used = {name for node in graph.node for name in node.input} | graph_outputs
+    graph_inputs = {v.name for v in graph.input}
+    keep = [t for t in graph.initializer if t.name in used or t.name in graph_inputs]
+    removed += len(graph.initializer) - len(keep)
+    if len(keep) != len(graph.initializer):
+        del graph.initializer[:]
+        graph.initializer.extend(keep)
+    return removed

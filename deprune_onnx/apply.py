@@ -1,0 +1,63 @@
+"""Write a plan's DW masks into a model: the dense masked model (standard Conv nodes, pruned weights zero).
+
+This is the portable output (``--format dense``) and the reference every other form is checked against: the
+rewritten custom-op model must compute exactly what this model computes.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from deprune_onnx.errors import DepruneError
+from deprune_onnx.graph import GraphIndex, remove_unused
+from deprune_onnx.plan import DWLayerPlan
+
+
+def masked_weight(weight: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Pruned entries set to exactly +0 (not -0), kept entries unchanged, dtype preserved."""
+    return np.where(keep, weight, np.zeros((), dtype=weight.dtype)).astype(weight.dtype, copy=False)
+
+
+def apply_dw_masks(model: onnx.ModelProto, layers: list[DWLayerPlan]) -> onnx.ModelProto:
+    """Zero the pruned DW weights of ``model`` in place and return it.
+
+    A weight initializer used by this conv alone is rewritten under its own name; a shared weight or one behind a
+    foldable chain (Identity/Cast/DequantizeLinear) gets a new initializer for this conv, so other users keep
+    the original. Layers whose mask keeps everything are left untouched (ratio 0 is bit-exact).
+    """
+    index = GraphIndex(model.graph)
+    initializer_position = {t.name: i for i, t in enumerate(model.graph.initializer)}
+    replaced_chain = False
+    taken = set(initializer_position) | {o for n in model.graph.node for o in n.output}
+    for layer in layers:
+        if layer.name not in index.node_position:
+            raise DepruneError(f"plan layer '{layer.name}': no such node in the model")
+        node = index.node(layer.name)
+        if node.op_type != "Conv" or len(node.input) < 2:
+            raise DepruneError(f"plan layer '{layer.name}': is a {node.op_type}, not a DW Conv")
+        weight = index.constant(node.input[1])
+        if weight is None or list(weight.shape) != list(layer.shape):
+            shape = None if weight is None else list(weight.shape)
+            raise DepruneError(f"plan layer '{layer.name}': weight shape {shape} differs from the plan's "
+                               f"{layer.shape} (plan made for another model?)")
+        keep = layer.keep_mask()
+        if keep.all():
+            continue
+        new_weight = masked_weight(weight, keep)
+        weight_name = node.input[1]
+        sole_user = len(index.consumers.get(weight_name, [])) == 1
+        if weight_name in initializer_position and sole_user and weight_name not in index.overridable:
+            model.graph.initializer[initializer_position[weight_name]].CopyFrom(
+                numpy_helper.from_array(new_weight, weight_name))
+            continue
+        new_name = f"{layer.name}.masked_weight"
+        while new_name in taken:
+            new_name += "_"
+        taken.add(new_name)
+        model.graph.initializer.append(numpy_helper.from_array(new_weight, new_name))
+        node.input[1] = new_name
+        replaced_chain = True
+    if replaced_chain:
+        remove_unused(model)
+    return model

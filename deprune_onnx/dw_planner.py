@@ -1,0 +1,227 @@
+"""Decide the DW masks of a model: per-layer ratios, DCP/BWT masks, HSR alignment (DESIGN.md section 3).
+
+Produces DWLayerPlan entries from a ModelAnalysis; reads weights, writes nothing. HSR needs every layer's BWT
+result before it can rank layers by beta, so planning is two passes: masks per layer, then the model-wide
+over/under split.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import onnx
+
+from deprune_onnx.analysis import ConvLayer, ModelAnalysis
+from deprune_onnx.errors import DepruneError
+from deprune_onnx.graph import GraphIndex
+from deprune_onnx.masks import (SUBGEMM_CHANNELS, Misalignment, align_subgemms, bwt_mask, choose_hsr_patterns,
+                                dcp_mask, kept_per_subgemm, misalignment, subgemm_vectors)
+from deprune_onnx.plan import DWLayerPlan, encode_mask
+
+DW_METHODS = ("dcp", "b", "bh")
+
+
+@dataclass
+class DWOptions:
+    method: str = "bh"
+    dw_ratio: float = 0.5
+    layer_ratios: list[tuple[str, float]] = field(default_factory=list)  # (name or glob, ratio); last wins
+    exclude: list[str] = field(default_factory=list)                     # globs of layers left dense
+    tile: int = 32
+    hsr_alphas: dict[str, float] = field(default_factory=dict)           # measured alpha per layer
+
+
+def check_ratio(value: float, option: str) -> float:
+    if not 0.0 <= value < 1.0:
+        raise DepruneError(f"{option} {value}: a pruning ratio must be in [0, 1)")
+    return value
+
+
+def resolve_layer_ratios(names: list[str], options: DWOptions) -> dict[str, float | None]:
+    """Ratio per DW layer (None = excluded), from --dw-ratio, --layer-ratio and --exclude.
+
+    Every pattern must match at least one DW layer: a typo must not silently prune at the default ratio.
+    """
+    ratios: dict[str, float | None] = {name: options.dw_ratio for name in names}
+    for pattern, ratio in options.layer_ratios:
+        matched = [n for n in names if n == pattern or fnmatch.fnmatchcase(n, pattern)]
+        if not matched:
+            raise DepruneError(f"--layer-ratio '{pattern}': matches no DW layer (list them with "
+                               "'deprune-onnx inspect')")
+        for name in matched:
+            ratios[name] = ratio
+    for pattern in options.exclude:
+        matched = [n for n in names if n == pattern or fnmatch.fnmatchcase(n, pattern)]
+        if not matched:
+            raise DepruneError(f"--exclude '{pattern}': matches no DW layer (list them with "
+                               "'deprune-onnx inspect')")
+        for name in matched:
+            ratios[name] = None
+    return ratios
+
+
+def load_hsr_timings(path: str | Path) -> dict[str, float]:
+    """Measured HSR alpha per layer from JSON: ``{layer: alpha}``, ``{layer: {"alpha": a}}`` or
+    ``{layer: {"time_unaligned_us": t1, "time_aligned_us": t2}}`` (alpha = t1/t2 - 1)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DepruneError(f"{path}: cannot read HSR timings ({type(exc).__name__}: {exc})") from None
+    if not isinstance(data, dict):
+        raise DepruneError(f"{path}: HSR timings must be a JSON object mapping layer name to alpha")
+    alphas: dict[str, float] = {}
+    for name, entry in data.items():
+        try:
+            if isinstance(entry, dict) and "alpha" in entry:
+                alpha = float(entry["alpha"])
+            elif isinstance(entry, dict):
+                alpha = float(entry["time_unaligned_us"]) / float(entry["time_aligned_us"]) - 1.0
+            else:
+                alpha = float(entry)
+        except (KeyError, TypeError, ValueError, ZeroDivisionError):
+            raise DepruneError(f"{path}: layer '{name}': expected alpha or time_unaligned_us/time_aligned_us")
+        if not np.isfinite(alpha):
+            raise DepruneError(f"{path}: layer '{name}': alpha must be finite")
+        alphas[name] = alpha
+    return alphas
+
+
+def _base_mask(weight: np.ndarray, method: str, ratio: float) -> np.ndarray:
+    if ratio == 0.0:
+        return np.ones(weight.shape, dtype=bool)
+    if method == "dcp":
+        return dcp_mask(weight, ratio)
+    return bwt_mask(weight, ratio, SUBGEMM_CHANNELS)
+
+
+def plan_dw_layers(model: onnx.ModelProto, analysis: ModelAnalysis, options: DWOptions) -> list[DWLayerPlan]:
+    """One DWLayerPlan per DW layer of ``analysis`` (excluded layers too, with method 'none')."""
+    if options.method not in DW_METHODS:
+        raise DepruneError(f"--method '{options.method}': expected one of {', '.join(DW_METHODS)}")
+    check_ratio(options.dw_ratio, "--dw-ratio")
+    for _, ratio in options.layer_ratios:
+        check_ratio(ratio, "--layer-ratio")
+    if options.tile < 1:
+        raise DepruneError(f"--tile {options.tile}: must be a positive number of vectors")
+    unknown = sorted(set(options.hsr_alphas) - {layer.name for layer in analysis.dw_layers})
+    if unknown:
+        raise DepruneError(f"--hsr-timings: layer '{unknown[0]}' is not a DW layer of the model")
+
+    index = GraphIndex(model.graph)
+    ratios = resolve_layer_ratios([layer.name for layer in analysis.dw_layers], options)
+    plans: list[DWLayerPlan] = []
+    weights: dict[str, np.ndarray] = {}
+    for layer in analysis.dw_layers:
+        weight = index.constant(layer.weight)
+        assert weight is not None, "analysis only lists DW layers with constant weights"
+        weights[layer.name] = weight
+        ratio = ratios[layer.name]
+        method = options.method if ratio is not None else "none"
+        keep = _base_mask(weight, options.method, ratio or 0.0)
+        plans.append(_layer_plan(layer, method, ratio or 0.0, keep))
+
+    if options.method == "bh":
+        base_masks = _apply_hsr(plans, weights, options)
+        _balance_hsr(plans, weights, base_masks, options)
+    return plans
+
+
+def _layer_plan(layer: ConvLayer, method: str, ratio: float, keep: np.ndarray) -> DWLayerPlan:
+    shape = tuple(int(d) for d in keep.shape)
+    return DWLayerPlan(
+        name=layer.name, weight=layer.weight, shape=list(shape), method=method, target_ratio=float(ratio),
+        mask=encode_mask(keep), kept_per_subgemm=[int(k) for k in kept_per_subgemm(keep)],
+        vectors_per_subgemm=[int(v) for v in subgemm_vectors(shape)])
+
+
+def _apply_hsr(plans: list[DWLayerPlan], weights: Mapping[str, np.ndarray], options: DWOptions
+               ) -> dict[str, np.ndarray]:
+    """Rank the pruned layers by beta and over-/under-align each one's sub-GEMMs to the tile.
+
+    Returns the BWT masks before alignment, which the balance step starts from again.
+    """
+    base_masks: dict[str, np.ndarray] = {}
+    for plan in plans:
+        if plan.method == "bh" and plan.target_ratio == 0.0:
+            plan.pattern = "aligned"  # dense: K_g == V_g counts as aligned
+    candidates = [plan for plan in plans if plan.method == "bh" and plan.target_ratio > 0.0]
+    infos: list[tuple[Misalignment, float | None]] = []
+    for plan in candidates:
+        info = misalignment(np.array(plan.kept_per_subgemm), np.array(plan.vectors_per_subgemm), options.tile)
+        infos.append((info, options.hsr_alphas.get(plan.name)))
+    patterns = choose_hsr_patterns(infos)
+    for plan, (info, measured), pattern in zip(candidates, infos, patterns):
+        plan.eps = info.eps
+        plan.alpha = measured if measured is not None else info.alpha
+        plan.alpha_source = "measured" if measured is not None else "tile-model"
+        plan.beta = plan.alpha / info.eps if plan.alpha is not None and info.eps else None
+        plan.pattern = pattern
+        if not info.can_over_align and info.eps:
+            plan.note = "over-aligning would empty a sub-GEMM, so this layer is under-aligned"
+        if pattern in ("o", "u"):
+            base_masks[plan.name] = plan.keep_mask()
+            _set_mask(plan, align_subgemms(weights[plan.name], base_masks[plan.name], pattern, options.tile))
+    return base_masks
+
+
+def _set_mask(plan: DWLayerPlan, keep: np.ndarray) -> None:
+    plan.mask = encode_mask(keep)
+    plan.kept_per_subgemm = [int(k) for k in kept_per_subgemm(keep)]
+
+
+# The balance step stops once the model-wide DW ratio is this close to the target.
+HSR_BALANCE_TOLERANCE = 0.005
+
+
+def _balance_hsr(plans: list[DWLayerPlan], weights: Mapping[str, np.ndarray],
+                 base_masks: Mapping[str, np.ndarray], options: DWOptions) -> None:
+    """Bring the model-wide DW ratio back near the target after HSR, keeping every K_g tile-aligned.
+
+    DECISION (the paper is silent): the half/half split keeps the model-wide ratio near the target only when the
+    over- and under-aligned layers hold similar weight counts. On MobileNetV2 at 78% the eight over-aligned
+    layers are the small early ones (K 63 -> 32 per sub-GEMM) while the nine under-aligned ones gain 1 vector
+    each (63 -> 64), which gives 79.9%. So, while the model-wide ratio is more than 0.5 point off, we move one
+    layer by one more whole tile in its own direction (restore in an under-aligned layer when over-pruned,
+    prune in an over-aligned one when under-pruned), choosing the move that lands closest to the target (ties:
+    lowest beta to restore, highest beta to prune). Patterns and the u/o split do not change; the plan records
+    the extra tiles per layer.
+    """
+    aligned = [p for p in plans if p.pattern in ("o", "u")]
+    pruned = [p for p in plans if p.method != "none"]
+    total = sum(sum(p.vectors_per_subgemm) for p in pruned)
+    if not aligned or not total:
+        return
+    target = sum(p.target_ratio * sum(p.vectors_per_subgemm) for p in pruned) / total
+    extra = {p.name: 0 for p in aligned}
+
+    def model_ratio() -> float:
+        return 1.0 - sum(sum(p.kept_per_subgemm) for p in pruned) / total
+
+    while abs(model_ratio() - target) > HSR_BALANCE_TOLERANCE:
+        current = model_ratio()
+        direction = "u" if current > target else "o"
+        best: tuple[tuple[float, float, int], DWLayerPlan, np.ndarray] | None = None
+        for position, plan in enumerate(aligned):
+            if plan.pattern != direction:
+                continue
+            keep = align_subgemms(weights[plan.name], base_masks[plan.name], direction, options.tile,
+                                  extra_tiles=extra[plan.name] + 1)
+            change = int(keep.sum()) - sum(plan.kept_per_subgemm)
+            if change == 0:
+                continue
+            beta = plan.beta if plan.beta is not None else 0.0
+            key = (abs(current - change / total - target), beta if direction == "u" else -beta, position)
+            if best is None or key < best[0]:
+                best = (key, plan, keep)
+        if best is None or best[0][0] >= abs(current - target):
+            return
+        _, plan, keep = best
+        extra[plan.name] += 1
+        _set_mask(plan, keep)
+        plan.note = (f"balance step: {extra[plan.name]} extra tile(s) "
+                     f"{'restored' if direction == 'u' else 'pruned'} per sub-GEMM")

@@ -1,0 +1,166 @@
+"""DEPrune masks for depthwise convolutions: DCP, BWT and HSR (DESIGN.md section 3), in pure numpy.
+
+Diagonal-wise Refactorization (DR) sees a DW layer with C_out output channels as G = ceil(C_out/32) sub-GEMMs;
+sub-GEMM g owns channels [32g, min(32g+32, C_out)) and its "vectors" are those channels' (ky, kx) weights,
+V_g = |g|*kh*kw of them. Keeping a weight keeps one K column of its sub-GEMM, so element-wise pruning on the
+DW weight is structured pruning of the sub-GEMMs.
+
+Every function returns a boolean keep mask of the weight's shape and never reads or changes a model. Ties in
+magnitude are broken by flat index (the lower index is pruned first, restored first), so masks are
+deterministic. Counts use round-half-up, ``floor(x + 0.5)``, not Python's banker's rounding.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+SUBGEMM_CHANNELS = 32
+DEFAULT_TILE = 32
+
+
+def round_half_up(value: float) -> int:
+    return int(math.floor(value + 0.5))
+
+
+def subgemm_sizes(channels: int, width: int = SUBGEMM_CHANNELS) -> np.ndarray:
+    """Channels per sub-GEMM: [32, 32, ..., remainder]."""
+    sizes = np.full(-(-channels // width), width, dtype=np.int64)
+    if channels % width:
+        sizes[-1] = channels % width
+    return sizes
+
+
+def subgemm_vectors(weight_shape: tuple[int, ...], width: int = SUBGEMM_CHANNELS) -> np.ndarray:
+    """V_g, the number of weights (K vectors) of every sub-GEMM of a DW weight [C_out, 1, kh, kw]."""
+    channels, _, kh, kw = weight_shape
+    return subgemm_sizes(channels, width) * kh * kw
+
+
+def kept_per_subgemm(keep: np.ndarray, width: int = SUBGEMM_CHANNELS) -> np.ndarray:
+    """K_g, the kept weights of every sub-GEMM."""
+    per_channel = keep.reshape(keep.shape[0], -1).sum(axis=1)
+    groups = -(-keep.shape[0] // width)
+    padded = np.zeros(groups * width, dtype=np.int64)
+    padded[: keep.shape[0]] = per_channel
+    return padded.reshape(groups, width).sum(axis=1)
+
+
+def _ranks(scores: np.ndarray) -> np.ndarray:
+    """Rank of every entry of each row in ascending score order, ties by position (stable)."""
+    order = np.argsort(scores, axis=-1, kind="stable")
+    ranks = np.empty_like(order)
+    np.put_along_axis(ranks, order, np.arange(scores.shape[-1])[None, :].repeat(scores.shape[0], 0), axis=-1)
+    return ranks
+
+
+def _subgemm_rows(values: np.ndarray, width: int) -> list[tuple[slice, np.ndarray]]:
+    """Split a per-channel array [C, taps] into sub-GEMM rows: one [G_full, width*taps] block of the full
+    sub-GEMMs plus one [1, rest*taps] row for a partial last sub-GEMM. Returns (channel slice, rows) pairs."""
+    channels = values.shape[0]
+    full = channels // width
+    blocks = []
+    if full:
+        blocks.append((slice(0, full * width), values[: full * width].reshape(full, -1)))
+    if channels % width:
+        blocks.append((slice(full * width, channels), values[full * width:].reshape(1, -1)))
+    return blocks
+
+
+def dcp_mask(weight: np.ndarray, ratio: float) -> np.ndarray:
+    """DCP: prune the round(PR * N) smallest |w| of the whole layer."""
+    magnitude = np.abs(weight.astype(np.float64)).reshape(1, -1)
+    n_prune = round_half_up(ratio * magnitude.size)
+    return (_ranks(magnitude) >= n_prune).reshape(weight.shape)
+
+
+def bwt_mask(weight: np.ndarray, ratio: float, width: int = SUBGEMM_CHANNELS) -> np.ndarray:
+    """DCP + BWT: prune round(PR * V_g) smallest |w| within every sub-GEMM (balanced range width*kh*kw)."""
+    magnitude = np.abs(weight.astype(np.float64)).reshape(weight.shape[0], -1)
+    keep = np.ones(magnitude.shape, dtype=bool)
+    for channels, rows in _subgemm_rows(magnitude, width):
+        n_prune = round_half_up(ratio * rows.shape[1])
+        keep[channels] = (_ranks(rows) >= n_prune).reshape(-1, magnitude.shape[1])
+    return keep.reshape(weight.shape)
+
+
+def align_subgemms(weight: np.ndarray, keep: np.ndarray, pattern: str, tile: int = DEFAULT_TILE,
+                   width: int = SUBGEMM_CHANNELS, extra_tiles: int = 0) -> np.ndarray:
+    """HSR alignment of one layer: every sub-GEMM's K_g becomes a multiple of ``tile`` (or V_g).
+
+    ``pattern`` "o" (over-aligned): prune the eps_g = K_g mod T smallest kept weights more. "u" (under-aligned):
+    restore the T - eps_g largest pruned weights at their original values (never beyond V_g).
+    ``extra_tiles`` moves each sub-GEMM that many whole tiles further in the same direction (the balance step
+    of ``balance_hsr``); over-alignment never empties a sub-GEMM.
+    """
+    if pattern not in ("o", "u"):
+        raise ValueError(f"pattern must be 'o' or 'u', got {pattern!r}")
+    magnitude = np.abs(weight.astype(np.float64)).reshape(weight.shape[0], -1)
+    flat_keep = keep.reshape(weight.shape[0], -1).copy()
+    for channels, rows in _subgemm_rows(magnitude, width):
+        row_keep = flat_keep[channels].reshape(rows.shape)
+        kept = row_keep.sum(axis=1)
+        vectors = rows.shape[1]
+        eps = np.where(kept == vectors, 0, kept % tile)
+        if pattern == "o":
+            prune = np.minimum(eps + extra_tiles * tile, np.maximum(kept - eps - tile, 0) + eps)
+            ranks = _ranks(np.where(row_keep, rows, np.inf))
+            row_keep &= ~(ranks < prune[:, None])
+        else:
+            restore = np.where(eps > 0, tile - eps, 0) + extra_tiles * tile
+            restore = np.where(kept < vectors, np.minimum(restore, vectors - kept), 0)
+            ranks = _ranks(np.where(row_keep, np.inf, -rows))
+            row_keep |= ranks < restore[:, None]
+        flat_keep[channels] = row_keep.reshape(-1, magnitude.shape[1])
+    return flat_keep.reshape(weight.shape)
+
+
+@dataclass(frozen=True)
+class Misalignment:
+    """HSR's view of one layer after BWT: how far its sub-GEMMs are from the tile and what fixing it buys."""
+
+    eps: int            # unpruned vectors in partial tiles, summed over sub-GEMMs
+    alpha: float | None  # speedup of removing the partial tiles (t_now / t_over - 1); None if over is impossible
+    can_over_align: bool
+
+
+def tile_time(kept: np.ndarray, tile: int = DEFAULT_TILE) -> int:
+    """Tile cost model: a sub-GEMM costs ceil(K_g/T) tile steps and the slowest sets the layer time."""
+    return int(np.max(-(-np.asarray(kept) // tile))) if len(kept) else 0
+
+
+def misalignment(kept: np.ndarray, vectors: np.ndarray, tile: int = DEFAULT_TILE) -> Misalignment:
+    """Tile-model eps and alpha of a layer with kept counts K_g (sub-GEMMs with K_g == V_g are aligned)."""
+    kept = np.asarray(kept)
+    eps_g = np.where(kept == vectors, 0, kept % tile)
+    over = kept - eps_g
+    can_over = bool(np.all(over[eps_g > 0] > 0))  # over-aligning must not empty a sub-GEMM
+    t_now, t_over = tile_time(kept, tile), tile_time(over, tile)
+    alpha = (t_now / t_over - 1.0) if can_over and t_over > 0 else None
+    return Misalignment(int(eps_g.sum()), alpha, can_over)
+
+
+def choose_hsr_patterns(layers: list[tuple[Misalignment, float | None]]) -> list[str]:
+    """Rank misaligned layers by beta = alpha / eps: top half over-aligned ("o"), bottom half under ("u").
+
+    ``layers`` holds each layer's Misalignment and, when measured (``--hsr-timings``), its measured alpha that
+    replaces the tile model's. Aligned layers get "aligned". Layers that cannot be over-aligned rank last. With
+    n misaligned layers, floor(n/2) are over-aligned (the paper's 9u8o for 17 layers).
+    """
+    patterns = ["aligned"] * len(layers)
+    misaligned = [i for i, (info, _) in enumerate(layers) if info.eps > 0]
+
+    def beta(position: int) -> float:
+        info, measured = layers[position]
+        alpha = measured if measured is not None else info.alpha
+        if not info.can_over_align or alpha is None:
+            return -math.inf
+        return alpha / info.eps
+
+    ranked = sorted(misaligned, key=lambda i: (-beta(i), i))
+    n_over = len(misaligned) // 2
+    for rank, position in enumerate(ranked):
+        over = rank < n_over and beta(position) != -math.inf
+        patterns[position] = "o" if over else "u"
+    return patterns

@@ -1,0 +1,127 @@
+"""The pruning report: rendered from the PruningPlan and the analysis, as JSON data and a terminal table.
+
+Predicted speedups use the tile cost model of DESIGN.md section 3: a sub-GEMM costs ceil(K_g/T) tile steps per
+output pixel, the slowest sub-GEMM sets the layer's time, and the layer's G sub-GEMMs run side by side, so a
+layer costs G * H_out * W_out * max_g ceil(K_g/T). This is the paper's model, not a measurement; measured
+kernel times live in bench/results/.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from deprune_onnx.analysis import ConvLayer, ModelAnalysis
+from deprune_onnx.masks import tile_time
+from deprune_onnx.plan import DWLayerPlan, PruningPlan
+
+
+def _output_pixels(layer: ConvLayer) -> int:
+    shape = layer.output_shape
+    if shape is not None and len(shape) == 4 and all(isinstance(d, int) for d in shape[2:]):
+        return int(shape[2]) * int(shape[3])
+    return 1  # unknown spatial size: every layer weighs the same
+
+
+def dw_layer_row(layer: ConvLayer | None, plan: DWLayerPlan, tile: int) -> dict[str, Any]:
+    kept = np.array(plan.kept_per_subgemm)
+    vectors = np.array(plan.vectors_per_subgemm)
+    t_dense, t_pruned = tile_time(vectors, tile), tile_time(kept, tile)
+    return {
+        "name": plan.name,
+        "channels": plan.shape[0],
+        "kernel": plan.shape[2:],
+        "strides": list(layer.strides) if layer else None,
+        "subgemms": len(kept),
+        "method": plan.method,
+        "target_ratio": plan.target_ratio,
+        "achieved_ratio": float(1.0 - kept.sum() / vectors.sum()),
+        "real_dw": float(np.min((vectors - kept) / vectors)),
+        "kept_per_subgemm": plan.kept_per_subgemm,
+        "vectors_per_subgemm": plan.vectors_per_subgemm,
+        "pattern": plan.pattern,
+        "alpha": plan.alpha,
+        "alpha_source": plan.alpha_source,
+        "eps": plan.eps,
+        "beta": plan.beta,
+        "tile_steps_dense": t_dense,
+        "tile_steps_pruned": t_pruned,
+        "predicted_speedup": (t_dense / t_pruned) if t_pruned else None,
+        "weights": int(vectors.sum()),
+        "kept_weights": int(kept.sum()),
+        "note": plan.note,
+    }
+
+
+def build_report(plan: PruningPlan, analysis: ModelAnalysis, extra: dict[str, Any] | None = None
+                 ) -> dict[str, Any]:
+    """Report data for ``out.report.json``: per DW layer rows and model totals (plus what ``extra`` adds)."""
+    layers = analysis.dw_by_name()
+    rows = [dw_layer_row(layers.get(p.name), p, plan.tile) for p in plan.dw_layers]
+    weights = sum(row["weights"] for row in rows)
+    kept = sum(row["kept_weights"] for row in rows)
+    cost_dense = cost_pruned = 0
+    for p, row in zip(plan.dw_layers, rows):
+        layer = layers.get(p.name)
+        scale = row["subgemms"] * (_output_pixels(layer) if layer else 1)
+        cost_dense += scale * row["tile_steps_dense"]
+        cost_pruned += scale * row["tile_steps_pruned"]
+    totals = {
+        "dw_layers": len(rows),
+        "dw_weights": weights,
+        "dw_kept_weights": kept,
+        "dw_ratio_target": plan.dw_ratio,
+        "dw_ratio_achieved": float(1.0 - kept / weights) if weights else 0.0,
+        "real_dw_min": min((row["real_dw"] for row in rows if row["method"] != "none"), default=0.0),
+        "dw_pattern": plan.dw_pattern_string() if plan.method == "bh" else None,
+        "predicted_dw_speedup": (cost_dense / cost_pruned) if cost_pruned else None,
+        "skipped_layers": [{"name": s.name, "reason": s.reason} for s in analysis.skipped],
+    }
+    report = {"method": plan.method, "tile": plan.tile, "options": plan.options, "dw_layers": rows,
+              "totals": totals}
+    if extra:
+        report.update(extra)
+    return report
+
+
+def _short(name: str, width: int) -> str:
+    return name if len(name) <= width else "..." + name[-(width - 3):]
+
+
+def _kept_summary(kept: list[int]) -> str:
+    """'64x4,32' for [64, 64, 64, 64, 32]: run-length of equal K values."""
+    parts: list[str] = []
+    start = 0
+    for i in range(1, len(kept) + 1):
+        if i == len(kept) or kept[i] != kept[start]:
+            count = i - start
+            parts.append(f"{kept[start]}x{count}" if count > 1 else str(kept[start]))
+            start = i
+    return ",".join(parts)
+
+
+def format_report_table(report: dict[str, Any]) -> str:
+    """A readable table of the DW layers and the model totals, for the terminal."""
+    header = f"{'DW layer':<40} {'C':>5} {'k':>3} {'s':>3} {'G':>3} {'target':>6} {'PR':>6} {'RealDW':>6} " \
+             f"{'pat':>4} {'speedup':>7}  K per sub-GEMM"
+    lines = [header, "-" * len(header)]
+    for row in report["dw_layers"]:
+        stride = "x".join(map(str, row["strides"])) if row["strides"] and row["strides"][0] != row["strides"][1] \
+            else str(row["strides"][0] if row["strides"] else "?")
+        speedup = f"{row['predicted_speedup']:.2f}x" if row["predicted_speedup"] else "all"
+        lines.append(f"{_short(row['name'], 40):<40} {row['channels']:>5} {row['kernel'][0]:>3} {stride:>3} "
+                     f"{row['subgemms']:>3} {row['target_ratio']:>6.3f} {row['achieved_ratio']:>6.3f} "
+                     f"{row['real_dw']:>6.3f} {row['pattern']:>4} {speedup:>7}  "
+                     f"{_kept_summary(row['kept_per_subgemm'])}")
+    totals = report["totals"]
+    lines.append("-" * len(header))
+    speedup = totals["predicted_dw_speedup"]
+    summary = (f"DW: {totals['dw_layers']} layers, PR {totals['dw_ratio_achieved']:.4f} "
+               f"(target {totals['dw_ratio_target']}), Real DW {totals['real_dw_min']:.4f}")
+    if totals["dw_pattern"]:
+        summary += f", DW-Pat. {totals['dw_pattern']}"
+    summary += f", predicted DW speedup {speedup:.2f}x (tile model)" if speedup else ""
+    lines.append(summary)
+    for skipped in totals["skipped_layers"]:
+        lines.append(f"skipped {skipped['name']}: {skipped['reason']}")
+    return "\n".join(lines)
