@@ -55,6 +55,8 @@ def main() -> None:
 
 # One module per command, each exposing ``command``; the order here is the order of ``--help``.
 COMMAND_MODULES: tuple[str, ...] = (
+    "compare_cmd",
+    "lower_cmd",
 )
 
 
