@@ -138,11 +138,11 @@ def load_image(path: Path, height: int, width: int, mean: Sequence[float], std: 
 def image_feeds(specs: Sequence[InputSpec], directory: Path, n: int, mean: Sequence[float],
                 std: Sequence[float]) -> list[dict[str, np.ndarray]]:
     """Up to ``n`` images of ``directory`` (sorted by name), one per feed, for a single [N, 3, H, W] input."""
+    if not directory.is_dir():
+        raise DepruneError(f"{directory}: --images is not a directory")
     if len(specs) != 1 or len(specs[0].shape) != 4 or specs[0].shape[1] != 3:
         raise DepruneError("--images needs a model with one [N, 3, H, W] input, got "
                            + ", ".join(f"{s.name} {list(s.shape)}" for s in specs))
-    if not directory.is_dir():
-        raise DepruneError(f"{directory}: --images is not a directory")
     paths = sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:n]
     if not paths:
         raise DepruneError(f"{directory}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
