@@ -84,10 +84,10 @@ def test_oracle_on_a_real_layer(case):
     node = custom_nodes(rewritten)[0]
     attrs = node_attributes(node)
     x = np.random.default_rng(0).standard_normal((2, attrs["channels"], 20, 24)).astype(np.float32)
-    single = onnx.helper.make_model(
-        onnx.helper.make_graph([node], "one", [onnx.helper.make_tensor_value_info(node.input[0], 1, [2, attrs["channels"], 20, 24])],
-                               [onnx.helper.make_tensor_value_info(node.output[0], 1, None)]),
-        opset_imports=list(rewritten.opset_import))
+    inputs = [onnx.helper.make_tensor_value_info(node.input[0], onnx.TensorProto.FLOAT, list(x.shape))]
+    outputs = [onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, None)]
+    single = onnx.helper.make_model(onnx.helper.make_graph([node], "one", inputs, outputs),
+                                    opset_imports=list(rewritten.opset_import))
     single.ir_version = rewritten.ir_version
     expected = run_ort(lower(single), {node.input[0]: x})[0]
     assert max_rel_err(run_dr_sparse_dwconv(x, attrs), expected) <= 1e-5

@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import numpy_helper
 from op_testing import MODEL_PATHS, custom_nodes, max_rel_err, random_feeds, random_masks, run_ort
 
 from deprune_onnx.errors import DepruneError
