@@ -74,6 +74,8 @@ def main() -> None:
 COMMAND_MODULES: tuple[str, ...] = (
     "inspect_cmd",
     "prune_cmd",
+    "compare_cmd",
+    "lower_cmd",
 )
 
 

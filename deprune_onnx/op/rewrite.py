@@ -1,0 +1,178 @@
+"""Rewrite pass: pruned DW Conv (+ bias + following activation) -> deprune::DRSparseDepthwiseConv.
+
+Handles: 2-D Conv with ``group == C_in`` and a constant weight [m*C_in, 1, kh, kw] (depth multiplier m >= 1),
+any strides, dilations, explicit asymmetric pads or auto_pad NOTSET/VALID, kernels up to 15, float32/float16
+weights, a constant bias or none, and the activations listed in ``fusion``. The bias is always fused; the
+activation only when the conv output feeds nothing else.
+Refuses (the layer stays a standard Conv, with the reason in its RewriteRecord): non-constant weight or bias,
+auto_pad SAME_*, 1-D/3-D convs, kernels over 15, non-float weights.
+Postconditions: the model passes ``onnx.checker`` (full check), is topologically sorted, imports the
+``deprune`` domain, and has no dangling node or initializer. The input model is not modified.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from deprune_onnx.errors import DepruneError
+from deprune_onnx.op import spec
+from deprune_onnx.op.attributes import FLOAT_DTYPES, DRConvParams, encode_attributes
+from deprune_onnx.op.fusion import FusedActivation, match_activation
+from deprune_onnx.op.graphs import export_like, name_factory
+from deprune_onnx.op.packing import PackedDR, pack_dr_weights, subgemm_count
+
+TENSOR_ATTRIBUTES = ("kept_counts", "tap_indices", "tap_values", "bias")
+
+
+@dataclass(frozen=True)
+class RewriteRecord:
+    """What the rewrite did to one DW layer (JSON-ready through ``to_dict``)."""
+
+    layer: str                 # node name of the DW Conv, kept by the custom node that replaces it
+    rewritten: bool
+    reason: str | None = None  # why the layer was refused (rewritten is False)
+    activation: str = "none"
+    activation_params: tuple[float, ...] = ()
+    fused_nodes: tuple[str, ...] = ()  # the activation nodes absorbed into the custom op
+    bias_fused: bool = False
+    kept_taps: int = 0
+    total_taps: int = 0
+    packed_taps: int = 0       # kept taps plus tile padding: the length of tap_indices
+    subgemms: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _is_dw_conv(node: gs.Node) -> bool:
+    """group == C_in, judged from a constant weight [C_out, 1, ...] whose C_out is a multiple of group."""
+    if node.op != "Conv" or len(node.inputs) < 2 or not isinstance(node.inputs[1], gs.Constant):
+        return False
+    shape = node.inputs[1].shape
+    group = int(node.attrs.get("group", 1))
+    return len(shape) >= 3 and shape[1] == 1 and shape[0] % group == 0
+
+
+def _refusal(node: gs.Node) -> str | None:
+    """Why this node (named by the caller or found by _is_dw_conv) cannot become the op, or None."""
+    if node.op != "Conv":
+        return f"not a Conv ({node.op})"
+    if len(node.inputs) < 2 or not isinstance(node.inputs[1], gs.Constant):
+        return "weight is not an initializer"
+    if not _is_dw_conv(node):
+        return "not a depthwise conv (group != C_in)"
+    weight = node.inputs[1].values
+    if weight.ndim != 4:
+        return f"{weight.ndim - 2}-D convolution (only 2-D is supported)"
+    if weight.dtype not in FLOAT_DTYPES:
+        return f"weight dtype {weight.dtype} (only float32/float16)"
+    if len(node.inputs) > 2 and node.inputs[2].name and not isinstance(node.inputs[2], gs.Constant):
+        return "bias is not an initializer"
+    auto_pad = node.attrs.get("auto_pad", "NOTSET")
+    if auto_pad not in ("NOTSET", "VALID"):
+        return f"auto_pad={auto_pad} (re-export the model with explicit pads)"
+    if max(weight.shape[2:]) > spec.MAX_KERNEL_SIZE:
+        return f"kernel {list(weight.shape[2:])} larger than {spec.MAX_KERNEL_SIZE}"
+    return None
+
+
+def _conv_params(node: gs.Node, fused: FusedActivation | None, subgemm_channels: int,
+                 k_tile: int) -> DRConvParams:
+    weight = node.inputs[1].values
+    channels = int(node.attrs.get("group", 1))
+    pads = (0, 0, 0, 0) if node.attrs.get("auto_pad", "NOTSET") == "VALID" else node.attrs.get("pads", (0, 0, 0, 0))
+    return DRConvParams(
+        channels=channels,
+        kernel_shape=(int(weight.shape[2]), int(weight.shape[3])),
+        depth_multiplier=weight.shape[0] // channels,
+        strides=tuple(int(v) for v in node.attrs.get("strides", (1, 1))),
+        pads=tuple(int(v) for v in pads),
+        dilations=tuple(int(v) for v in node.attrs.get("dilations", (1, 1))),
+        subgemm_channels=subgemm_channels,
+        k_tile=k_tile,
+        activation=fused.activation if fused else "none",
+        activation_params=fused.params if fused else (),
+    )
+
+
+def _keep_mask(node: gs.Node, keep_masks: Mapping[str, np.ndarray] | None) -> np.ndarray:
+    weight = node.inputs[1].values
+    if keep_masks is None:
+        return weight != 0
+    mask = np.asarray(keep_masks[node.name])
+    if mask.shape != weight.shape:
+        raise DepruneError(f"keep mask of '{node.name}' has shape {list(mask.shape)}, "
+                           f"its weight has shape {list(weight.shape)}")
+    return mask.astype(bool)
+
+
+def _replace(graph: gs.Graph, node: gs.Node, params: DRConvParams, packed: PackedDR,
+             fused: FusedActivation | None) -> None:
+    """Detach the conv and the fused activation nodes, and put the custom node in their place."""
+    x = node.inputs[0]
+    y = fused.output if fused else node.outputs[0]
+    for old in (node, *(fused.nodes if fused else ())):
+        old.inputs.clear()
+        old.outputs.clear()
+    attrs = encode_attributes(params, packed)
+    for field in TENSOR_ATTRIBUTES:
+        attrs[field] = gs.Constant(f"{node.name}/{field}", attrs[field])
+    graph.nodes.append(gs.Node(spec.OP_TYPE, name=node.name, domain=spec.DOMAIN, attrs=attrs,
+                               inputs=[x], outputs=[y]))
+
+
+def rewrite_to_plugin(model: onnx.ModelProto, keep_masks: Mapping[str, np.ndarray] | None = None, *,
+                      k_tile: int = spec.DEFAULT_K_TILE,
+                      subgemm_channels: int = spec.DEFAULT_SUBGEMM_CHANNELS
+                      ) -> tuple[onnx.ModelProto, list[RewriteRecord]]:
+    """Replace DW convs by DRSparseDepthwiseConv; returns the new model and one record per DW layer considered.
+
+    ``keep_masks`` maps DW Conv node names to bool masks of their weight's shape: exactly those layers are
+    rewritten, keeping the masked taps (a kept weight that is exactly zero stays a kept tap, so HSR's tile
+    alignment survives). Without it every DW conv is rewritten with its non-zero pattern. A name that is not a
+    node of the model, or a mask of the wrong shape, is a DepruneError.
+    """
+    if k_tile < 1 or subgemm_channels < 1:
+        raise DepruneError(f"k_tile ({k_tile}) and subgemm_channels ({subgemm_channels}) must be >= 1")
+    graph = gs.import_onnx(model)
+    fresh = name_factory(graph)
+    by_name = {node.name: node for node in graph.nodes if node.name}
+    if keep_masks is not None:
+        unknown = sorted(set(keep_masks) - set(by_name))
+        if unknown:
+            raise DepruneError(f"keep_masks names node(s) not in the model: {', '.join(unknown[:5])}")
+        targets = [by_name[name] for name in keep_masks]
+    else:
+        targets = [node for node in graph.nodes if _is_dw_conv(node)]
+    graph_outputs = {tensor.name for tensor in graph.outputs}
+
+    records = []
+    for node in targets:
+        if not node.name:
+            node.name = fresh(spec.OP_TYPE)
+        reason = _refusal(node)
+        if reason is not None:
+            records.append(RewriteRecord(node.name, False, reason))
+            continue
+        weight = node.inputs[1].values
+        has_bias = len(node.inputs) > 2 and bool(node.inputs[2].name)
+        bias = node.inputs[2].values if has_bias else None
+        fused = match_activation(node.outputs[0], graph_outputs)
+        params = _conv_params(node, fused, subgemm_channels, k_tile)
+        packed = pack_dr_weights(weight, bias, keep_mask=_keep_mask(node, keep_masks),
+                                 subgemm_channels=subgemm_channels, k_tile=k_tile)
+        records.append(RewriteRecord(
+            layer=node.name, rewritten=True, activation=params.activation,
+            activation_params=params.activation_params,
+            fused_nodes=tuple(n.name for n in fused.nodes) if fused else (), bias_fused=has_bias,
+            kept_taps=int(packed.kept_counts.sum()), total_taps=int(weight.size),
+            packed_taps=int(packed.tap_indices.size),
+            subgemms=subgemm_count(params.out_channels, subgemm_channels)))
+        _replace(graph, node, params, packed, fused)
+    graph.cleanup().toposort()
+    return export_like(graph, model), records

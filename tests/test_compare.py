@@ -1,0 +1,125 @@
+"""`deprune-onnx compare` and `deprune-onnx lower` through Click's CliRunner: reports and exit codes."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from op_testing import IMAGES_DIR, MODELS_DIR, custom_nodes, dense_masked, dw_model, random_masks, run_ort
+
+from deprune_onnx.cli.main import main
+from deprune_onnx.op.rewrite import rewrite_to_plugin
+
+RNG = np.random.default_rng(11)
+WEIGHT = RNG.standard_normal((40, 1, 3, 3)).astype(np.float32)
+PPOCR = MODELS_DIR / "ppocr_mobile_v2_cls_mobilenetv3_small.onnx"
+
+
+def _save(model: onnx.ModelProto, path) -> str:
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def _invoke(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture()
+def tiny(tmp_path):
+    """A DW model, its pruned dense form, and that pruned form rewritten to the custom op."""
+    mask = RNG.random(WEIGHT.shape) < 0.5
+    original = dw_model(WEIGHT, None, activation="relu6", batch=1)
+    dense = dw_model(WEIGHT * mask, None, activation="relu6", batch=1)
+    plugin, _ = rewrite_to_plugin(dense, {"dw": mask})
+    return (_save(original, tmp_path / "original.onnx"), _save(dense, tmp_path / "dense.onnx"),
+            _save(plugin, tmp_path / "plugin.onnx"))
+
+
+def test_rewritten_equals_dense_exit_0(tiny):
+    _, dense, plugin = tiny
+    result = _invoke("compare", dense, plugin, "--n", "4")
+    assert result.exit_code == 0, result.output
+    assert "1 DRSparseDepthwiseConv node(s) lowered" in result.stdout and "PASSED" in result.stdout
+
+
+def test_pruned_differs_from_original_exit_1(tiny):
+    original, _, plugin = tiny
+    result = _invoke("compare", original, plugin, "--n", "4")
+    assert result.exit_code == 1
+    assert "FAILED" in result.stdout
+    assert result.stderr.count("\n") == 1 and "differs from" in result.stderr
+
+
+def test_loose_tolerance_passes(tiny):
+    original, _, plugin = tiny
+    assert _invoke("compare", original, plugin, "--n", "2", "--rtol", "1e9", "--atol", "1e9").exit_code == 0
+
+
+def test_min_agreement_alone_replaces_the_tolerance_check(tmp_path):
+    original = _save(dw_model(WEIGHT, None, batch=1), tmp_path / "a.onnx")
+    flipped = _save(dw_model(-WEIGHT, None, batch=1), tmp_path / "b.onnx")  # arg-max over the last axis flips
+    same = _invoke("compare", original, original, "--min-agreement", "1", "--n", "3", "--json")
+    assert same.exit_code == 0
+    data = json.loads(same.stdout)
+    assert data["passed"] and data["rtol"] is None and data["sets"][0]["outputs"][0]["top1_agreement"] == 1.0
+    differ = _invoke("compare", original, flipped, "--min-agreement", "0.9", "--n", "3", "--json")
+    assert differ.exit_code == 1
+    data = json.loads(differ.stdout)
+    assert not data["passed"] and data["sets"][0]["outputs"][0]["top1_agreement"] < 0.9
+    assert data["sets"][0]["outputs"][0]["cosine"] == pytest.approx(-1.0)
+
+
+def test_float16_pruned_model_is_fed_float16(tiny, tmp_path):
+    pytest.importorskip("onnxconverter_common", reason="float16 conversion needs onnxconverter-common")
+    from deprune_onnx.precision import convert_to_float16
+
+    _, dense, plugin = tiny
+    half = _save(convert_to_float16(onnx.load(plugin)), tmp_path / "half.onnx")
+    assert _invoke("compare", dense, half, "--n", "2").exit_code == 1  # 1e-5 is tighter than float16
+    assert _invoke("compare", dense, half, "--n", "2", "--rtol", "1e-2", "--atol", "1e-2").exit_code == 0
+
+
+@pytest.mark.skipif(not (PPOCR.exists() and IMAGES_DIR.is_dir()), reason="shared model or images missing")
+def test_real_model_with_images(tmp_path):
+    pytest.importorskip("PIL", reason="--images needs Pillow")
+    model = onnx.load(str(PPOCR))
+    masks = random_masks(model, keep=0.9, seed=4)
+    plugin, _ = rewrite_to_plugin(dense_masked(model, masks), masks)
+    result = _invoke("compare", PPOCR, _save(plugin, tmp_path / "p.onnx"), "--images", IMAGES_DIR, "--n", "3",
+                     "--min-agreement", "0", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert [(s["source"], s["samples"]) for s in data["sets"]] == [("random", 3), ("images", 3)]
+    stats = data["sets"][1]["outputs"][0]
+    assert 0 < stats["max_abs"] and -1 <= stats["cosine"] <= 1 and 0 <= stats["top1_agreement"] <= 1
+
+
+@pytest.mark.parametrize("args,message", [
+    (["missing.onnx", "{dense}"], "no such file"),
+    (["{dense}", "{dense}", "--images", "{tmp}/nope"], "not a directory"),
+    (["{dense}", "{other_input}"], "differ"),
+])
+def test_bad_input_exit_2(tiny, tmp_path, args, message):
+    model = dw_model(WEIGHT, None, batch=1)
+    model.graph.input[0].name = "renamed"
+    model.graph.node[0].input[0] = "renamed"
+    other = _save(model, tmp_path / "other.onnx")
+    args = [a.format(dense=tiny[1], tmp=tmp_path, other_input=other) for a in args]
+    result = _invoke("compare", *args)
+    assert result.exit_code == 2 and message in result.stderr
+
+
+def test_lower_command(tiny, tmp_path):
+    _, dense, plugin = tiny
+    out = tmp_path / "lowered.onnx"
+    result = _invoke("lower", plugin, out)
+    assert result.exit_code == 0 and "lowered 1" in result.stdout
+    lowered = onnx.load(str(out))
+    assert not custom_nodes(lowered)
+    x = {"X": RNG.standard_normal((1, 40, 9, 11)).astype(np.float32)}
+    assert np.array_equal(run_ort(lowered, x)[0], run_ort(onnx.load(dense), x)[0])
+    assert _invoke("lower", plugin, plugin).exit_code == 2  # never overwrite the input
+    unchanged = _invoke("lower", dense, tmp_path / "copy.onnx")
+    assert unchanged.exit_code == 0 and "no DRSparseDepthwiseConv" in unchanged.stderr

@@ -1,0 +1,153 @@
+"""rewrite_to_plugin and lower on small generated graphs: fusion, refusals, graph hygiene, exactness."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+from op_testing import (conv_weights_by_node, custom_nodes, dangling_nodes, dw_model, is_toposorted, max_rel_err,
+                        orphan_initializers, run_ort)
+
+from deprune_onnx.errors import DepruneError
+from deprune_onnx.op.activations import HARD_SWISH_PARAMS
+from deprune_onnx.op.attributes import node_attributes
+from deprune_onnx.op.lower import lower
+from deprune_onnx.op.oracle import run_dr_sparse_dwconv
+from deprune_onnx.op.rewrite import rewrite_to_plugin
+
+RNG = np.random.default_rng(7)
+WEIGHT = (RNG.standard_normal((40, 1, 3, 3)) * (RNG.random((40, 1, 3, 3)) < 0.5)).astype(np.float32)
+BIAS = RNG.standard_normal(40).astype(np.float32)
+X = {"X": RNG.standard_normal((2, 40, 9, 11)).astype(np.float32) * 3}
+
+FUSED = {
+    "relu": ("relu", ()),
+    "relu6": ("clip", (0.0, 6.0)),
+    "clip_min_only": ("clip", (-1.5, np.inf)),
+    "clip_constant_nodes": ("clip", (-1.0, 2.0)),
+    "hard_swish": ("hard_swish", HARD_SWISH_PARAMS),
+    "hard_sigmoid_mul": ("hard_swish", (float(np.float32(0.2)), 0.5)),
+    "silu": ("silu", ()),
+    "decomposed_hard_swish": ("hard_swish", HARD_SWISH_PARAMS),
+}
+
+
+def _check_valid(model: onnx.ModelProto) -> None:
+    onnx.checker.check_model(model, full_check=True)
+    assert is_toposorted(model)
+    assert not orphan_initializers(model)
+    assert not dangling_nodes(model)
+
+
+@pytest.mark.parametrize("pattern", sorted(FUSED))
+def test_activation_is_fused_and_everything_agrees(pattern):
+    model = dw_model(WEIGHT, BIAS, activation=pattern)
+    rewritten, records = rewrite_to_plugin(model)
+    _check_valid(rewritten)
+    assert [n.op_type for n in rewritten.graph.node] == ["DRSparseDepthwiseConv"]
+    assert {(o.domain, o.version) for o in rewritten.opset_import} >= {("deprune", 1)}
+    (record,) = records
+    assert record.rewritten and record.bias_fused and record.layer == "dw"
+    assert (record.activation, record.activation_params) == FUSED[pattern]
+    assert record.kept_taps == np.count_nonzero(WEIGHT) and record.total_taps == WEIGHT.size
+    expected = run_ort(model, X)[0]
+    # (a) the numpy oracle reads the node's packed attributes; (b) lower() runs in ONNX Runtime.
+    oracle = run_dr_sparse_dwconv(X["X"], node_attributes(rewritten.graph.node[0]))
+    assert max_rel_err(oracle, expected) <= 1e-5
+    lowered = lower(rewritten)
+    _check_valid(lowered)
+    assert not custom_nodes(lowered) and "deprune" not in {o.domain for o in lowered.opset_import}
+    assert np.array_equal(conv_weights_by_node(lowered)["dw"], WEIGHT)
+    assert max_rel_err(run_ort(lowered, X)[0], expected) <= 1e-5
+
+
+def test_hard_swish_lowers_to_hard_sigmoid_below_opset_14():
+    lowered = lower(rewrite_to_plugin(dw_model(WEIGHT, BIAS, activation="hard_swish", opset=13))[0])
+    assert [n.op_type for n in lowered.graph.node] == ["Conv", "HardSigmoid", "Mul"]
+    assert max_rel_err(run_ort(lowered, X)[0], run_ort(dw_model(WEIGHT, BIAS, activation="hard_swish"), X)[0]) \
+        <= 1e-5
+
+
+def test_activation_not_fused_when_conv_output_has_another_consumer():
+    model = dw_model(WEIGHT, BIAS, activation="relu")
+    model.graph.output.append(helper.make_tensor_value_info("conv_out", onnx.TensorProto.FLOAT, ["N", 40, 9, 11]))
+    rewritten, (record,) = rewrite_to_plugin(model)
+    _check_valid(rewritten)
+    assert record.rewritten and record.activation == "none"
+    assert [n.op_type for n in rewritten.graph.node] == ["DRSparseDepthwiseConv", "Relu"]
+    expected = run_ort(model, X)
+    for got, ref in zip(run_ort(lower(rewritten), X), expected):
+        assert np.array_equal(got, ref)
+
+
+def test_unfusable_gate_stays_standard():
+    """Mul(x, HardSigmoid(y)) with y != x is not a hard-swish of the conv output."""
+    model = dw_model(WEIGHT, None, activation="hard_sigmoid_mul")
+    model.graph.node[1].input[0] = "X"  # gate reads the conv input, not its output
+    rewritten, (record,) = rewrite_to_plugin(model)
+    assert record.activation == "none" and not record.bias_fused
+    assert sorted(n.op_type for n in rewritten.graph.node) == ["DRSparseDepthwiseConv", "HardSigmoid", "Mul"]
+    assert max_rel_err(run_ort(lower(rewritten), X)[0], run_ort(model, X)[0]) <= 1e-5
+
+
+def test_depth_multiplier_and_asymmetric_pads():
+    weight = (RNG.standard_normal((80, 1, 5, 5)) * (RNG.random((80, 1, 5, 5)) < 0.4)).astype(np.float32)
+    model = dw_model(weight, None, channels=40, pads=(0, 2, 1, 2), strides=(2, 1), dilations=(1, 2))
+    rewritten, (record,) = rewrite_to_plugin(model, k_tile=16, subgemm_channels=16)
+    _check_valid(rewritten)
+    attrs = node_attributes(rewritten.graph.node[0])
+    assert attrs["depth_multiplier"] == 2 and attrs["k_tile"] == 16 and record.subgemms == 5
+    expected = run_ort(model, X)[0]
+    assert max_rel_err(run_dr_sparse_dwconv(X["X"], attrs), expected) <= 1e-5
+    assert np.array_equal(run_ort(lower(rewritten), X)[0], expected)
+
+
+def test_keep_masks_keep_exact_zero_weights_and_select_layers():
+    mask = WEIGHT != 0
+    weight = WEIGHT.copy()
+    weight.reshape(-1)[np.flatnonzero(mask)[:7]] = 0.0  # kept by the plan, but exactly zero
+    model = dw_model(weight, BIAS, activation="relu6")
+    rewritten, (record,) = rewrite_to_plugin(model, {"dw": mask})
+    assert record.kept_taps == mask.sum()
+    lowered = lower(rewritten)
+    assert np.array_equal(conv_weights_by_node(lowered)["dw"], weight)
+    assert np.array_equal(run_ort(lowered, X)[0], run_ort(model, X)[0])
+    with pytest.raises(DepruneError, match="not in the model"):
+        rewrite_to_plugin(model, {"missing": mask})
+    with pytest.raises(DepruneError, match="shape"):
+        rewrite_to_plugin(model, {"dw": mask[:1]})
+
+
+@pytest.mark.parametrize("mutate,reason", [
+    (lambda m: m.graph.node[0].attribute.append(helper.make_attribute("auto_pad", "SAME_UPPER")), "auto_pad"),
+    (lambda m: m.graph.initializer.pop(0) or m.graph.input.append(
+        helper.make_tensor_value_info("W", onnx.TensorProto.FLOAT, [40, 1, 3, 3])), "not an initializer"),
+])
+def test_refused_layers_stay_standard_with_a_reason(mutate, reason):
+    model = dw_model(WEIGHT, None, activation="relu", extra_conv_attrs={})
+    mutate(model)
+    rewritten, records = rewrite_to_plugin(model, {"dw": WEIGHT != 0})
+    assert not records[0].rewritten and reason in records[0].reason
+    assert not custom_nodes(rewritten) and [n.op_type for n in rewritten.graph.node] == ["Conv", "Relu"]
+
+
+def test_input_model_untouched_and_metadata_kept():
+    model = dw_model(WEIGHT, BIAS, activation="silu")
+    helper.set_model_props(model, {"labels": "0,90,180,270"})
+    model.doc_string = "sample"
+    before = model.SerializeToString()
+    rewritten, _ = rewrite_to_plugin(model)
+    lowered = lower(rewritten)
+    assert model.SerializeToString() == before
+    for out in (rewritten, lowered):
+        assert {p.key: p.value for p in out.metadata_props} == {"labels": "0,90,180,270"}
+        assert out.doc_string == "sample" and out.ir_version == model.ir_version
+
+
+def test_float16_model_rewrites_with_float16_taps():
+    model = dw_model(WEIGHT.astype(np.float16), BIAS.astype(np.float16), activation="relu")
+    rewritten, _ = rewrite_to_plugin(model)
+    attrs = node_attributes(rewritten.graph.node[0])
+    assert numpy_helper.to_array(attrs["tap_values"]).dtype == np.float16
+    x16 = {"X": X["X"].astype(np.float16)}
+    assert np.array_equal(run_ort(lower(rewritten), x16)[0], run_ort(model, x16)[0])
