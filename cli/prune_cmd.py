@@ -35,14 +35,17 @@ def sidecar_path(output: Path, suffix: str) -> Path:
               help="Where to write the plan [default: OUT.plan.json].")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False),
               help="Where to write the report [default: OUT.report.json].")
-@click.option("--format", "output_format", type=click.Choice(["dense", "plugin"]), default="dense",
+@click.option("--format", "output_format", type=click.Choice(["plugin", "dense"]), default="plugin",
               show_default=True,
-              help="dense = standard Conv with masked weights; plugin = DRSparseDepthwiseConv custom op.")
+              help="plugin = pruned DW convs become the DRSparseDepthwiseConv custom op (compact DR weights, "
+                   "TensorRT plugin); dense = standard Conv with masked weights (portable, the reference).")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="float16 converts weights, activations and I/O (TensorRT 11 takes precision from the model).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 def command(input_path: str, output_path: str, method: str, dw_ratio: float, layer_ratios: tuple[str, ...],
             exclude: tuple[str, ...], tile: int, hsr_timings: str | None, plan_path: str | None,
-            plan_out: str | None, report_path: str | None, output_format: str, as_json: bool,
+            plan_out: str | None, report_path: str | None, output_format: str, dtype: str, as_json: bool,
             quiet: bool) -> None:
     """Prune the depthwise convs of IN.onnx the DEPrune way and write OUT.onnx.
 
@@ -71,7 +74,7 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, lay
                            hsr_alphas=load_hsr_timings(hsr_timings) if hsr_timings else {})
     plan = load_plan(plan_path) if plan_path else None
     model = load_model(input_path)
-    result = prune_model(model, PruneOptions(dw=dw_options, output_format=output_format), plan)
+    result = prune_model(model, PruneOptions(dw=dw_options, output_format=output_format, dtype=dtype), plan)
 
     save_model(result.model, output)
     write_json_atomic(report_file, result.report)

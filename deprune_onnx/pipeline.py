@@ -21,12 +21,14 @@ from deprune_onnx.plan import PruningPlan
 from deprune_onnx.report import build_report
 
 OUTPUT_FORMATS = ("dense", "plugin")
+DTYPES = ("float32", "float16")
 
 
 @dataclass
 class PruneOptions:
     dw: DWOptions = field(default_factory=DWOptions)
-    output_format: str = "dense"
+    output_format: str = "plugin"
+    dtype: str = "float32"
 
 
 @dataclass
@@ -57,14 +59,31 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan
     """Prune ``model`` (in place) by ``options``, or re-apply a saved ``plan`` when one is given."""
     if options.output_format not in OUTPUT_FORMATS:
         raise DepruneError(f"--format '{options.output_format}': expected one of {', '.join(OUTPUT_FORMATS)}")
-    if options.output_format == "plugin":
-        raise DepruneError("--format plugin: the DRSparseDepthwiseConv rewrite is not available in this "
-                           "version yet; use --format dense")
+    if options.dtype not in DTYPES:
+        raise DepruneError(f"--dtype '{options.dtype}': expected one of {', '.join(DTYPES)}")
     ensure_unique_node_names(model)
     analysis = analyze(model)
     _require_dw_layers(analysis)
     if plan is None:
         plan = make_plan(model, options, analysis)
     apply_dw_masks(model, plan.dw_layers)
-    report = build_report(plan, analysis, {"format": options.output_format})
+    extra: dict[str, Any] = {"format": options.output_format, "dtype": options.dtype}
+    if options.output_format == "plugin":
+        model, records = _rewrite(model, plan)
+        extra["rewrite"] = records
+    if options.dtype == "float16":
+        from deprune_onnx.precision import convert_to_float16
+
+        model = convert_to_float16(model)
+    report = build_report(plan, analysis, extra)
     return PruneResult(model, plan, report, analysis)
+
+
+def _rewrite(model: onnx.ModelProto, plan: PruningPlan) -> tuple[onnx.ModelProto, list[dict[str, Any]]]:
+    """Every pruned DW conv (excluded layers stay Conv) -> DRSparseDepthwiseConv with the plan's masks."""
+    from deprune_onnx.op.rewrite import rewrite_to_plugin
+
+    keep_masks = {layer.name: layer.keep_mask() for layer in plan.dw_layers if layer.method != "none"}
+    model, records = rewrite_to_plugin(model, keep_masks, k_tile=plan.tile,
+                                       subgemm_channels=plan.subgemm_channels)
+    return model, [record.to_dict() for record in records]
