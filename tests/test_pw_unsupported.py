@@ -1,7 +1,6 @@
 """Anything the dependency rules do not understand leaves its whole group untouched, with the reason."""
 from __future__ import annotations
 
-import numpy as np
 import onnx
 import pytest
 

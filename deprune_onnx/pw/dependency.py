@@ -129,9 +129,6 @@ class DependencyGraph:
     edits: list[Edit]
     origin_nodes: dict[str, int] = field(default_factory=dict)  # output tensor -> position of its origin Conv
 
-    def prunable(self) -> list[ChannelGroup]:
-        return [group for group in self.groups if group.reason is None]
-
 
 def _normalise_axes(axes: Any, rank: int) -> list[int]:
     return sorted(int(a) % rank for a in np.asarray(axes).reshape(-1))
