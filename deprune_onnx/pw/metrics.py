@@ -1,0 +1,73 @@
+"""Model size and cost before/after PW pruning, and the PW report rendered from a plan.
+
+Params: elements of the floating-point initializers (what the model file stores as weights). MACs:
+multiply-accumulates of Conv, Gemm and MatMul at the model's static input size (a symbolic batch counts as 1).
+Element-wise ops are not counted; they are noise next to the convolutions of these networks.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+
+from deprune_onnx.analysis import analyze
+from deprune_onnx.graph import node_attributes
+from deprune_onnx.pw.plan import PWGroupPlan, PWPlan
+from deprune_onnx.shapes import Shape, concrete, infer_tensor_shapes
+
+
+def count_params(model: onnx.ModelProto) -> int:
+    return int(sum(int(np.prod(t.dims, dtype=np.int64)) for t in model.graph.initializer
+                   if onnx.helper.tensor_dtype_to_np_dtype(t.data_type).kind == "f"))
+
+
+def count_macs(model: onnx.ModelProto, shapes: dict[str, Shape] | None = None) -> int:
+    shapes = infer_tensor_shapes(model) if shapes is None else shapes
+    total = 0
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
+            continue
+        out, weight = concrete(shapes.get(node.output[0])), concrete(shapes.get(node.input[1]))
+        if out is None or weight is None:
+            continue
+        if node.op_type == "Conv":
+            total += int(np.prod(out, dtype=np.int64)) * int(np.prod(weight[1:], dtype=np.int64))
+        else:
+            transposed = node.op_type == "Gemm" and node_attributes(node).get("transB", 0)
+            reduction = weight[-1] if transposed else weight[-2]
+            total += int(np.prod(out, dtype=np.int64)) * int(reduction)
+    return total
+
+
+def _group_row(entry: PWGroupPlan) -> dict[str, Any]:
+    return {"group": entry.id, "producers": entry.producers, "readers": entry.readers,
+            "channels_before": entry.channels, "channels_after": entry.kept, "target_ratio": entry.target_ratio,
+            "ratio": entry.ratio, "aligned": entry.aligned, "importance": entry.importance,
+            "pruned": entry.reason is None, "reason": entry.reason}
+
+
+def _layer_rows(before: onnx.ModelProto, after: onnx.ModelProto) -> list[dict[str, Any]]:
+    """Per PW layer of the original model: input/output channels before and after."""
+    shapes = infer_tensor_shapes(after)
+    weights = {node.name: shapes.get(node.input[1]) for node in after.graph.node if node.op_type == "Conv"}
+    rows = []
+    for layer in analyze(before).pw_layers:
+        weight = weights.get(layer.name) or (layer.out_channels, layer.in_channels)
+        rows.append({"layer": layer.name, "block": layer.block,
+                     "out_channels_before": layer.out_channels, "out_channels_after": int(weight[0]),
+                     "in_channels_before": layer.in_channels, "in_channels_after": int(weight[1])})
+    return rows
+
+
+def pw_report(plan: PWPlan, model_before: onnx.ModelProto, model_after: onnx.ModelProto) -> dict[str, Any]:
+    """Report rows for each group (pruned and skipped, with reasons), each PW layer, and model totals."""
+    before, after = plan.channels_before, plan.channels_after
+    return {
+        "method": plan.method, "scope": plan.scope, "target_ratio": plan.ratio, "align": plan.align,
+        "pw_channels": {"before": before, "after": after, "ratio": (before - after) / before if before else 0.0},
+        "groups": [_group_row(entry) for entry in plan.groups + plan.skipped],
+        "layers": _layer_rows(model_before, model_after),
+        "params": {"before": count_params(model_before), "after": count_params(model_after)},
+        "macs": {"before": count_macs(model_before), "after": count_macs(model_after)},
+    }
