@@ -35,6 +35,16 @@ def sidecar_path(output: Path, suffix: str) -> Path:
               help="Where to write the plan [default: OUT.plan.json].")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False),
               help="Where to write the report [default: OUT.report.json].")
+@click.option("--pw-ratio", type=float, default=0.0, show_default=True,
+              help="PW filter-pruning ratio in [0, 1): pruned filters are removed from the graph.")
+@click.option("--pw-align", type=int, default=32, show_default=True,
+              help="Kept PW channel counts are multiples of this (the GPU tile; 8 for small models).")
+@click.option("--pw-scope", type=click.Choice(["project", "all"]), default="project", show_default=True,
+              help="project = projection PW of each block (paper); all = every PW, expansion too "
+                   "(which removes DW channels).")
+@click.option("--pw-method", type=click.Choice(["l2", "nm24"]), default="l2", show_default=True,
+              help="l2 = filter pruning by l2 norm (with --pw-ratio); nm24 = 2:4 masks on PW weights for "
+                   "TensorRT sparse tensor cores (zeros kept, no removal).")
 @click.option("--format", "output_format", type=click.Choice(["plugin", "dense"]), default="plugin",
               show_default=True,
               help="plugin = pruned DW convs become the DRSparseDepthwiseConv custom op (compact DR weights, "
@@ -44,7 +54,8 @@ def sidecar_path(output: Path, suffix: str) -> Path:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 def command(input_path: str, output_path: str, method: str, dw_ratio: float, layer_ratios: tuple[str, ...],
-            exclude: tuple[str, ...], tile: int, hsr_timings: str | None, plan_path: str | None,
+            exclude: tuple[str, ...], tile: int, hsr_timings: str | None, pw_ratio: float, pw_align: int,
+            pw_scope: str, pw_method: str, plan_path: str | None,
             plan_out: str | None, report_path: str | None, output_format: str, dtype: str, as_json: bool,
             quiet: bool) -> None:
     """Prune the depthwise convs of IN.onnx the DEPrune way and write OUT.onnx.
@@ -61,11 +72,12 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, lay
     """
     from deprune_onnx.dw_planner import DWOptions, check_ratio, load_hsr_timings
     from deprune_onnx.model_io import check_output_path, load_model, save_model, write_json_atomic
-    from deprune_onnx.pipeline import PruneOptions, prune_model
+    from deprune_onnx.pipeline import PruneOptions, PWOptions, prune_model
     from deprune_onnx.plan import load_plan
     from deprune_onnx.report import format_report_table
 
     check_ratio(dw_ratio, "--dw-ratio")
+    check_ratio(pw_ratio, "--pw-ratio")
     output = check_output_path(output_path, input_path)
     report_file = check_output_path(report_path or sidecar_path(output, ".report.json"), input_path)
     plan_file = check_output_path(plan_out or sidecar_path(output, ".plan.json"), input_path)
@@ -74,7 +86,9 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, lay
                            hsr_alphas=load_hsr_timings(hsr_timings) if hsr_timings else {})
     plan = load_plan(plan_path) if plan_path else None
     model = load_model(input_path)
-    result = prune_model(model, PruneOptions(dw=dw_options, output_format=output_format, dtype=dtype), plan)
+    pw_options = PWOptions(ratio=pw_ratio, align=pw_align, scope=pw_scope, method=pw_method)
+    options = PruneOptions(dw=dw_options, pw=pw_options, output_format=output_format, dtype=dtype)
+    result = prune_model(model, options, plan)
 
     save_model(result.model, output)
     write_json_atomic(report_file, result.report)

@@ -18,15 +18,30 @@ from deprune_onnx.errors import DepruneError
 from deprune_onnx.graph import ensure_unique_node_names
 from deprune_onnx.masks import SUBGEMM_CHANNELS
 from deprune_onnx.plan import PruningPlan
+from deprune_onnx.pw import PWPlan, apply_nm24, apply_pw_plan, plan_pw_pruning, pw_report
 from deprune_onnx.report import build_report
 
 OUTPUT_FORMATS = ("dense", "plugin")
 DTYPES = ("float32", "float16")
 
 
+PW_METHODS = ("l2", "nm24")
+
+
+@dataclass
+class PWOptions:
+    """PW pruning: ``l2`` filter pruning that removes channels (``ratio`` > 0), or ``nm24`` 2:4 masks."""
+
+    ratio: float = 0.0
+    align: int = 32
+    scope: str = "project"
+    method: str = "l2"
+
+
 @dataclass
 class PruneOptions:
     dw: DWOptions = field(default_factory=DWOptions)
+    pw: PWOptions = field(default_factory=PWOptions)
     output_format: str = "plugin"
     dtype: str = "float32"
 
@@ -47,11 +62,27 @@ def _require_dw_layers(analysis: ModelAnalysis) -> None:
     raise DepruneError(f"no depthwise conv layer (Conv with group == input channels) to prune{detail}")
 
 
-def make_plan(model: onnx.ModelProto, options: PruneOptions, analysis: ModelAnalysis) -> PruningPlan:
-    """Decide every mask; pure with respect to the model."""
+def make_plan(model: onnx.ModelProto, options: PruneOptions, analysis: ModelAnalysis,
+              pw_plan: PWPlan | None) -> PruningPlan:
+    """Decide every DW mask (on the model after PW removal); pure with respect to the model."""
     return PruningPlan(method=options.dw.method, dw_ratio=options.dw.dw_ratio, tile=options.dw.tile,
                        subgemm_channels=SUBGEMM_CHANNELS, dw_layers=plan_dw_layers(model, analysis, options.dw),
-                       options={"dw": asdict(options.dw)})
+                       pw=pw_plan.to_dict() if pw_plan else None,
+                       options={"dw": asdict(options.dw), "pw": asdict(options.pw)})
+
+
+def _pw_structural(model: onnx.ModelProto, options: PWOptions, plan: PruningPlan | None
+                   ) -> tuple[onnx.ModelProto, PWPlan | None]:
+    """Remove PW channels first (a saved plan's groups, or l2 filter pruning); DW masks are decided after."""
+    if plan is not None:
+        pw_plan = PWPlan.from_dict(plan.pw) if plan.pw else None
+    elif options.method == "l2" and options.ratio > 0:
+        pw_plan = plan_pw_pruning(model, ratio=options.ratio, align=options.align, scope=options.scope)
+    else:
+        pw_plan = None
+    if pw_plan is None or not pw_plan.groups:
+        return model, pw_plan
+    return apply_pw_plan(model, pw_plan), pw_plan
 
 
 def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan | None = None
@@ -61,13 +92,23 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan
         raise DepruneError(f"--format '{options.output_format}': expected one of {', '.join(OUTPUT_FORMATS)}")
     if options.dtype not in DTYPES:
         raise DepruneError(f"--dtype '{options.dtype}': expected one of {', '.join(DTYPES)}")
+    if options.pw.method not in PW_METHODS:
+        raise DepruneError(f"--pw-method '{options.pw.method}': expected one of {', '.join(PW_METHODS)}")
+    if plan is not None:
+        options.pw = PWOptions(**plan.options.get("pw", {})) if plan.options.get("pw") else PWOptions()
     ensure_unique_node_names(model)
+    _require_dw_layers(analyze(model))
+    original = model
+    model, pw_plan = _pw_structural(model, options.pw, plan)
     analysis = analyze(model)
-    _require_dw_layers(analysis)
     if plan is None:
-        plan = make_plan(model, options, analysis)
+        plan = make_plan(model, options, analysis, pw_plan)
     apply_dw_masks(model, plan.dw_layers)
     extra: dict[str, Any] = {"format": options.output_format, "dtype": options.dtype}
+    if pw_plan is not None:
+        extra["pw"] = pw_report(pw_plan, original, model)
+    if options.pw.method == "nm24":
+        model, extra["pw_nm24"] = apply_nm24(model, analysis)
     if options.output_format == "plugin":
         model, records = _rewrite(model, plan)
         extra["rewrite"] = records

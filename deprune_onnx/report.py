@@ -124,4 +124,28 @@ def format_report_table(report: dict[str, Any]) -> str:
     lines.append(summary)
     for skipped in totals["skipped_layers"]:
         lines.append(f"skipped {skipped['name']}: {skipped['reason']}")
+    lines += _pw_lines(report) + _rewrite_lines(report)
     return "\n".join(lines)
+
+
+def _pw_lines(report: dict[str, Any]) -> list[str]:
+    pw = report.get("pw")
+    if not pw:
+        return []
+    channels, params, macs = pw["pw_channels"], pw["params"], pw["macs"]
+    skipped = sum(1 for group in pw["groups"] if group.get("reason"))
+    return [f"PW ({pw['scope']}, align {pw['align']}): channels {channels['before']} -> {channels['after']} "
+            f"(PR {channels['ratio']:.3f}, target {pw['target_ratio']}), params {params['before']:,} -> "
+            f"{params['after']:,}, MACs {macs['before']:,} -> {macs['after']:,}; {skipped} group(s) left "
+            "unpruned (reasons in the report)"]
+
+
+def _rewrite_lines(report: dict[str, Any]) -> list[str]:
+    records = report.get("rewrite")
+    if records is None:
+        return []
+    done = [r for r in records if r["rewritten"]]
+    lines = [f"rewrite: {len(done)} DW conv(s) -> DRSparseDepthwiseConv "
+             f"({sum(bool(r['activation'] != 'none') for r in done)} with a fused activation)"]
+    lines += [f"not rewritten {r['layer']}: {r['reason']}" for r in records if not r["rewritten"]]
+    return lines

@@ -10,9 +10,11 @@ import onnx_graphsurgeon as gs
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
-MODELS_DIR = Path("/work/shared/models")
+from conftest import SHARED
+
+MODELS_DIR = SHARED / "models"
 MODEL_PATHS = sorted(MODELS_DIR.glob("*.onnx"))
-IMAGES_DIR = Path("/work/shared/data/imagenet_samples")
+IMAGES_DIR = SHARED / "data" / "imagenet_samples"
 
 
 def max_rel_err(actual: np.ndarray, reference: np.ndarray) -> float:

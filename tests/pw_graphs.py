@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from deprune_onnx.graph import GraphIndex
+from op_testing import random_feeds, run_ort as run
 from deprune_onnx.pw import PWPlan, apply_pw_plan, build_dependency_graph, plan_pw_pruning
 
 
@@ -76,20 +76,6 @@ class GraphBuilder:
         del model.graph.value_info[:]
         onnx.checker.check_model(model, full_check=True)
         return model
-
-
-def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, feeds)
-
-
-def random_feeds(model: onnx.ModelProto, seed: int = 1) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for value in model.graph.input:
-        shape = [d.dim_value if d.dim_value > 0 else 1 for d in value.type.tensor_type.shape.dim]
-        feeds[value.name] = rng.random(shape, dtype=np.float32)
-    return feeds
 
 
 def plant_zero_channels(model: onnx.ModelProto, plan: PWPlan) -> onnx.ModelProto:

@@ -12,9 +12,9 @@ from deprune_onnx.op.lower import lower
 from deprune_onnx.op.oracle import run_dr_sparse_dwconv
 from deprune_onnx.op.rewrite import rewrite_to_plugin
 
-pytestmark = pytest.mark.skipif(not MODEL_PATHS, reason="the shared models (/work/shared/models) are not present")
+pytestmark = pytest.mark.skipif(not MODEL_PATHS, reason="the shared models (../shared/models) are not present")
 
-# Activations each model's DW convs are followed by (see /work/shared/models/README.md).
+# Activations each model's DW convs are followed by (see ../shared/models/README.md).
 EXPECTED_ACTIVATIONS = {
     "mobilenet_v2_torchvision": {"clip"},                       # Relu6 as Clip(0, 6)
     "ppocr_mobile_v2_cls_mobilenetv3_small": {"relu", "hard_swish"},  # hard-swish decomposed by Paddle

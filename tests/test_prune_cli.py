@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 from onnx import numpy_helper
@@ -18,6 +17,7 @@ from onnx import numpy_helper
 from builders import dsconv_model
 from conftest import SAMPLE_MODEL, shared_model
 from deprune_onnx.cli.main import main
+from op_testing import random_feeds, run_ort
 
 
 def run_cli(*args: str) -> "CliRunner.invoke":
@@ -25,16 +25,7 @@ def run_cli(*args: str) -> "CliRunner.invoke":
 
 
 def ort_outputs(model: onnx.ModelProto | Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
-    return session.run(None, feeds)
-
-
-def random_feeds(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    value = model.graph.input[0]
-    shape = [d.dim_value or 1 for d in value.type.tensor_type.shape.dim]
-    return {value.name: rng.standard_normal(shape).astype(np.float32)}
+    return run_ort(model if isinstance(model, onnx.ModelProto) else onnx.load(str(model)), feeds)
 
 
 def independent_bwt(weight: np.ndarray, ratio: float) -> np.ndarray:

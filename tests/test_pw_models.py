@@ -1,4 +1,4 @@
-"""The real models in /work/shared/models: MobileNetV2 (residual Adds), MobileNetV3-Small and PP-LCNet (SE,
+"""The real models in ../shared/models: MobileNetV2 (residual Adds), MobileNetV3-Small and PP-LCNet (SE,
 hard-swish), at ratio 0.5 with scope project and scope all."""
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import numpy as np
 import onnx
 import pytest
 
+from conftest import SHARED
 from deprune_onnx.pw import apply_nm24, count_macs, count_params, pw_report
 from deprune_onnx.shapes import infer_tensor_shapes
 from pw_graphs import assert_exact_pruning, random_feeds, run
 
-MODELS = Path("/work/shared/models")
+MODELS = SHARED / "models"
 # MobileNetV3-Small x0.35 has 8..48-channel projections: only an 8-channel tile can cut them.
 ALIGN = {"mobilenet_v2_torchvision": 32, "pplcnet_x1_0_doc_orientation_rapid": 32,
          "ppocr_mobile_v2_cls_mobilenetv3_small": 8}
