@@ -12,7 +12,7 @@ from deprune_onnx.op.lower import lower
 from deprune_onnx.op.oracle import run_dr_sparse_dwconv
 from deprune_onnx.op.rewrite import rewrite_to_plugin
 
-pytestmark = pytest.mark.skipif(not MODEL_PATHS, reason="the shared models (../shared/models) are not present")
+assert MODEL_PATHS, "the shared models (../shared/models) are missing beside the checkout"
 
 # Activations each model's DW convs are followed by (see ../shared/models/README.md).
 EXPECTED_ACTIVATIONS = {
