@@ -41,25 +41,23 @@ def check_ratio(value: float, option: str) -> float:
     return value
 
 
-def resolve_layer_ratios(names: list[str], options: DWOptions) -> dict[str, float | None]:
-    """Ratio per DW layer (None = excluded), from --dw-ratio, --layer-ratio and --exclude.
+def _matching(names: list[str], pattern: str, option: str) -> list[str]:
+    """DW layer names equal to ``pattern`` or matching it as a glob; a pattern matching nothing is an error,
+    so a typo never silently prunes at the default ratio."""
+    matched = [n for n in names if n == pattern or fnmatch.fnmatchcase(n, pattern)]
+    if not matched:
+        raise DepruneError(f"{option} '{pattern}': matches no DW layer (list them with 'deprune-onnx inspect')")
+    return matched
 
-    Every pattern must match at least one DW layer: a typo must not silently prune at the default ratio.
-    """
+
+def resolve_layer_ratios(names: list[str], options: DWOptions) -> dict[str, float | None]:
+    """Ratio per DW layer (None = excluded), from --dw-ratio, --layer-ratio and --exclude."""
     ratios: dict[str, float | None] = {name: options.dw_ratio for name in names}
     for pattern, ratio in options.layer_ratios:
-        matched = [n for n in names if n == pattern or fnmatch.fnmatchcase(n, pattern)]
-        if not matched:
-            raise DepruneError(f"--layer-ratio '{pattern}': matches no DW layer (list them with "
-                               "'deprune-onnx inspect')")
-        for name in matched:
+        for name in _matching(names, pattern, "--layer-ratio"):
             ratios[name] = ratio
     for pattern in options.exclude:
-        matched = [n for n in names if n == pattern or fnmatch.fnmatchcase(n, pattern)]
-        if not matched:
-            raise DepruneError(f"--exclude '{pattern}': matches no DW layer (list them with "
-                               "'deprune-onnx inspect')")
-        for name in matched:
+        for name in _matching(names, pattern, "--exclude"):
             ratios[name] = None
     return ratios
 
