@@ -55,6 +55,9 @@ def main() -> None:
 
 # One module per command, each exposing ``command``; the order here is the order of ``--help``.
 COMMAND_MODULES: tuple[str, ...] = (
+    "build_plugin_cmd",
+    "plugin_path_cmd",
+    "build_engine_cmd",
 )
 
 
