@@ -76,6 +76,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "prune_cmd",
     "compare_cmd",
     "lower_cmd",
+    "build_plugin_cmd",
+    "plugin_path_cmd",
+    "build_engine_cmd",
 )
 
 
