@@ -173,3 +173,24 @@ def test_console_script_runs_as_a_real_process(tmp_path: Path) -> None:
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "no such file" in bad.stderr
     ok = subprocess.run([sys.executable, "-m", "deprune_onnx.cli.main", "--help"], capture_output=True, text=True)
     assert ok.returncode == 0 and "prune" in ok.stdout and "inspect" in ok.stdout
+
+
+def test_measured_hsr_timings_replace_the_tile_model(tmp_path: Path) -> None:
+    last = "/features/features.17/conv/conv.1/conv.1.0/Conv"
+    first = "/features/features.1/conv/conv.0/conv.0.0/Conv"
+    timings = tmp_path / "timings.json"
+    # The last layer measured as gaining a lot from alignment (beta = 100 / 930 vectors beats the tile model's
+    # 1 / 31 of the early layers), the first as gaining nothing.
+    timings.write_text(json.dumps({last: {"time_unaligned_us": 101.0, "time_aligned_us": 1.0}, first: 0.0}))
+    out = tmp_path / "t.onnx"
+    result = run_cli("prune", SAMPLE_MODEL, out, "--method", "bh", "--dw-ratio", "0.78", "-q", "--format", "dense",
+                     "--hsr-timings", timings)
+    assert result.exit_code == 0, result.output
+    rows = {row["name"]: row for row in json.loads(out.with_name("t.report.json").read_text())["dw_layers"]}
+    assert rows[last]["pattern"] == "o" and rows[last]["alpha_source"] == "measured"
+    assert rows[last]["alpha"] == pytest.approx(100.0)
+    assert rows[first]["pattern"] == "u"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"no such layer": 0.1}))
+    result = run_cli("prune", SAMPLE_MODEL, tmp_path / "u.onnx", "--hsr-timings", bad)
+    assert result.exit_code == 2 and "not a DW layer" in result.stderr
