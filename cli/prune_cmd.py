@@ -39,11 +39,12 @@ def sidecar_path(output: Path, suffix: str) -> Path:
               show_default=True,
               help="dense = standard Conv with masked weights; plugin = DRSparseDepthwiseConv custom op.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
-@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors (no progress bars).")
+@click.option("--verbose", "-v", count=True, help="Log each pass with its time and peak memory; -vv for debug.")
 def command(input_path: str, output_path: str, method: str, dw_ratio: float, layer_ratios: tuple[str, ...],
             exclude: tuple[str, ...], tile: int, hsr_timings: str | None, plan_path: str | None,
             plan_out: str | None, report_path: str | None, output_format: str, as_json: bool,
-            quiet: bool) -> None:
+            quiet: bool, verbose: int) -> None:
     """Prune the depthwise convs of IN.onnx the DEPrune way and write OUT.onnx.
 
     Writes OUT.onnx, OUT.report.json (every layer: target and achieved PR, Real DW, K per sub-GEMM,
@@ -57,11 +58,15 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, lay
       deprune-onnx prune m.onnx again.onnx --plan out.plan.json
     """
     from deprune_onnx.dw_planner import DWOptions, check_ratio, load_hsr_timings
+    from deprune_onnx.logging_utils import QUIET, configure, timed_pass
+    from deprune_onnx.progress import configure_progress
     from deprune_onnx.model_io import check_output_path, load_model, save_model, write_json_atomic
     from deprune_onnx.pipeline import PruneOptions, prune_model
     from deprune_onnx.plan import load_plan
     from deprune_onnx.report import format_report_table
 
+    configure(QUIET if quiet else verbose)
+    configure_progress(False if quiet else None)
     check_ratio(dw_ratio, "--dw-ratio")
     output = check_output_path(output_path, input_path)
     report_file = check_output_path(report_path or sidecar_path(output, ".report.json"), input_path)
@@ -70,12 +75,14 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, lay
                            exclude=list(exclude), tile=tile,
                            hsr_alphas=load_hsr_timings(hsr_timings) if hsr_timings else {})
     plan = load_plan(plan_path) if plan_path else None
-    model = load_model(input_path)
+    with timed_pass("load"):
+        model = load_model(input_path)
     result = prune_model(model, PruneOptions(dw=dw_options, output_format=output_format), plan)
 
-    save_model(result.model, output)
-    write_json_atomic(report_file, result.report)
-    write_json_atomic(plan_file, result.plan.to_dict())
+    with timed_pass("save"):
+        save_model(result.model, output)
+        write_json_atomic(report_file, result.report)
+        write_json_atomic(plan_file, result.plan.to_dict())
     if as_json:
         click.echo(json.dumps(result.report, indent=2, sort_keys=True))
     elif not quiet:

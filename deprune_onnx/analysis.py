@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 
 from deprune_onnx.graph import GraphIndex, node_attributes
+from deprune_onnx.progress import progress
 from deprune_onnx.shapes import Shape, concrete, infer_tensor_shapes
 
 SUBGEMM_CHANNELS = 32
@@ -305,7 +306,7 @@ def analyze(model: onnx.ModelProto, shapes: dict[str, Shape] | None = None) -> M
     pw_layers: list[ConvLayer] = []
     se_convs: list[str] = []
     skipped: list[SkippedLayer] = []
-    for node in model.graph.node:
+    for node in progress(model.graph.node, "analyze", unit="node"):
         if node.op_type != "Conv":
             continue
         layer = _classify_conv(node, index, shapes)

@@ -12,6 +12,7 @@ from onnx import numpy_helper
 from deprune_onnx.errors import DepruneError
 from deprune_onnx.graph import GraphIndex, node_attributes, remove_unused
 from deprune_onnx.plan import DWLayerPlan
+from deprune_onnx.progress import progress
 
 
 def masked_weight(weight: np.ndarray, keep: np.ndarray) -> np.ndarray:
@@ -57,7 +58,7 @@ def apply_dw_masks(model: onnx.ModelProto, layers: list[DWLayerPlan]) -> onnx.Mo
     initializer_position = {t.name: i for i, t in enumerate(model.graph.initializer)}
     replaced_chain = False
     taken = set(initializer_position) | {o for n in model.graph.node for o in n.output}
-    for layer in layers:
+    for layer in progress(layers, "apply", unit="layer"):
         if layer.name not in index.node_position:
             raise DepruneError(f"plan layer '{layer.name}': no such node in the model")
         node = index.node(layer.name)

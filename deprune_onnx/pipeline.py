@@ -16,6 +16,7 @@ from deprune_onnx.apply import apply_dw_masks
 from deprune_onnx.dw_planner import DWOptions, plan_dw_layers
 from deprune_onnx.errors import DepruneError
 from deprune_onnx.graph import ensure_unique_node_names
+from deprune_onnx.logging_utils import timed_pass
 from deprune_onnx.masks import SUBGEMM_CHANNELS
 from deprune_onnx.plan import PruningPlan
 from deprune_onnx.report import build_report
@@ -61,10 +62,13 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan
         raise DepruneError("--format plugin: the DRSparseDepthwiseConv rewrite is not available in this "
                            "version yet; use --format dense")
     ensure_unique_node_names(model)
-    analysis = analyze(model)
+    with timed_pass("analyze"):
+        analysis = analyze(model)
     _require_dw_layers(analysis)
     if plan is None:
-        plan = make_plan(model, options, analysis)
-    apply_dw_masks(model, plan.dw_layers)
+        with timed_pass("plan"):
+            plan = make_plan(model, options, analysis)
+    with timed_pass("apply"):
+        apply_dw_masks(model, plan.dw_layers)
     report = build_report(plan, analysis, {"format": options.output_format})
     return PruneResult(model, plan, report, analysis)

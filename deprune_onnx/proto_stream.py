@@ -15,6 +15,8 @@ from typing import Any, BinaryIO
 import onnx
 from onnx import numpy_helper
 
+from deprune_onnx.progress import byte_progress, progress
+
 _WIRE_LENGTH_DELIMITED = 2
 _MODEL_GRAPH_FIELD = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number
 _GRAPH_INITIALIZER_FIELD = onnx.GraphProto.DESCRIPTOR.fields_by_name["initializer"].number
@@ -88,7 +90,9 @@ def write_model(model: onnx.ModelProto, handle: BinaryIO, data_handle: BinaryIO 
     _copy_fields_except(model.graph, skeleton, "initializer")
     records: list[onnx.TensorProto | int] = []  # a stub to write, or the index of an inline initializer
     graph_length = skeleton.ByteSize()
-    for position, tensor in enumerate(model.graph.initializer):
+    initializers = model.graph.initializer
+    for position, tensor in enumerate(progress(initializers, "write data", unit="tensor") if data_handle
+                                      else initializers):
         external = data_handle is not None and tensor.data_location != onnx.TensorProto.EXTERNAL and \
             _payload_size(tensor) >= EXTERNAL_MIN_BYTES
         if external:
@@ -106,11 +110,13 @@ def write_model(model: onnx.ModelProto, handle: BinaryIO, data_handle: BinaryIO 
     handle.write(head.SerializeToString(deterministic=True))
     handle.write(_record_header(_MODEL_GRAPH_FIELD, graph_length))
     handle.write(skeleton.SerializeToString(deterministic=True))
-    for record in records:
-        message = model.graph.initializer[record] if isinstance(record, int) else record
-        payload = message.SerializeToString(deterministic=True)
-        handle.write(_record_header(_GRAPH_INITIALIZER_FIELD, len(payload)))
-        handle.write(payload)
+    with byte_progress(graph_length, "write") as advance:
+        for record in records:
+            message = model.graph.initializer[record] if isinstance(record, int) else record
+            payload = message.SerializeToString(deterministic=True)
+            handle.write(_record_header(_GRAPH_INITIALIZER_FIELD, len(payload)))
+            handle.write(payload)
+            advance(len(payload))
 
 
 def _payload_size(tensor: onnx.TensorProto) -> int:
