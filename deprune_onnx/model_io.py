@@ -21,7 +21,7 @@ from google.protobuf.message import DecodeError
 
 from deprune_onnx.errors import DepruneError
 from deprune_onnx.graph import check_graph
-from deprune_onnx.proto_stream import write_model
+from deprune_onnx.proto_stream import tensor_nbytes, write_model
 
 MIN_OPSET = 11
 # protobuf cannot serialise a message of 2 GiB or more; stay clearly below it.
@@ -140,7 +140,7 @@ def _external_files(model_path: Path) -> set[Path]:
 
 
 def _tensor_bytes(model: onnx.ModelProto) -> int:
-    return sum(tensor.ByteSize() for tensor in model.graph.initializer)
+    return sum(tensor_nbytes(tensor) for tensor in model.graph.initializer)
 
 
 @contextmanager

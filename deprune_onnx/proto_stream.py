@@ -4,9 +4,10 @@ Why: ``model.SerializeToString()`` builds the whole file in memory (a second cop
 ``onnx.save_model(..., save_as_external_data=True)`` mutates the model, so callers copy it first; both double
 the peak memory of saving a big model. Protobuf's wire format lets a message be written as the concatenation
 of its fields, and a repeated field as one record per element, so the model is written as: every top-level
-field but the graph, then the graph's header (tag + length, computed from ``ByteSize()``), the graph without
-its initializers, then each initializer record. At most one tensor's bytes are copied at a time. The result
-parses to a model equal to the input; it is byte-stable (same model -> same bytes).
+field but the graph, then the graph's tag and length, the graph without its initializers, then each
+initializer record. At most one tensor's bytes are copied at a time. The result parses to a model equal to the
+input; it is byte-stable (same model -> same bytes), though not byte-equal to ``SerializeToString()``: fields
+come in another order and the graph's length is a padded varint.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any, BinaryIO
 import onnx
 from onnx import numpy_helper
 
-from deprune_onnx.progress import byte_progress, progress
+from deprune_onnx.progress import byte_progress
 
 _WIRE_LENGTH_DELIMITED = 2
 _MODEL_GRAPH_FIELD = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number
@@ -35,6 +36,14 @@ def _varint(value: int) -> bytes:
         else:
             out.append(bits)
             return bytes(out)
+
+
+def _fixed_varint(value: int) -> bytes:
+    """A varint padded to 5 bytes (continuation bits on the first four): protobuf parsers accept any varint of
+    up to 10 bytes, and a fixed width lets the graph's length be patched in after the graph is written."""
+    if not 0 <= value < 1 << 35:
+        raise ValueError(f"length {value} does not fit a 5-byte varint")
+    return bytes([((value >> (7 * i)) & 0x7F) | (0x80 if i < 4 else 0) for i in range(5)])
 
 
 def _record_header(field_number: int, length: int) -> bytes:
@@ -79,52 +88,54 @@ def _tensor_payload(tensor: onnx.TensorProto) -> bytes:
 
 def write_model(model: onnx.ModelProto, handle: BinaryIO, data_handle: BinaryIO | None = None,
                 data_location: str = "") -> None:
-    """Serialize ``model`` to ``handle``; with ``data_handle``, initializers of >= 1 KiB go there instead.
+    """Serialize ``model`` to ``handle`` (seekable); with ``data_handle``, initializers of >= 1 KiB go there.
 
     ``data_location`` is the data file's name relative to the model file, recorded in each moved tensor. The
-    model itself is not modified.
+    model itself is not modified. Every tensor is encoded exactly once (protobuf's ByteSize() costs as much as
+    encoding), so the graph's length is written as a fixed-width varint and filled in at the end.
     """
     head = onnx.ModelProto()
     _copy_fields_except(model, head, "graph")
     skeleton = onnx.GraphProto()
     _copy_fields_except(model.graph, skeleton, "initializer")
-    records: list[onnx.TensorProto | int] = []  # a stub to write, or the index of an inline initializer
-    graph_length = skeleton.ByteSize()
-    initializers = model.graph.initializer
-    for position, tensor in enumerate(progress(initializers, "write data", unit="tensor") if data_handle
-                                      else initializers):
-        external = data_handle is not None and tensor.data_location != onnx.TensorProto.EXTERNAL and \
-            _payload_size(tensor) >= EXTERNAL_MIN_BYTES
-        if external:
-            offset = -data_handle.tell() % EXTERNAL_ALIGNMENT + data_handle.tell()
-            data_handle.seek(offset)
-            payload = _tensor_payload(tensor)
-            data_handle.write(payload)
-            stub = _external_stub(tensor, data_location, offset, len(payload))
-            records.append(stub)
-            size = stub.ByteSize()
-        else:
-            records.append(position)
-            size = tensor.ByteSize()
-        graph_length += len(_record_header(_GRAPH_INITIALIZER_FIELD, size)) + size
     handle.write(head.SerializeToString(deterministic=True))
-    handle.write(_record_header(_MODEL_GRAPH_FIELD, graph_length))
+    handle.write(_varint((_MODEL_GRAPH_FIELD << 3) | _WIRE_LENGTH_DELIMITED))
+    length_position = handle.tell()
+    handle.write(_fixed_varint(0))
+    graph_start = handle.tell()
     handle.write(skeleton.SerializeToString(deterministic=True))
-    with byte_progress(graph_length, "write") as advance:
-        for record in records:
-            message = model.graph.initializer[record] if isinstance(record, int) else record
-            payload = message.SerializeToString(deterministic=True)
-            handle.write(_record_header(_GRAPH_INITIALIZER_FIELD, len(payload)))
-            handle.write(payload)
-            advance(len(payload))
+    initializers = model.graph.initializer
+    with byte_progress(sum(tensor_nbytes(t) for t in initializers), "write") as advance:
+        for tensor in initializers:
+            external = data_handle is not None and tensor.data_location != onnx.TensorProto.EXTERNAL and \
+                tensor_nbytes(tensor) >= EXTERNAL_MIN_BYTES
+            if external:
+                offset = -data_handle.tell() % EXTERNAL_ALIGNMENT + data_handle.tell()
+                data_handle.seek(offset)
+                payload = _tensor_payload(tensor)
+                data_handle.write(payload)
+                record = _external_stub(tensor, data_location, offset, len(payload)).SerializeToString(
+                    deterministic=True)
+            else:
+                record = tensor.SerializeToString(deterministic=True)
+            handle.write(_record_header(_GRAPH_INITIALIZER_FIELD, len(record)))
+            handle.write(record)
+            advance(tensor_nbytes(tensor))
+    end = handle.tell()
+    handle.seek(length_position)
+    handle.write(_fixed_varint(end - graph_start))
+    handle.seek(end)
 
 
-def _payload_size(tensor: onnx.TensorProto) -> int:
-    """Bytes of the tensor's data without copying it (raw_data or typed fields)."""
-    if tensor.HasField("raw_data"):
-        return tensor.ByteSize()  # dominated by raw_data; exact size is not needed for the threshold
+def tensor_nbytes(tensor: onnx.TensorProto) -> int:
+    """Bytes of a tensor's values from its dims and type, without touching (or copying) the data."""
+    if tensor.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+        return 0
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, TypeError, ValueError):  # a type numpy cannot hold: measure it the slow way
+        return tensor.ByteSize()
     count = 1
     for dim in tensor.dims:
         count *= dim
-    return count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize \
-        if tensor.data_type != onnx.TensorProto.STRING else 0
+    return count * itemsize
