@@ -59,10 +59,10 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, lay
     """
     from deprune_onnx.dw_planner import DWOptions, check_ratio, load_hsr_timings
     from deprune_onnx.logging_utils import QUIET, configure, timed_pass
-    from deprune_onnx.progress import configure_progress
     from deprune_onnx.model_io import check_output_path, load_model, save_model, write_json_atomic
     from deprune_onnx.pipeline import PruneOptions, prune_model
     from deprune_onnx.plan import load_plan
+    from deprune_onnx.progress import configure_progress
     from deprune_onnx.report import format_report_table
 
     configure(QUIET if quiet else verbose)
