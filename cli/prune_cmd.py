@@ -52,12 +52,13 @@ def sidecar_path(output: Path, suffix: str) -> Path:
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="float16 converts weights, activations and I/O (TensorRT 11 takes precision from the model).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
-@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors (no progress bars).")
+@click.option("--verbose", "-v", count=True, help="Log each pass with its time and peak memory; -vv for debug.")
 def command(input_path: str, output_path: str, method: str, dw_ratio: float, layer_ratios: tuple[str, ...],
             exclude: tuple[str, ...], tile: int, hsr_timings: str | None, pw_ratio: float, pw_align: int,
             pw_scope: str, pw_method: str, plan_path: str | None,
             plan_out: str | None, report_path: str | None, output_format: str, dtype: str, as_json: bool,
-            quiet: bool) -> None:
+            quiet: bool, verbose: int) -> None:
     """Prune the depthwise convs of IN.onnx the DEPrune way and write OUT.onnx.
 
     Writes OUT.onnx, OUT.report.json (every layer: target and achieved PR, Real DW, K per sub-GEMM,
@@ -71,11 +72,15 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, lay
       deprune-onnx prune m.onnx again.onnx --plan out.plan.json
     """
     from deprune_onnx.dw_planner import DWOptions, check_ratio, load_hsr_timings
+    from deprune_onnx.logging_utils import QUIET, configure, timed_pass
     from deprune_onnx.model_io import check_output_path, load_model, save_model, write_json_atomic
     from deprune_onnx.pipeline import PruneOptions, PWOptions, prune_model
     from deprune_onnx.plan import load_plan
+    from deprune_onnx.progress import configure_progress
     from deprune_onnx.report import format_report_table
 
+    configure(QUIET if quiet else verbose)
+    configure_progress(False if quiet else None)
     check_ratio(dw_ratio, "--dw-ratio")
     check_ratio(pw_ratio, "--pw-ratio")
     output = check_output_path(output_path, input_path)
@@ -85,14 +90,16 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, lay
                            exclude=list(exclude), tile=tile,
                            hsr_alphas=load_hsr_timings(hsr_timings) if hsr_timings else {})
     plan = load_plan(plan_path) if plan_path else None
-    model = load_model(input_path)
+    with timed_pass("load"):
+        model = load_model(input_path)
     pw_options = PWOptions(ratio=pw_ratio, align=pw_align, scope=pw_scope, method=pw_method)
     options = PruneOptions(dw=dw_options, pw=pw_options, output_format=output_format, dtype=dtype)
     result = prune_model(model, options, plan)
 
-    save_model(result.model, output)
-    write_json_atomic(report_file, result.report)
-    write_json_atomic(plan_file, result.plan.to_dict())
+    with timed_pass("save"):
+        save_model(result.model, output)
+        write_json_atomic(report_file, result.report)
+        write_json_atomic(plan_file, result.plan.to_dict())
     if as_json:
         click.echo(json.dumps(result.report, indent=2, sort_keys=True))
     elif not quiet:

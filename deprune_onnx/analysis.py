@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 
 from deprune_onnx.graph import GraphIndex, node_attributes
+from deprune_onnx.progress import progress
 from deprune_onnx.shapes import Shape, concrete, infer_tensor_shapes
 
 SUBGEMM_CHANNELS = 32
@@ -118,13 +119,16 @@ def _resolve_pads(attrs: dict[str, Any], input_shape: tuple[int, ...] | None, ke
         return (int(pads[0]), int(pads[1]), int(pads[2]), int(pads[3]))
     if auto_pad == "VALID":
         return (0, 0, 0, 0)
-    if input_shape is None:
-        return f"auto_pad={auto_pad} with unknown input spatial size"
+    if input_shape is None and strides != (1, 1):
+        return f"auto_pad={auto_pad} with stride {strides[0]}x{strides[1]} and unknown input spatial size"
     begin, end = [], []
     for axis in range(2):
-        size = input_shape[2 + axis]
-        out = math.ceil(size / strides[axis])
-        total = max(0, (out - 1) * strides[axis] + dilations[axis] * (kernel[axis] - 1) + 1 - size)
+        if strides[axis] == 1:  # total padding d*(k-1), whatever the input size
+            total = dilations[axis] * (kernel[axis] - 1)
+        else:
+            size = input_shape[2 + axis]  # type: ignore[index]
+            out = math.ceil(size / strides[axis])
+            total = max(0, (out - 1) * strides[axis] + dilations[axis] * (kernel[axis] - 1) + 1 - size)
         small, large = total // 2, total - total // 2
         begin.append(small if auto_pad == "SAME_UPPER" else large)
         end.append(large if auto_pad == "SAME_UPPER" else small)
@@ -302,7 +306,7 @@ def analyze(model: onnx.ModelProto, shapes: dict[str, Shape] | None = None) -> M
     pw_layers: list[ConvLayer] = []
     se_convs: list[str] = []
     skipped: list[SkippedLayer] = []
-    for node in model.graph.node:
+    for node in progress(model.graph.node, "analyze", unit="node"):
         if node.op_type != "Conv":
             continue
         layer = _classify_conv(node, index, shapes)

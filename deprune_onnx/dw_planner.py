@@ -21,6 +21,7 @@ from deprune_onnx.graph import GraphIndex
 from deprune_onnx.masks import (SUBGEMM_CHANNELS, Misalignment, align_subgemms, bwt_mask, choose_hsr_patterns,
                                 dcp_mask, kept_per_subgemm, misalignment, subgemm_vectors)
 from deprune_onnx.plan import DWLayerPlan, encode_mask
+from deprune_onnx.progress import progress
 
 DW_METHODS = ("dcp", "b", "bh")
 
@@ -114,7 +115,7 @@ def plan_dw_layers(model: onnx.ModelProto, analysis: ModelAnalysis, options: DWO
     ratios = resolve_layer_ratios([layer.name for layer in analysis.dw_layers], options)
     plans: list[DWLayerPlan] = []
     weights: dict[str, np.ndarray] = {}
-    for layer in analysis.dw_layers:
+    for layer in progress(analysis.dw_layers, "masks", unit="layer"):
         weight = index.constant(layer.weight)
         assert weight is not None, "analysis only lists DW layers with constant weights"
         weights[layer.name] = weight

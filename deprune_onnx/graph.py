@@ -6,12 +6,15 @@ weight counts as "an initializer" whenever it can be folded to one.
 """
 from __future__ import annotations
 
+import heapq
 from collections import defaultdict
 from typing import Any
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
+
+from deprune_onnx.errors import DepruneError
 
 FOLDABLE_OPS = ("Identity", "Cast", "DequantizeLinear", "Constant")
 
@@ -52,6 +55,79 @@ def ensure_unique_node_names(model: onnx.ModelProto) -> int:
     return renamed
 
 
+def _subgraph_inputs(node: onnx.NodeProto) -> set[str]:
+    """Every tensor name read inside ``node``'s subgraphs (If/Loop/Scan bodies); outer-scope ones among them
+    are implicit inputs of ``node``."""
+    names: set[str] = set()
+    for attribute in node.attribute:
+        graphs = list(attribute.graphs) + ([attribute.g] if attribute.HasField("g") else [])
+        for graph in graphs:
+            for inner in graph.node:
+                names.update(name for name in inner.input if name)
+                names |= _subgraph_inputs(inner)
+    return names
+
+
+def check_graph(model: onnx.ModelProto, source: str = "model") -> onnx.ModelProto:
+    """Refuse graphs that are not single-assignment or that loop; put an unsorted graph in topological order.
+
+    Every analysis here assumes one producer per tensor and a DAG. Duplicate producers, duplicate initializers,
+    an initializer shadowing a node output and cycles are one DepruneError line naming the tensor or node.
+    A graph that is merely out of order (ONNX requires topological order, ONNX Runtime tolerates it) is sorted
+    in place, stably, so a sorted graph keeps its node order exactly. Returns ``model``.
+    """
+    graph = model.graph
+    producer: dict[str, str] = {}
+    for tensor in graph.initializer:
+        if tensor.name in producer:
+            raise DepruneError(f"{source}: initializer '{tensor.name}' is defined twice")
+        producer[tensor.name] = "an initializer"
+    for value in graph.input:
+        producer.setdefault(value.name, "a graph input")
+    for node in graph.node:
+        for name in node.output:
+            if not name:
+                continue
+            if name in producer:
+                raise DepruneError(f"{source}: tensor '{name}' is produced by {producer[name]} and by node "
+                                   f"'{node.name or node.op_type}' (ONNX tensors have one producer)")
+            producer[name] = f"node '{node.name or node.op_type}'"
+    order = _topological_order(graph)
+    if order is None:
+        raise DepruneError(f"{source}: the graph has a cycle (a node depends on its own output)")
+    if order != list(range(len(graph.node))):
+        nodes = [onnx.NodeProto() for _ in order]
+        for new, old in zip(nodes, order):
+            new.CopyFrom(graph.node[old])
+        del graph.node[:]
+        graph.node.extend(nodes)
+    return model
+
+
+def _topological_order(graph: onnx.GraphProto) -> list[int] | None:
+    """Node indices in a topological order that keeps the original order wherever it is already valid
+    (Kahn's algorithm with the smallest ready index first); None when the graph has a cycle."""
+    made_by = {name: position for position, node in enumerate(graph.node) for name in node.output if name}
+    dependants: dict[int, list[int]] = defaultdict(list)
+    waiting = [0] * len(graph.node)
+    for position, node in enumerate(graph.node):
+        needs = {made_by[name] for name in set(node.input) | _subgraph_inputs(node) if name in made_by}
+        for other in needs:
+            dependants[other].append(position)
+        waiting[position] = len(needs)
+    ready = [position for position, count in enumerate(waiting) if count == 0]
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:
+        position = heapq.heappop(ready)
+        order.append(position)
+        for other in dependants[position]:
+            waiting[other] -= 1
+            if waiting[other] == 0:
+                heapq.heappush(ready, other)
+    return order if len(order) == len(graph.node) else None
+
+
 class GraphIndex:
     """Producer/consumer maps and constant folding for one (top-level) graph."""
 
@@ -83,6 +159,9 @@ class GraphIndex:
 
     def constant(self, tensor: str) -> np.ndarray | None:
         """The value of ``tensor`` if it folds to a constant (initializer or foldable chain), else None."""
+        if tensor in self.initializers and tensor not in self.overridable:
+            # Not cached: decoding is one copy, and caching every weight would hold a second copy of the model.
+            return numpy_helper.to_array(self.initializers[tensor])
         if tensor in self._constant_cache:
             return self._constant_cache[tensor]
         value = self._fold(tensor, depth=0)

@@ -8,16 +8,20 @@ with their tensors in one external data file beside the output (``<output>.data`
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import onnx
 from google.protobuf.message import DecodeError
 
 from deprune_onnx.errors import DepruneError
+from deprune_onnx.graph import check_graph
+from deprune_onnx.proto_stream import tensor_nbytes, write_model
 
 MIN_OPSET = 11
 # protobuf cannot serialise a message of 2 GiB or more; stay clearly below it.
@@ -29,8 +33,10 @@ def _check_readable_file(path: Path) -> None:
         raise DepruneError(f"{path}: no such file")
     if path.is_dir():
         raise DepruneError(f"{path}: is a directory, not an ONNX file")
+    if not path.is_file():  # a FIFO or device would block or stream forever
+        raise DepruneError(f"{path}: not a regular file")
     if not os.access(path, os.R_OK):
-        raise DepruneError(f"{path}: permission denied (cannot read)")
+        raise DepruneError(f"{path}: not readable (permission denied)")
     if path.stat().st_size == 0:
         raise DepruneError(f"{path}: empty file, not an ONNX model")
 
@@ -66,6 +72,7 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
         raise DepruneError(f"{path}: opset {opset} is not supported (need {MIN_OPSET} or newer; "
                            "upgrade with onnx.version_converter)")
     _load_external_data(model, path)
+    check_graph(model, str(path))
     return model
 
 
@@ -97,41 +104,85 @@ def check_output_path(output: str | os.PathLike[str], *inputs: str | os.PathLike
     directory = output.parent if str(output.parent) else Path(".")
     if not directory.is_dir():
         raise DepruneError(f"{output}: output directory '{directory}' does not exist")
-    if not os.access(directory, os.W_OK):
-        raise DepruneError(f"{output}: output directory '{directory}' is not writable")
     if output.is_dir():
         raise DepruneError(f"{output}: is a directory, expected an output file path")
+    try:  # a real probe: os.access says yes to root on read-only mounts and pseudo file systems
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        raise DepruneError(f"{output}: output directory '{directory}' is not writable ({exc.strerror})") from None
+    data_file = external_data_path(output)
+    for source in inputs:
+        if data_file.exists() and Path(source).is_file() and data_file.resolve() in _external_files(Path(source)):
+            raise DepruneError(f"{output}: its external data file '{data_file.name}' is the input's external data; "
+                               "choose another output name")
     return output
 
 
-def _tensor_bytes(model: onnx.ModelProto) -> int:
-    total = 0
+def external_data_path(output: str | os.PathLike[str]) -> Path:
+    """Where ``save_model`` puts the weights of a model too big for one protobuf: ``<output>.data``."""
+    output = Path(output)
+    return output.with_name(output.name + ".data")
+
+
+def _external_files(model_path: Path) -> set[Path]:
+    """Resolved external data files an ONNX file refers to (empty when it cannot be parsed)."""
+    try:
+        model = onnx.load_model(str(model_path), load_external_data=False)
+    except Exception:  # not a model: it refers to nothing, load_model reports the real problem
+        return set()
+    files = set()
     for tensor in onnx.external_data_helper._get_all_tensors(model):
-        total += len(tensor.raw_data) if tensor.HasField("raw_data") else tensor.ByteSize()
-    return total
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                files.add((model_path.parent / entry.value).resolve())
+    return files
+
+
+def _tensor_bytes(model: onnx.ModelProto) -> int:
+    return sum(tensor_nbytes(tensor) for tensor in model.graph.initializer)
+
+
+@contextmanager
+def _directory_lock(directory: Path) -> Iterator[None]:
+    """Serialise the final renames of concurrent writers into one folder (flock on the folder itself, so no
+    lock file is left behind): a model and its external data file are always replaced as a pair."""
+    handle = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)
 
 
 def save_model(model: onnx.ModelProto, output: str | os.PathLike[str]) -> Path:
     """Write ``model`` atomically; tensors go to ``<output>.data`` when the model is too big for one protobuf.
 
-    The model proto is not modified. Returns the output path.
+    The model proto is not modified and never serialised as a whole in memory (see proto_stream). Files are
+    staged in a hidden temporary folder beside the output and renamed into place under a folder lock, so
+    readers and concurrent writers never see a partial file and nothing is left behind on failure. Returns
+    the output path; an OS error (disk full, permissions) becomes one DepruneError line.
     """
     output = Path(output)
     directory = output.parent if str(output.parent) else Path(".")
     external = _tensor_bytes(model) >= EXTERNAL_DATA_THRESHOLD_BYTES
-    with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=directory) as staging:
-        staged_model = Path(staging) / output.name
-        if external:
-            data_name = output.name + ".data"
-            to_save = onnx.ModelProto()
-            to_save.CopyFrom(model)
-            onnx.save_model(to_save, str(staged_model), save_as_external_data=True,
-                            all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
-            os.replace(Path(staging) / data_name, directory / data_name)
-        else:
+    data_file = external_data_path(output)
+    try:
+        with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=directory) as staging:
+            staged_model = Path(staging) / output.name
+            staged_data = Path(staging) / data_file.name
             with open(staged_model, "wb") as handle:
-                handle.write(model.SerializeToString(deterministic=True))
-        os.replace(staged_model, output)
+                if external:
+                    with open(staged_data, "wb") as data_handle:
+                        write_model(model, handle, data_handle, data_file.name)
+                else:
+                    write_model(model, handle)
+            with _directory_lock(directory):
+                if external:
+                    os.replace(staged_data, data_file)
+                os.replace(staged_model, output)
+    except OSError as exc:
+        raise DepruneError(f"{output}: cannot write ({exc.strerror or exc})") from None
     return output
 
 
@@ -139,14 +190,19 @@ def write_text_atomic(output: str | os.PathLike[str], text: str) -> Path:
     """Write a text file by temp file + rename, so readers never see half of it."""
     output = Path(output)
     directory = output.parent if str(output.parent) else Path(".")
-    handle = tempfile.NamedTemporaryFile("w", dir=directory, prefix=f".{output.name}.", delete=False,
-                                         encoding="utf-8")
+    try:
+        handle = tempfile.NamedTemporaryFile("w", dir=directory, prefix=f".{output.name}.", delete=False,
+                                             encoding="utf-8")
+    except OSError as exc:
+        raise DepruneError(f"{output}: cannot write ({exc.strerror or exc})") from None
     try:
         with handle:
             handle.write(text)
         os.replace(handle.name, output)
-    except BaseException:
+    except BaseException as exc:
         Path(handle.name).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise DepruneError(f"{output}: cannot write ({exc.strerror or exc})") from None
         raise
     return output
 

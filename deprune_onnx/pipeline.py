@@ -16,6 +16,7 @@ from deprune_onnx.apply import apply_dw_masks
 from deprune_onnx.dw_planner import DWOptions, plan_dw_layers
 from deprune_onnx.errors import DepruneError
 from deprune_onnx.graph import ensure_unique_node_names
+from deprune_onnx.logging_utils import timed_pass
 from deprune_onnx.masks import SUBGEMM_CHANNELS
 from deprune_onnx.plan import PruningPlan
 from deprune_onnx.pw import PWPlan, apply_nm24, apply_pw_plan, plan_pw_pruning, pw_report
@@ -97,25 +98,31 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan
     if plan is not None:
         options.pw = PWOptions(**plan.options.get("pw", {})) if plan.options.get("pw") else PWOptions()
     ensure_unique_node_names(model)
-    _require_dw_layers(analyze(model))
+    with timed_pass("analyze"):
+        _require_dw_layers(analyze(model))
     original = model
-    model, pw_plan = _pw_structural(model, options.pw, plan)
-    analysis = analyze(model)
+    with timed_pass("pw"):
+        model, pw_plan = _pw_structural(model, options.pw, plan)
+        analysis = analyze(model)
     if plan is None:
-        plan = make_plan(model, options, analysis, pw_plan)
-    apply_dw_masks(model, plan.dw_layers)
+        with timed_pass("plan"):
+            plan = make_plan(model, options, analysis, pw_plan)
+    with timed_pass("apply"):
+        apply_dw_masks(model, plan.dw_layers)
     extra: dict[str, Any] = {"format": options.output_format, "dtype": options.dtype}
     if pw_plan is not None:
         extra["pw"] = pw_report(pw_plan, original, model)
     if options.pw.method == "nm24":
         model, extra["pw_nm24"] = apply_nm24(model, analysis)
     if options.output_format == "plugin":
-        model, records = _rewrite(model, plan)
+        with timed_pass("rewrite"):
+            model, records = _rewrite(model, plan)
         extra["rewrite"] = records
     if options.dtype == "float16":
         from deprune_onnx.precision import convert_to_float16
 
-        model = convert_to_float16(model)
+        with timed_pass("float16"):
+            model = convert_to_float16(model)
     report = build_report(plan, analysis, extra)
     return PruneResult(model, plan, report, analysis)
 

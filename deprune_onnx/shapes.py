@@ -8,6 +8,8 @@ from __future__ import annotations
 import onnx
 from onnx import shape_inference
 
+from deprune_onnx.proto_stream import tensor_nbytes
+
 # Small initializers keep their data: Reshape targets and similar shape constants need their values.
 _KEEP_DATA_BELOW_BYTES = 4096
 
@@ -23,7 +25,7 @@ def _weightless_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     skeleton.graph.input.extend(model.graph.input)
     skeleton.graph.output.extend(model.graph.output)
     for tensor in model.graph.initializer:
-        if tensor.ByteSize() < _KEEP_DATA_BELOW_BYTES:
+        if tensor_nbytes(tensor) < _KEEP_DATA_BELOW_BYTES:
             skeleton.graph.initializer.append(tensor)
         else:
             skeleton.graph.initializer.append(onnx.TensorProto(name=tensor.name, data_type=tensor.data_type,
