@@ -12,7 +12,7 @@ from conftest import SAMPLE_MODEL
 from deprune_onnx import progress as progress_module
 from deprune_onnx.cli.main import main
 
-PASSES = ("load", "analyze", "plan", "apply", "save")
+PASSES = ("load", "analyze", "pw", "plan", "apply", "rewrite", "save")
 
 
 def test_verbose_logs_every_pass_with_time_and_memory(tmp_path: Path) -> None:

@@ -13,7 +13,6 @@ import io
 import numpy as np
 import onnx
 import onnxruntime as ort
-import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from onnx import numpy_helper
@@ -22,6 +21,8 @@ from dsconv_graphs import ACTIVATIONS, BlockSpec, dsconv_network
 from deprune_onnx.dw_planner import DWOptions
 from deprune_onnx.graph import GraphIndex
 from deprune_onnx.masks import SUBGEMM_CHANNELS, round_half_up, subgemm_vectors
+from deprune_onnx.op.lower import lower
+from deprune_onnx.op.rewrite import rewrite_to_plugin
 from deprune_onnx.pipeline import PruneOptions, prune_model
 from deprune_onnx.proto_stream import write_model
 
@@ -89,7 +90,7 @@ def test_pruned_dense_model_is_valid_exact_and_structured(blocks: list[BlockSpec
     original = dsconv_network(blocks, size=SIZE, seed=seed)
     model = onnx.ModelProto()
     model.CopyFrom(original)
-    result = prune_model(model, PruneOptions(dw=options))
+    result = prune_model(model, PruneOptions(dw=options, output_format="dense"))
 
     buffer = io.BytesIO()
     write_model(result.model, buffer)
@@ -122,21 +123,11 @@ def test_pruned_dense_model_is_valid_exact_and_structured(blocks: list[BlockSpec
     np.testing.assert_array_equal(_run(written, feeds), _run(reference, feeds))
 
 
-def _op_passes():
-    try:
-        from deprune_onnx.op.lower import lower
-        from deprune_onnx.op.rewrite import rewrite_to_plugin
-    except ImportError as exc:
-        pytest.skip(f"the DRSparseDepthwiseConv rewrite/lower passes are not in this checkout ({exc})")
-    return rewrite_to_plugin, lower
-
-
 @PROPERTY_SETTINGS
 @given(blocks=block_specs(), options=options_strategy, seed=st.integers(0, 3))
 def test_lowered_rewrite_equals_the_dense_model(blocks: list[BlockSpec], options: DWOptions, seed: int) -> None:
     """lower(rewrite_to_plugin(dense, masks)) computes what the dense masked model computes (DESIGN.md 5, 8)."""
-    rewrite_to_plugin, lower = _op_passes()
-    result = prune_model(dsconv_network(blocks, size=SIZE, seed=seed), PruneOptions(dw=options))
+    result = prune_model(dsconv_network(blocks, size=SIZE, seed=seed), PruneOptions(dw=options, output_format="dense"))
     dense = result.model
     masks = {layer.name: layer.keep_mask() for layer in result.plan.dw_layers}
     rewritten, _ = rewrite_to_plugin(dense, masks)

@@ -2,7 +2,6 @@
 hard-swish), at ratio 0.5 with scope project and scope all."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import onnx

@@ -331,7 +331,7 @@ class _Rules:
         values = [self.index.constant(name) if name else None for name in node.input[1:5]]
         if any(value is None for value, name in zip(values, node.input[1:5]) if name):
             return "bounds are computed at run time"
-        starts, ends = values[0], values[1]
+        starts = values[0]
         axes = values[2] if len(values) > 2 and values[2] is not None else np.arange(len(starts))
         steps = values[3] if len(values) > 3 and values[3] is not None else np.ones(len(starts), np.int64)
         normalised = [int(a) % rank for a in axes.reshape(-1)]
