@@ -90,6 +90,20 @@ def run_check(args: argparse.Namespace) -> int:
     results: list[lb.LayerResult] = []
     records: list[dict[str, Any]] = []
     graphs: list[dict[str, Any]] = []
+    stamp = datetime.datetime.now(datetime.timezone.utc)
+    output = args.output or RESULTS_DIR / (f"dr_dwconv_{card.replace(' ', '_')}_{stamp:%Y%m%dT%H%M%SZ}"
+                                           f"{'_quick' if args.quick else ''}.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(complete: bool) -> None:
+        """Rewrite the JSON after every group, so a run cut short (time limit) still leaves its numbers."""
+        write_json_atomic(output, {
+            "card": card, "date": stamp.isoformat(), "command": shlex.join([sys.executable, *sys.argv]),
+            "torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
+            "host": platform.node(), "copy_bandwidth_gbs": bandwidth, "warmup": warmup, "runs": iters,
+            "complete": complete, "failures": sum(not r.ok for r in results), "layers": records,
+            "totals": lb.summarize(results) if results else [], "cuda_graphs": graphs})
+
     for architecture, ratio, picks, configs in plan:
         layers = pruned_layers(architecture, ratio)
         layers = [layers[i] for i in picks] if picks is not None else layers
@@ -112,19 +126,11 @@ def run_check(args: argparse.Namespace) -> int:
                 print(f"CUDA graph {architecture} PR {ratio:.2f} N={batch} {dtype}: ours {ours:.1f} us, cuDNN "
                       f"{cudnn:.1f} us ({len(runs)} layers)", flush=True)
             del runs
+        save(complete=False)
 
-    totals = lb.summarize(results)
-    print("\n".join(lb.format_table(results, totals)[len(results) + 1:]))
+    save(complete=True)
+    print("\n".join(lb.format_table(results, lb.summarize(results))[len(results) + 1:]))
     failures = sum(not r.ok for r in results)
-    stamp = datetime.datetime.now(datetime.timezone.utc)
-    output = args.output or RESULTS_DIR / (f"dr_dwconv_{card.replace(' ', '_')}_{stamp:%Y%m%dT%H%M%SZ}"
-                                           f"{'_quick' if args.quick else ''}.json")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(output, {
-        "card": card, "date": stamp.isoformat(), "command": shlex.join([sys.executable, *sys.argv]),
-        "torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
-        "host": platform.node(), "copy_bandwidth_gbs": bandwidth, "warmup": warmup, "runs": iters,
-        "failures": failures, "layers": records, "totals": totals, "cuda_graphs": graphs})
     print(f"{failures} failure(s); wrote {output}")
     return 1 if failures else 0
 
