@@ -43,6 +43,7 @@ def command(model: Path, batches: str, warmup: int, iters: int, as_json: bool, b
     layers = lb.load_bench_layers(model)
     torch, library = lb.require_gpu_stack(build_dir)
     torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.allow_tf32 = False  # a float32 baseline computes in float32, like our kernel
     bandwidth = lb.copy_bandwidth_gbs(torch)
     results = []
     with click.progressbar(length=len(layers) * len(batch_sizes), label="bench", file=click.get_text_stream("stderr")

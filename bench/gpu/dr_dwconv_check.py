@@ -32,12 +32,13 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from deprune_onnx.trt import layer_bench as lb  # noqa: E402
-from deprune_onnx.trt.bench_models import ARCHITECTURES, pruned_dw_layers_model  # noqa: E402
+from deprune_onnx.trt.bench_models import ARCHITECTURES, LAYER_SHAPES, pruned_dw_layers_model  # noqa: E402
 
 RESULTS_DIR = REPO / "bench" / "results"
 RATIOS = (0.0, 0.5, 0.7, 0.85)
 BATCHES = (1, 32)
 DTYPES = ("float32", "float16")
+NAME_WIDTH = max(len(layer.name) for layer in LAYER_SHAPES)
 
 
 def pruned_layers(architecture: str, ratio: float) -> list[lb.BenchLayer]:
@@ -104,6 +105,7 @@ def run_check(args: argparse.Namespace) -> int:
             "complete": complete, "failures": sum(not r.ok for r in results), "layers": records,
             "totals": lb.summarize(results) if results else [], "cuda_graphs": graphs})
 
+    print(lb.format_table([], [], name_width=NAME_WIDTH)[0])
     for architecture, ratio, picks, configs in plan:
         layers = pruned_layers(architecture, ratio)
         layers = [layers[i] for i in picks] if picks is not None else layers
@@ -115,7 +117,7 @@ def run_check(args: argparse.Namespace) -> int:
                 results.append(result)
                 records.append({**result.to_dict(), "architecture": architecture, "pr": ratio,
                                 "kept_counts": layer.packed.kept_counts.tolist()})
-                print(lb.format_table([result], [])[1], flush=True)
+                print(lb.format_table([result], [], name_width=NAME_WIDTH)[1], flush=True)
                 if batch == 1 and not args.quick:
                     runs.append(run)
             if runs:

@@ -219,9 +219,10 @@ def summarize(results: Sequence[LayerResult]) -> list[dict[str, Any]]:
     return list(totals.values())
 
 
-def format_table(results: Sequence[LayerResult], totals: Sequence[dict[str, Any]]) -> list[str]:
-    """The per-layer table and one total line per (group, batch, dtype), as lines of text."""
-    width = max([len(r.layer) for r in results] + [5])
+def format_table(results: Sequence[LayerResult], totals: Sequence[dict[str, Any]], name_width: int | None = None
+                 ) -> list[str]:
+    """The header, one line per result and one total line per (group, batch, dtype), as lines of text."""
+    width = name_width or max([len(r.layer) for r in results] + [5])
     header = (f"{'layer':{width}s} {'shape':>18s} {'N':>3s} {'dtype':7s} {'kept':>5s} {'rel err':>8s} "
               f"{'ours us':>8s} {'cuDNN us':>8s} {'speedup':>7s} {'floor us':>8s} {'x floor':>7s}")
     lines = [header]
@@ -406,7 +407,8 @@ class DeviceLayer:
         got = self.y.double().cpu().numpy()
         conv = self._conv(self.x.double(), self.dense, self.bias).cpu().numpy()
         p = self.layer.params
-        reference = apply_activation(conv, p.activation, p.activation_params)
+        with np.errstate(over="ignore"):  # silu's exp(-y) overflows to inf for very negative y, giving the exact -0
+            reference = apply_activation(conv, p.activation, p.activation_params)
         poison_left = bool(np.isnan(got).any())
         scale = max(float(np.abs(reference).max()), 1e-30)
         error = float(np.nanmax(np.abs(got - reference))) / scale if not np.isnan(got).all() else float("inf")
