@@ -79,6 +79,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "build_plugin_cmd",
     "plugin_path_cmd",
     "build_engine_cmd",
+    "bench_cmd",
 )
 
 

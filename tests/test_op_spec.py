@@ -55,3 +55,5 @@ def test_node_builder_writes_the_spec_attributes_with_their_types(config):
 def test_tolerances_are_declared(config):
     assert config["tolerances"]["float32"]["max_relative_error"] == pytest.approx(1e-5)
     assert config["tolerances"]["float16"]["max_relative_error"] == pytest.approx(1e-2)
+    assert {dtype: entry["max_relative_error"] for dtype, entry in config["tolerances"].items()} \
+        == spec.MAX_RELATIVE_ERROR

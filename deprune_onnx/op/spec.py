@@ -38,3 +38,6 @@ REQUIRED_ATTRIBUTES: tuple[str, ...] = ("channels", "kernel_shape", "kept_counts
 ACTIVATION_PARAM_COUNTS: dict[str, int] = {"none": 0, "relu": 0, "clip": 2, "hard_swish": 2, "silu": 0}
 
 MAX_KERNEL_SIZE = 15
+
+# The spec's `tolerances`: max relative error (max |y - ref| / max |ref|) an implementation may show per dtype.
+MAX_RELATIVE_ERROR: dict[str, float] = {"float32": 1.0e-5, "float16": 1.0e-2}

@@ -1,9 +1,10 @@
 """Building a TensorRT engine from a model that holds DRSparseDepthwiseConv nodes.
 
 Why this is more than `trtexec`: the build must prove that every custom node really runs as our plugin. The
-TensorRT ONNX parser silently prefers a model-local ONNX function of the same name, and a missing plugin would
-otherwise only surface as a parse error deep in a log, so we count the plugin layers against the model's nodes and
-refuse the engine when they differ. `tensorrt` is imported only inside these functions: the rest of deprune-onnx
+TensorRT ONNX parser of TensorRT 10.0-10.x (before the `plugin_namespace` check of later parsers) silently prefers
+a model-local ONNX function of the same name, and a missing plugin would otherwise only surface as a parse error
+deep in a log, so we count the plugin layers against the model's nodes and refuse the engine when they differ
+(docs/tensorrt.md, "Verified against", has the parser facts this relies on). `tensorrt` is imported only inside these functions: the rest of deprune-onnx
 never needs it. Every failure is one DepruneError line.
 """
 from __future__ import annotations
@@ -104,8 +105,12 @@ def load_plugin_library(trt: Any, path: Path) -> None:
         raise DepruneError(f"{path}: TensorRT refused the plugin library (already registered by another library?)")
     get_creator = getattr(registry, "get_creator", None) or registry.get_plugin_creator
     if get_creator(OP_TYPE, PLUGIN_VERSION, PLUGIN_NAMESPACE) is None:
+        found = [f"'{getattr(c, 'plugin_namespace', '?')}'::{getattr(c, 'name', '?')} "
+                 f"v{getattr(c, 'plugin_version', '?')}" for c in (getattr(registry, "all_creators", None) or [])
+                 if getattr(c, "name", None) == OP_TYPE]
         raise DepruneError(f"{path}: loaded, but no {PLUGIN_NAMESPACE}::{OP_TYPE} v{PLUGIN_VERSION} creator was "
-                           "registered (wrong library or TensorRT version?)")
+                           f"registered (registered under that name: {', '.join(found) or 'none'}; wrong library "
+                           "or TensorRT version?)")
 
 
 def count_custom_nodes(model_path: Path) -> int:
@@ -120,14 +125,15 @@ def count_custom_nodes(model_path: Path) -> int:
 
 
 def _plugin_layer_names(trt: Any, network: Any) -> list[str]:
+    """Names of the network's IPluginV3 layers whose plugin is ours (name and namespace, read from its core)."""
     names = []
     for index in range(network.num_layers):
         layer = network.get_layer(index)
         if layer.type != trt.LayerType.PLUGIN_V3:
             continue
-        layer.__class__ = trt.IPluginV3Layer
+        layer.__class__ = trt.IPluginV3Layer  # get_layer returns an ILayer; Polygraphy downcasts the same way
         core = layer.plugin.get_capability_interface(trt.PluginCapabilityType.CORE)
-        if getattr(core, "plugin_name", OP_TYPE) == OP_TYPE:
+        if core is not None and (core.plugin_name, core.plugin_namespace) == (OP_TYPE, PLUGIN_NAMESPACE):
             names.append(layer.name)
     return names
 

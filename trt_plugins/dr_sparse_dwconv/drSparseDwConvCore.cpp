@@ -584,7 +584,7 @@ std::vector<FieldView> serializeFields(Params const& p, std::vector<int32_t>& sc
     activation = activationName(p.activation);
     int32_t const* s = scratch.data();
     auto count = [](auto const& v) { return static_cast<int32_t>(v.size()); };
-    return {
+    std::vector<FieldView> fields{
         {"channels", &p.channels, FieldType::kINT32, 1},
         {"depth_multiplier", &p.depthMultiplier, FieldType::kINT32, 1},
         {"kernel_shape", s, FieldType::kINT32, 2},
@@ -600,6 +600,14 @@ std::vector<FieldView> serializeFields(Params const& p, std::vector<int32_t>& sc
         {"tap_values", p.tapValues.data(), FieldType::kFLOAT32, count(p.tapValues)},
         {"bias", p.bias.data(), FieldType::kFLOAT32, count(p.bias)},
     };
+    if (p.activationParams.empty())
+    {
+        // Like the ONNX writer: the default [] is left out, so no zero-length field (and null data pointer) ever
+        // reaches TensorRT's engine serializer; parseFields applies the default on the way back.
+        fields.erase(std::find_if(fields.begin(), fields.end(),
+            [](FieldView const& f) { return f.name == "activation_params"; }));
+    }
+    return fields;
 }
 
 float halfBitsToFloat(uint16_t bits)

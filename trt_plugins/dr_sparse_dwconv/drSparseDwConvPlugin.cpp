@@ -299,7 +299,9 @@ int32_t DrSparseDwConvPlugin::onShapeChange(
         logMessage(ILogger::Severity::kERROR, where() + err);
         return 1;
     }
-    return 0;
+    // The builder calls onShapeChange before it times enqueue, so a build-phase object uploads here, outside any
+    // timed (or captured) enqueue; runtime objects uploaded in attachToContext and this is a no-op for them.
+    return uploadWeights() ? 0 : 1;
 }
 
 bool DrSparseDwConvPlugin::uploadWeights() noexcept
@@ -364,8 +366,8 @@ int32_t DrSparseDwConvPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginT
     {
         return 1;
     }
-    // Build-phase objects upload on their first enqueue (TensorRT times them); runtime objects did it in
-    // attachToContext, so this is a no-op there.
+    // Normally a no-op (uploaded in onShapeChange or attachToContext); kept as the fallback for a caller that
+    // enqueues an object TensorRT never shape-configured.
     if (!uploadWeights())
     {
         return 1;

@@ -4,8 +4,8 @@
  * The TensorRT ONNX parser maps a node of that op type to this plugin by name/version/namespace and hands the node's
  * attributes over as plugin fields (TENSOR attributes as typed arrays); drSparseDwConvCore decodes and validates
  * them. The fields are serialized with the engine (getFieldsToSerialize), so an engine needs no side files. The
- * packed weights are uploaded to device memory once per plugin object (attachToContext, or the first enqueue of a
- * build-phase object) and never during enqueue of a runtime object, so enqueue is CUDA-graph safe.
+ * packed weights are uploaded to device memory once per plugin object (attachToContext for runtime objects,
+ * onShapeChange for build-phase objects) and never during enqueue, so enqueue is CUDA-graph safe.
  * Every method is noexcept and reports errors through the TensorRT logger.
  */
 #ifndef DEPRUNE_DR_SPARSE_DWCONV_PLUGIN_H

@@ -293,6 +293,23 @@ void testSerializeRoundTrip()
             && back.activationParams == p.activationParams && back.padBottom == p.padBottom
             && back.dilationW == p.dilationW,
         "round trip is exact");
+
+    // An activation without parameters: the empty activation_params field is left out and defaults back to [].
+    Layer plain(keepSome);
+    plain.activation = "relu";
+    plain.actParams.clear();
+    Params q;
+    check(parseAndValidate(plain.fields(), q).empty(), "parse relu");
+    std::vector<FieldView> const plainViews = serializeFields(q, scratch, activation);
+    check(plainViews.size() == fieldNames().size() - 1, "empty activation_params not serialized");
+    for (FieldView const& view : plainViews)
+    {
+        check(view.length > 0 && view.data != nullptr, "no empty field serialized: " + view.name);
+    }
+    Params plainBack;
+    check(parseAndValidate(plainViews, plainBack).empty() && plainBack.activationParams.empty()
+            && plainBack.activation == q.activation,
+        "relu round trip");
 }
 
 void testIndexFunctions()
