@@ -18,9 +18,12 @@ def sidecar_path(output: Path, suffix: str) -> Path:
 @click.command("prune")
 @click.argument("input_path", metavar="IN.onnx", type=click.Path(dir_okay=True))
 @click.argument("output_path", metavar="OUT.onnx", type=click.Path(dir_okay=True))
-@click.option("--method", type=click.Choice(["dcp", "b", "bh"]), default="bh", show_default=True,
+@click.option("--method", "--dw-method", "method", type=click.Choice(["dcp", "b", "bh", "channel", "global"]),
+              default="bh", show_default=True,
               help="dcp = DEPrune (DCP); b = DEPrune-B (DCP + balanced workload tuning); "
-                   "bh = DEPrune-BH (+ hardware-aware sub-GEMM recalibration to the tile).")
+                   "bh = DEPrune-BH (+ hardware-aware sub-GEMM recalibration to the tile). Baselines at equal "
+                   "PR: channel = whole DW channels by l2 norm (zeroed); global = one magnitude ranking across "
+                   "all DW layers.")
 @click.option("--dw-ratio", type=float, default=0.5, show_default=True,
               help="Target pruning ratio of every DW layer, in [0, 1).")
 @click.option("--layer-ratio", "layer_ratios", multiple=True, metavar="NAME=R",
