@@ -111,6 +111,21 @@ def global_masks(weights: list[np.ndarray], ratio: float) -> list[np.ndarray]:
     return [keep[start:stop].reshape(w.shape) for w, start, stop in zip(weights, bounds[:-1], bounds[1:])]
 
 
+def keep_top_per_subgemm(scores: np.ndarray, kept: np.ndarray, width: int = SUBGEMM_CHANNELS) -> np.ndarray:
+    """Keep the ``kept[g]`` highest-scoring weights of every sub-GEMM g (ties by flat index, lower pruned first).
+
+    Re-selecting weights by another score this way leaves every K_g, hence the DR/tile structure, unchanged.
+    """
+    flat = scores.astype(np.float64).reshape(scores.shape[0], -1)
+    keep = np.zeros(flat.shape, dtype=bool)
+    offset = 0
+    for channels, rows in _subgemm_rows(flat, width):
+        counts = np.asarray(kept[offset: offset + rows.shape[0]])
+        keep[channels] = (_ranks(rows) >= rows.shape[1] - counts[:, None]).reshape(-1, flat.shape[1])
+        offset += rows.shape[0]
+    return keep.reshape(scores.shape)
+
+
 def align_subgemms(weight: np.ndarray, keep: np.ndarray, pattern: str, tile: int = DEFAULT_TILE,
                    width: int = SUBGEMM_CHANNELS, extra_tiles: int = 0) -> np.ndarray:
     """HSR alignment of one layer: every sub-GEMM's K_g becomes a multiple of ``tile`` (or V_g).
