@@ -81,21 +81,31 @@ def dw_design(x: np.ndarray, layer: ConvLayer) -> np.ndarray:
     return design
 
 
-def patch_stats(x: np.ndarray, y: np.ndarray, layer: ConvLayer) -> PatchStats:
-    """Accumulate G = [P 1]^T [P 1], B = [P 1]^T y and y^T y per channel over samples, in float64."""
-    channels, taps = y.shape[1], layer.kernel[0] * layer.kernel[1]
+def patch_stats(x: np.ndarray, y: np.ndarray | None, layer: ConvLayer) -> PatchStats:
+    """Accumulate G = [P 1]^T [P 1], B = [P 1]^T y and y^T y per channel over samples, in float64
+    (B and y^T y stay zero when ``y`` is None: see ``reference_stats``)."""
+    channels, taps = x.shape[1] * layer.depth_multiplier, layer.kernel[0] * layer.kernel[1]
     gram = np.zeros((channels, taps + 1, taps + 1))
     cross = np.zeros((channels, taps + 1))
     energy = np.zeros(channels)
-    per_sample = channels * int(np.prod(y.shape[2:])) * (taps + 1)
+    per_sample = channels * int(np.prod(x.shape[2:])) * (taps + 1)
     step = max(1, _PATCH_BUDGET // max(per_sample, 1))
     for start in range(0, len(x), step):
         design = dw_design(x[start:start + step], layer)                       # [n, C, k+1, HW]
-        target = y[start:start + step].reshape(design.shape[0], channels, -1, 1)  # [n, C, HW, 1]
         gram += np.matmul(design, design.transpose(0, 1, 3, 2)).sum(axis=0, dtype=np.float64)
-        cross += np.matmul(design, target)[..., 0].sum(axis=0, dtype=np.float64)
-        energy += np.einsum("nchw,nchw->c", target, target, dtype=np.float64)
+        if y is not None:
+            target = y[start:start + step].reshape(design.shape[0], channels, -1, 1)  # [n, C, HW, 1]
+            cross += np.matmul(design, target)[..., 0].sum(axis=0, dtype=np.float64)
+            energy += np.einsum("nchw,nchw->c", target, target, dtype=np.float64)
     return PatchStats(gram, cross, energy, len(x))
+
+
+def reference_stats(x: np.ndarray, layer: ConvLayer, w0: np.ndarray) -> PatchStats:
+    """Normal equations when the input is the unpruned one, so the target is the conv's own output [P 1] w0:
+    B = G w0 and y^T y = w0^T G w0, no output tensor needed (``w0`` [C, k+1] = weights and bias)."""
+    stats = patch_stats(x, None, layer)
+    cross = np.einsum("ckl,cl->ck", stats.gram, w0)
+    return PatchStats(stats.gram, cross, np.einsum("ck,ck->c", w0, cross), stats.samples)
 
 
 def damped_system(stats: PatchStats, w0: np.ndarray, damp: float) -> tuple[np.ndarray, np.ndarray]:
@@ -130,7 +140,7 @@ def saliency_keep(stats: PatchStats, w0: np.ndarray, plan: DWLayerPlan, damp: fl
     return keep_top_per_subgemm(saliency, kept)
 
 
-class _Writer:
+class ParameterWriter:
     """Writes refit weights and biases into the model: in place when the initializer is this conv's alone, under
     a new name otherwise (a shared tensor keeps its other users' values)."""
 
@@ -159,7 +169,8 @@ class _Writer:
         node.input[slot] = new_name
 
 
-def _original_parameters(index: GraphIndex, layer: ConvLayer) -> tuple[np.ndarray, np.ndarray]:
+def original_parameters(index: GraphIndex, layer: ConvLayer) -> tuple[np.ndarray, np.ndarray]:
+    """A DW layer's weight and bias (zeros when it has none)."""
     weight = index.constant(layer.weight)
     bias = index.constant(layer.bias) if layer.bias else None
     if weight is None:
@@ -167,6 +178,11 @@ def _original_parameters(index: GraphIndex, layer: ConvLayer) -> tuple[np.ndarra
     if bias is None:
         bias = np.zeros(weight.shape[0], dtype=weight.dtype)
     return weight, bias
+
+
+def stacked(weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """[C, kh*kw + 1] float64: each channel's taps, then its bias (the unknowns of the per-channel solve)."""
+    return np.concatenate([weight.reshape(weight.shape[0], -1), bias[:, None]], axis=1).astype(np.float64)
 
 
 def reconstruct(model: onnx.ModelProto, reference: onnx.ModelProto, analysis: ModelAnalysis,
@@ -184,7 +200,7 @@ def reconstruct(model: onnx.ModelProto, reference: onnx.ModelProto, analysis: Mo
     input_name = analysis_input(reference)
     pruned_run = StagedForward(model, {input_name: inputs})
     reference_run = StagedForward(reference, {input_name: inputs})
-    writer = _Writer(model)
+    writer = ParameterWriter(model)
     records: list[dict] = []
     for plan in plans:
         keep = plan.keep_mask()
@@ -196,11 +212,11 @@ def reconstruct(model: onnx.ModelProto, reference: onnx.ModelProto, analysis: Mo
         layer = layers[plan.name]
         if progress is not None:
             progress(plan.name)
-        weight, bias = _original_parameters(index, layer)
+        weight, bias = original_parameters(index, layer)
         target = reference_run.advance([layer.output])[layer.output]
         x = pruned_run.advance([layer.input])[layer.input]
         stats = patch_stats(x, target, layer)
-        w0 = np.concatenate([weight.reshape(weight.shape[0], -1), bias[:, None]], axis=1).astype(np.float64)
+        w0 = stacked(weight, bias)
         if saliency:
             keep = saliency_keep(stats, w0, plan, damp)
             plan.mask = encode_mask(keep)

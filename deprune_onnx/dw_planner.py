@@ -92,7 +92,8 @@ def load_hsr_timings(path: str | Path) -> dict[str, float]:
     return alphas
 
 
-def _base_mask(weight: np.ndarray, method: str, ratio: float) -> np.ndarray:
+def layer_mask(weight: np.ndarray, method: str, ratio: float) -> np.ndarray:
+    """The method's keep mask of one layer at one ratio, before HSR alignment (global: all kept, decided later)."""
     if ratio == 0.0 or method == "global":  # global masks need every layer first (_apply_global)
         return np.ones(weight.shape, dtype=bool)
     if method == "dcp":
@@ -128,7 +129,7 @@ def plan_dw_layers(model: onnx.ModelProto, analysis: ModelAnalysis, options: DWO
         weights[layer.name] = weight
         ratio = ratios[layer.name]
         method = options.method if ratio is not None else "none"
-        keep = _base_mask(weight, options.method, ratio or 0.0)
+        keep = layer_mask(weight, options.method, ratio or 0.0)
         plans.append(_layer_plan(layer, method, ratio or 0.0, keep))
 
     if options.method == "global":

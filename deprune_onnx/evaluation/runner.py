@@ -77,11 +77,19 @@ class ModelRunner:
             raise DepruneError(f"{name}: expected one image input, the model has {len(inputs)} inputs")
         self.name = name
         self.input_name = inputs[0].name
-        self.input_shape = tuple(d.dim_value if d.HasField("dim_value") else d.dim_param
-                                 for d in inputs[0].type.tensor_type.shape.dim)
+        self.input_shape = self.image_input_shape(model)
         self._model = model
         self.batch_size = max(1, batch_size)
         self._session = make_session(with_dynamic_batch(model))
+
+    @staticmethod
+    def image_input_shape(model: onnx.ModelProto) -> tuple[int | str, ...]:
+        """Shape of the model's first non-initializer input (dims as ints or symbolic names)."""
+        inputs = _graph_inputs(model)
+        if not inputs:
+            raise DepruneError("the model has no input")
+        return tuple(d.dim_value if d.HasField("dim_value") else d.dim_param
+                     for d in inputs[0].type.tensor_type.shape.dim)
 
     def _fall_back_to_batch_one(self) -> None:
         self.batch_size = 1
