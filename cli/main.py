@@ -75,6 +75,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "inspect_cmd",
     "prune_cmd",
     "eval_cmd",
+    "sweep_cmd",
+    "report_cmd",
 )
 
 

@@ -45,7 +45,7 @@ _BUCKETS = 4000
 class LayerSensitivity:
     name: str
     weights: int
-    ratios: list[float]   # measured ratios (0 included)
+    ratios: list[float]   # ratios actually measured (0 included; for bh the tile-aligned ones nearest the asked)
     kl: list[float]       # mean KL at each
 
 
@@ -94,10 +94,11 @@ def measure_sensitivity(model: onnx.ModelProto, analysis: ModelAnalysis, method:
         branch = staged.branch([output], [node.input[1], node.input[2]])
         w0 = stacked(weight, bias)
         stats = reference_stats(x, layer, w0) if refit else None
-        kls = [0.0]
+        kls, measured = [0.0], [0.0]
         for ratio in ratios:
             keep = layer_mask(weight, "b" if method == "bh" else method, _aligned(ratio, weight.shape, method, tile))
             flat = keep.reshape(weight.shape[0], -1)
+            measured.append(float(1.0 - flat.mean()))
             if stats is not None:
                 fitted = refit_channels(stats, w0, flat, damp)
             else:
@@ -105,7 +106,7 @@ def measure_sensitivity(model: onnx.ModelProto, analysis: ModelAnalysis, method:
             out = branch.run({node.input[1]: fitted[:, :-1].reshape(weight.shape).astype(weight.dtype),
                               node.input[2]: fitted[:, -1].astype(bias.dtype)})[output]
             kls.append(float(kl_divergence(reference_out, _log_probs(out)).mean()))
-        results.append(LayerSensitivity(layer.name, int(weight.size), [0.0, *map(float, ratios)], kls))
+        results.append(LayerSensitivity(layer.name, int(weight.size), measured, kls))
     return results
 
 
