@@ -80,6 +80,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "plugin_path_cmd",
     "build_engine_cmd",
     "bench_cmd",
+    "eval_cmd",
+    "sweep_cmd",
+    "report_cmd",
 )
 
 

@@ -16,3 +16,14 @@ def parse_layer_ratios(values: tuple[str, ...]) -> list[tuple[str, float]]:
         except ValueError:
             raise click.BadParameter(f"'{value}': '{ratio}' is not a number", param_hint="'--layer-ratio'")
     return pairs
+
+
+def parse_ratio_list(value: str, option: str) -> tuple[float, ...]:
+    """'0.3,0.5,0.7' -> (0.3, 0.5, 0.7)."""
+    try:
+        ratios = tuple(float(part) for part in value.split(",") if part.strip())
+    except ValueError:
+        raise click.BadParameter(f"'{value}': expected comma-separated numbers", param_hint=f"'{option}'")
+    if not ratios:
+        raise click.BadParameter(f"'{value}': no ratio given", param_hint=f"'{option}'")
+    return ratios

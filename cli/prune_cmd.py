@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
 
-from deprune_onnx.cli.options import parse_layer_ratios
+from deprune_onnx.cli.options import parse_layer_ratios, parse_ratio_list
 
 
 def sidecar_path(output: Path, suffix: str) -> Path:
@@ -18,9 +19,12 @@ def sidecar_path(output: Path, suffix: str) -> Path:
 @click.command("prune")
 @click.argument("input_path", metavar="IN.onnx", type=click.Path(dir_okay=True))
 @click.argument("output_path", metavar="OUT.onnx", type=click.Path(dir_okay=True))
-@click.option("--method", type=click.Choice(["dcp", "b", "bh"]), default="bh", show_default=True,
+@click.option("--method", "--dw-method", "method", type=click.Choice(["dcp", "b", "bh", "channel", "global"]),
+              default="bh", show_default=True,
               help="dcp = DEPrune (DCP); b = DEPrune-B (DCP + balanced workload tuning); "
-                   "bh = DEPrune-BH (+ hardware-aware sub-GEMM recalibration to the tile).")
+                   "bh = DEPrune-BH (+ hardware-aware sub-GEMM recalibration to the tile). Baselines at equal "
+                   "PR: channel = whole DW channels by l2 norm (zeroed); global = one magnitude ranking across "
+                   "all DW layers.")
 @click.option("--dw-ratio", type=float, default=0.5, show_default=True,
               help="Target pruning ratio of every DW layer, in [0, 1).")
 @click.option("--layer-ratio", "layer_ratios", multiple=True, metavar="NAME=R",
@@ -51,13 +55,37 @@ def sidecar_path(output: Path, suffix: str) -> Path:
                    "TensorRT plugin); dense = standard Conv with masked weights (portable, the reference).")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="float16 converts weights, activations and I/O (TensorRT 11 takes precision from the model).")
+@click.option("--calib", "calib_sources", multiple=True, metavar="DIR|FILE|GLOB",
+              help="Calibration images: refit every pruned DW channel's kept weights and bias by least squares "
+                   "so it reproduces the unpruned model (masks unchanged); repeatable.")
+@click.option("--calib-n", type=int, metavar="N", help="Use only the first N calibration images (by name).")
+@click.option("--calib-preprocess", type=click.Choice(["imagenet", "pplcnet", "ppocr-cls"]),
+              help="Preprocessing preset of the calibration images [default: guessed from the input shape].")
+@click.option("--calib-crops", type=int, metavar="V",
+              help="Views per calibration image (crops, flips) [default: enough for 64 samples, at most 10].")
+@click.option("--calib-damp", type=float, default=0.01, show_default=True,
+              help="Ridge damping of the refit, relative to each channel's mean input energy.")
+@click.option("--calib-saliency", is_flag=True,
+              help="Choose the kept taps by second-order saliency w^2/[H^-1]_pp instead of |w| (same K per "
+                   "sub-GEMM, so the DR/tile structure is unchanged).")
+@click.option("--refit/--no-refit", default=True, show_default=True,
+              help="With --calib: refit the kept weights (--no-refit uses the images for --allocate only).")
+@click.option("--allocate", type=click.Choice(["kl"]),
+              help="Choose per-layer ratios from measured sensitivity (needs --calib) so the model-wide DW ratio "
+                   "is --dw-ratio with the least predicted KL.")
+@click.option("--allocate-ratios", default="0.25,0.5,0.75,0.9", show_default=True, metavar="R,R,...",
+              help="Ratios at which --allocate measures each layer.")
+@click.option("--allocate-samples", type=int, default=16, show_default=True, metavar="N",
+              help="Calibration samples --allocate measures on (evenly spaced).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors (no progress bars).")
 @click.option("--verbose", "-v", count=True, help="Log each pass with its time and peak memory; -vv for debug.")
 def command(input_path: str, output_path: str, method: str, dw_ratio: float, layer_ratios: tuple[str, ...],
             exclude: tuple[str, ...], tile: int, hsr_timings: str | None, pw_ratio: float, pw_align: int,
-            pw_scope: str, pw_method: str, plan_path: str | None,
-            plan_out: str | None, report_path: str | None, output_format: str, dtype: str, as_json: bool,
+            pw_scope: str, pw_method: str, plan_path: str | None, plan_out: str | None, report_path: str | None,
+            output_format: str, dtype: str, calib_sources: tuple[str, ...], calib_n: int | None,
+            calib_preprocess: str | None, calib_crops: int | None, calib_damp: float, calib_saliency: bool,
+            refit: bool, allocate: str | None, allocate_ratios: str, allocate_samples: int, as_json: bool,
             quiet: bool, verbose: int) -> None:
     """Prune the depthwise convs of IN.onnx the DEPrune way and write OUT.onnx.
 
@@ -70,14 +98,22 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, lay
       deprune-onnx prune mobilenet_v2.onnx mnv2_bh.onnx --method bh --dw-ratio 0.78
       deprune-onnx prune m.onnx out.onnx --method b --dw-ratio 0.5 --layer-ratio '*conv.1.0*=0.3'
       deprune-onnx prune m.onnx again.onnx --plan out.plan.json
+      deprune-onnx prune mobilenet_v2.onnx out.onnx --dw-ratio 0.3 --calib calib_images/
+      deprune-onnx prune mobilenet_v2.onnx out.onnx --dw-ratio 0.5 --allocate kl --calib calib_images/
+
+    --calib refits the kept DW weights and biases (layer by layer, exact per channel, no training);
+    --allocate kl measures each DW layer's sensitivity on the calibration images and gives sensitive
+    layers (stride-2 ones, usually) lower ratios. Both keep every DCP/BWT/HSR rule and are recorded in
+    the plan and the report.
     """
     from deprune_onnx.dw_planner import DWOptions, check_ratio, load_hsr_timings
     from deprune_onnx.logging_utils import QUIET, configure, timed_pass
     from deprune_onnx.model_io import check_output_path, load_model, save_model, write_json_atomic
-    from deprune_onnx.pipeline import PruneOptions, PWOptions, prune_model
+    from deprune_onnx.errors import DepruneError
+    from deprune_onnx.pipeline import CalibOptions, PruneOptions, PWOptions, prune_model
     from deprune_onnx.plan import load_plan
     from deprune_onnx.progress import configure_progress
-    from deprune_onnx.report import format_report_table
+    from deprune_onnx.report import format_calibration, format_report_table
 
     configure(QUIET if quiet else verbose)
     configure_progress(False if quiet else None)
@@ -89,12 +125,28 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, lay
     dw_options = DWOptions(method=method, dw_ratio=dw_ratio, layer_ratios=parse_layer_ratios(layer_ratios),
                            exclude=list(exclude), tile=tile,
                            hsr_alphas=load_hsr_timings(hsr_timings) if hsr_timings else {})
+    calib = None
+    if calib_sources:
+        calib = CalibOptions(sources=list(calib_sources), n=calib_n, preprocess=calib_preprocess,
+                             crops=calib_crops, damp=calib_damp, saliency=calib_saliency, refit=refit,
+                             allocate=allocate, allocate_ratios=parse_ratio_list(allocate_ratios, "--allocate-ratios"),
+                             allocate_samples=allocate_samples)
+    elif allocate:
+        raise DepruneError("--allocate: needs calibration images, give --calib DIR")
+    elif calib_saliency or calib_n is not None or calib_crops is not None:
+        raise DepruneError("--calib-n/--calib-crops/--calib-saliency: need --calib DIR")
+    if allocate_samples < 1:
+        raise DepruneError(f"--allocate-samples {allocate_samples}: must be at least 1")
     plan = load_plan(plan_path) if plan_path else None
     with timed_pass("load"):
         model = load_model(input_path)
     pw_options = PWOptions(ratio=pw_ratio, align=pw_align, scope=pw_scope, method=pw_method)
-    options = PruneOptions(dw=dw_options, pw=pw_options, output_format=output_format, dtype=dtype)
-    result = prune_model(model, options, plan)
+    options = PruneOptions(dw=dw_options, pw=pw_options, output_format=output_format, dtype=dtype, calib=calib)
+    show_progress = calib is not None and not quiet and not as_json and sys.stderr.isatty()
+    progress = (lambda step: click.echo(f"\r\033[K{step[:100]}", nl=False, err=True)) if show_progress else None
+    result = prune_model(model, options, plan, progress)
+    if show_progress:
+        click.echo("\r\033[K", nl=False, err=True)
 
     with timed_pass("save"):
         save_model(result.model, output)
@@ -105,5 +157,9 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, lay
     elif not quiet:
         click.echo(format_report_table(result.report))
         click.echo(f"wrote {output}, {report_file}, {plan_file}")
-        click.echo("note: one-shot DW pruning costs accuracy (MobileNetV2, BWT at DW PR 0.3: 40-65 top-1 "
-                   "points without recovery); measure it with 'deprune-onnx compare IN.onnx OUT.onnx'.")
+        if result.plan.calibration:
+            click.echo(format_calibration(result.report))
+        else:
+            click.echo("note: one-shot DW pruning costs accuracy (MobileNetV2, BWT at DW PR 0.3: 40-65 top-1 "
+                       "points without recovery); recover most of it with --calib DIR (and --allocate kl), and "
+                       "measure it with 'deprune-onnx eval OUT.onnx --reference IN.onnx --images DIR'.")

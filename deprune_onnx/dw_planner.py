@@ -18,12 +18,13 @@ import onnx
 from deprune_onnx.analysis import ConvLayer, ModelAnalysis
 from deprune_onnx.errors import DepruneError
 from deprune_onnx.graph import GraphIndex
-from deprune_onnx.masks import (SUBGEMM_CHANNELS, Misalignment, align_subgemms, bwt_mask, choose_hsr_patterns,
-                                dcp_mask, kept_per_subgemm, misalignment, subgemm_vectors)
+from deprune_onnx.masks import (SUBGEMM_CHANNELS, Misalignment, align_subgemms, bwt_mask, channel_mask,
+                                choose_hsr_patterns, dcp_mask, global_masks, kept_per_subgemm, misalignment,
+                                subgemm_vectors)
 from deprune_onnx.plan import DWLayerPlan, encode_mask
 from deprune_onnx.progress import progress
 
-DW_METHODS = ("dcp", "b", "bh")
+DW_METHODS = ("dcp", "b", "bh", "channel", "global")
 
 
 @dataclass
@@ -90,11 +91,14 @@ def load_hsr_timings(path: str | Path) -> dict[str, float]:
     return alphas
 
 
-def _base_mask(weight: np.ndarray, method: str, ratio: float) -> np.ndarray:
-    if ratio == 0.0:
+def layer_mask(weight: np.ndarray, method: str, ratio: float) -> np.ndarray:
+    """The method's keep mask of one layer at one ratio, before HSR alignment (global: all kept, decided later)."""
+    if ratio == 0.0 or method == "global":  # global masks need every layer first (_apply_global)
         return np.ones(weight.shape, dtype=bool)
     if method == "dcp":
         return dcp_mask(weight, ratio)
+    if method == "channel":
+        return channel_mask(weight, ratio)
     return bwt_mask(weight, ratio, SUBGEMM_CHANNELS)
 
 
@@ -105,6 +109,9 @@ def plan_dw_layers(model: onnx.ModelProto, analysis: ModelAnalysis, options: DWO
     check_ratio(options.dw_ratio, "--dw-ratio")
     for _, ratio in options.layer_ratios:
         check_ratio(ratio, "--layer-ratio")
+    if options.method == "global" and options.layer_ratios:
+        raise DepruneError("--layer-ratio: not available with --method global (one ranking across all DW layers "
+                           "decides every layer's ratio); use --exclude to leave layers out")
     if options.tile < 1:
         raise DepruneError(f"--tile {options.tile}: must be a positive number of vectors")
     unknown = sorted(set(options.hsr_alphas) - {layer.name for layer in analysis.dw_layers})
@@ -121,13 +128,25 @@ def plan_dw_layers(model: onnx.ModelProto, analysis: ModelAnalysis, options: DWO
         weights[layer.name] = weight
         ratio = ratios[layer.name]
         method = options.method if ratio is not None else "none"
-        keep = _base_mask(weight, options.method, ratio or 0.0)
+        keep = layer_mask(weight, options.method, ratio or 0.0)
         plans.append(_layer_plan(layer, method, ratio or 0.0, keep))
 
+    if options.method == "global":
+        _apply_global(plans, weights, options.dw_ratio)
     if options.method == "bh":
         base_masks = _apply_hsr(plans, weights, options)
         _balance_hsr(plans, weights, base_masks, options)
     return plans
+
+
+def _apply_global(plans: list[DWLayerPlan], weights: Mapping[str, np.ndarray], ratio: float) -> None:
+    """One magnitude ranking over every non-excluded DW layer; each layer's note gives its resulting ratio."""
+    ranked = [plan for plan in plans if plan.method == "global"]
+    if ratio == 0.0:
+        return
+    for plan, keep in zip(ranked, global_masks([weights[plan.name] for plan in ranked], ratio)):
+        _set_mask(plan, keep)
+        plan.note = f"global ranking: this layer pruned {1.0 - keep.sum() / keep.size:.3f}"
 
 
 def _layer_plan(layer: ConvLayer, method: str, ratio: float, keep: np.ndarray) -> DWLayerPlan:

@@ -85,6 +85,47 @@ def bwt_mask(weight: np.ndarray, ratio: float, width: int = SUBGEMM_CHANNELS) ->
     return keep.reshape(weight.shape)
 
 
+def channel_mask(weight: np.ndarray, ratio: float) -> np.ndarray:
+    """Baseline: prune the round(PR * C) whole channels of smallest l2 norm (zeroed, not removed).
+
+    At equal PR this removes as many weights as DCP/BWT but in whole rows of kh*kw, which is how DW channel
+    pruning compares with DEPrune (paper Table 6 and its EfficientNet-B0 motivation).
+    """
+    norms = np.sqrt(np.square(weight.astype(np.float64)).reshape(1, weight.shape[0], -1).sum(axis=-1))
+    n_prune = round_half_up(ratio * weight.shape[0])
+    keep_channel = _ranks(norms)[0] >= n_prune
+    return np.broadcast_to(keep_channel.reshape(-1, *([1] * (weight.ndim - 1))), weight.shape).copy()
+
+
+def global_masks(weights: list[np.ndarray], ratio: float) -> list[np.ndarray]:
+    """Baseline: one magnitude ranking over all the given DW layers; prune the round(PR * N) smallest |w|.
+
+    Per-layer ratios then follow the weight scales (folded BatchNorm makes them differ a lot between layers),
+    which is the point of comparing with it. Ties by layer order, then flat index.
+    """
+    if not weights:
+        return []
+    magnitude = np.concatenate([np.abs(w.astype(np.float64)).reshape(-1) for w in weights]).reshape(1, -1)
+    keep = (_ranks(magnitude) >= round_half_up(ratio * magnitude.size)).reshape(-1)
+    bounds = np.cumsum([0] + [w.size for w in weights])
+    return [keep[start:stop].reshape(w.shape) for w, start, stop in zip(weights, bounds[:-1], bounds[1:])]
+
+
+def keep_top_per_subgemm(scores: np.ndarray, kept: np.ndarray, width: int = SUBGEMM_CHANNELS) -> np.ndarray:
+    """Keep the ``kept[g]`` highest-scoring weights of every sub-GEMM g (ties by flat index, lower pruned first).
+
+    Re-selecting weights by another score this way leaves every K_g, hence the DR/tile structure, unchanged.
+    """
+    flat = scores.astype(np.float64).reshape(scores.shape[0], -1)
+    keep = np.zeros(flat.shape, dtype=bool)
+    offset = 0
+    for channels, rows in _subgemm_rows(flat, width):
+        counts = np.asarray(kept[offset: offset + rows.shape[0]])
+        keep[channels] = (_ranks(rows) >= rows.shape[1] - counts[:, None]).reshape(-1, flat.shape[1])
+        offset += rows.shape[0]
+    return keep.reshape(scores.shape)
+
+
 def align_subgemms(weight: np.ndarray, keep: np.ndarray, pattern: str, tile: int = DEFAULT_TILE,
                    width: int = SUBGEMM_CHANNELS, extra_tiles: int = 0) -> np.ndarray:
     """HSR alignment of one layer: every sub-GEMM's K_g becomes a multiple of ``tile`` (or V_g).

@@ -207,6 +207,21 @@ def write_text_atomic(output: str | os.PathLike[str], text: str) -> Path:
     return output
 
 
+def write_bytes_atomic(output: str | os.PathLike[str], data: bytes) -> Path:
+    """Write a binary file (a PNG, say) by temp file + rename."""
+    output = Path(output)
+    directory = output.parent if str(output.parent) else Path(".")
+    handle = tempfile.NamedTemporaryFile("wb", dir=directory, prefix=f".{output.name}.", delete=False)
+    try:
+        with handle:
+            handle.write(data)
+        os.replace(handle.name, output)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+    return output
+
+
 def write_json_atomic(output: str | os.PathLike[str], data: Any) -> Path:
     """JSON with sorted keys and a fixed layout, so equal data gives byte-identical files."""
     return write_text_atomic(output, json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -50,6 +50,8 @@ class DWLayerPlan:
     eps: int | None = None
     beta: float | None = None
     note: str = ""
+    calibration: dict[str, Any] | None = None   # what --calib did: residual before/after, samples, damping
+    sensitivity: dict[str, Any] | None = None   # what --allocate measured and chose for this layer
 
     def keep_mask(self) -> np.ndarray:
         return decode_mask(self.mask, tuple(self.shape))
@@ -64,6 +66,8 @@ class PruningPlan:
     dw_layers: list[DWLayerPlan] = field(default_factory=list)
     pw: dict[str, Any] | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] | None = None   # --calib: images, samples, preprocessing, damping
+    allocation: dict[str, Any] | None = None    # --allocate: method, target, achieved, predicted loss
     format_version: int = PLAN_FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:

@@ -50,6 +50,12 @@ def dw_layer_row(layer: ConvLayer | None, plan: DWLayerPlan, tile: int) -> dict[
         "weights": int(vectors.sum()),
         "kept_weights": int(kept.sum()),
         "note": plan.note,
+        "params": layer.params if layer else int(vectors.sum()),
+        "params_kept": (layer.params if layer else int(vectors.sum())) - int(vectors.sum() - kept.sum()),
+        "macs": layer.macs if layer else None,
+        "macs_kept": int(round(layer.macs * kept.sum() / vectors.sum())) if layer and layer.macs else None,
+        "calibration": plan.calibration,
+        "sensitivity": plan.sensitivity,
     }
 
 
@@ -78,7 +84,7 @@ def build_report(plan: PruningPlan, analysis: ModelAnalysis, extra: dict[str, An
         "skipped_layers": [{"name": s.name, "reason": s.reason} for s in analysis.skipped],
     }
     report = {"method": plan.method, "tile": plan.tile, "options": plan.options, "dw_layers": rows,
-              "totals": totals}
+              "totals": totals, "calibration": plan.calibration, "allocation": plan.allocation}
     if extra:
         report.update(extra)
     return report
@@ -149,3 +155,22 @@ def _rewrite_lines(report: dict[str, Any]) -> list[str]:
              f"({sum(bool(r['activation'] != 'none') for r in done)} with a fused activation)"]
     lines += [f"not rewritten {r['layer']}: {r['reason']}" for r in records if not r["rewritten"]]
     return lines
+
+
+def format_calibration(report: dict[str, Any]) -> str:
+    """What --calib (and --allocate) did, for the terminal: samples, and the refit residual before/after."""
+    calibration = report.get("calibration") or {}
+    rows = [row for row in report["dw_layers"] if row.get("calibration")]
+    before = np.array([row["calibration"]["residual_before"] for row in rows])
+    after = np.array([row["calibration"]["residual_after"] for row in rows])
+    lines = [f"calibration: {len(calibration.get('images', []))} images x {calibration.get('views')} views = "
+             f"{calibration.get('samples')} samples; refit {len(rows)} DW layers"]
+    if rows:
+        lines.append(f"  relative output error of the refit layers: mean {before.mean():.4f} -> {after.mean():.4f} "
+                     f"(worst {before.max():.4f} -> {after.max():.4f})")
+    allocation = report.get("allocation")
+    if allocation:
+        lines.append(f"  allocation: model-wide target {allocation['target_ratio']}, allocated "
+                     f"{allocation['allocated_ratio']:.4f}, predicted KL sum {allocation['predicted_kl_sum']:.4f}")
+    lines.append("  check it on other images: deprune-onnx eval OUT.onnx --reference IN.onnx --images DIR")
+    return "\n".join(lines)

@@ -25,3 +25,11 @@ def shared_model(key: str) -> Path:
 @pytest.fixture(params=sorted(SHARED_MODELS))
 def any_shared_model(request: pytest.FixtureRequest) -> Path:
     return shared_model(request.param)
+
+IMAGENET_SAMPLES = SHARED / "data" / "imagenet_samples"
+
+
+def imagenet_samples() -> Path:
+    if not IMAGENET_SAMPLES.is_dir():
+        pytest.fail(f"{IMAGENET_SAMPLES} is missing: tests need ../shared/data beside the checkout")
+    return IMAGENET_SAMPLES

@@ -16,22 +16,8 @@ from deprune_onnx.analysis import analyze
 from deprune_onnx.dw_planner import DWOptions, plan_dw_layers
 from deprune_onnx.graph import GraphIndex
 from deprune_onnx.masks import (align_subgemms, bwt_mask, choose_hsr_patterns, dcp_mask, misalignment)
+from mask_checks import T, assert_bh_structure, assert_largest_kept, subgemm_slices
 
-T = 32
-
-
-def subgemm_slices(channels: int) -> list[slice]:
-    return [slice(start, min(start + 32, channels)) for start in range(0, channels, 32)]
-
-
-def assert_largest_kept(weight: np.ndarray, keep: np.ndarray, ranges: list[slice]) -> None:
-    """In each ranking range, every kept |w| >= every pruned |w| (ties may fall either way)."""
-    for channels in ranges:
-        magnitude = np.abs(weight[channels]).ravel()
-        kept = keep[channels].ravel()
-        if kept.all() or not kept.any():
-            continue
-        assert magnitude[kept].min() >= magnitude[~kept].max()
 
 
 def plans_for(key: str, method: str, ratio: float):
@@ -75,23 +61,7 @@ def test_dcp_ranks_the_whole_layer_and_real_dw_is_at_most_the_layer_ratio(key: s
 @pytest.mark.parametrize("key,ratio", [("mobilenet_v2", 0.78), ("mobilenet_v3_small", 0.82), ("pplcnet", 0.5)])
 def test_bh_aligns_every_subgemm_and_splits_half_half_by_beta(key: str, ratio: float) -> None:
     plans, weights = plans_for(key, "bh", ratio)
-    misaligned = [p for p in plans if p.pattern in ("o", "u")]
-    assert sum(p.pattern == "o" for p in misaligned) == len(misaligned) // 2
-    for plan in plans:
-        vectors = np.array(plan.vectors_per_subgemm)
-        kept = np.array(plan.kept_per_subgemm)
-        keep = plan.keep_mask()
-        kh, kw = plan.shape[2:]
-        assert [int(keep[s].sum()) for s in subgemm_slices(plan.shape[0])] == plan.kept_per_subgemm
-        assert np.all((kept % T == 0) | (kept == vectors)), plan.name
-        assert np.all(kept > 0)
-        assert_largest_kept(weights[plan.name], keep, subgemm_slices(plan.shape[0]))
-    # Over-aligned layers are exactly those with the highest beta (layers that may be over-aligned).
-    eligible = [p for p in misaligned if p.beta is not None]
-    over_betas = [p.beta for p in eligible if p.pattern == "o"]
-    under_betas = [p.beta for p in eligible if p.pattern == "u"]
-    if over_betas and under_betas:
-        assert min(over_betas) >= max(under_betas)
+    assert_bh_structure(plans, weights)
 
 
 def test_bh_keeps_mobilenet_v2_model_wide_ratio_within_one_point_at_78() -> None:

@@ -1,0 +1,184 @@
+"""Sensitivity-aware DW ratios (``--allocate kl``): measure what pruning each layer costs, then choose per-layer
+ratios that meet the model-wide DW ratio with the least total predicted loss.
+
+Why: DW layers differ a lot in how much pruning they tolerate (on MobileNetV2 a stride-2 layer pruned alone at
+0.5 costs more than all middle layers together), so one ratio everywhere wastes accuracy.
+
+Measure: for every DW layer alone, at a few ratios, the mean KL(unpruned || pruned) of the model's outputs on
+the calibration samples. The layer's mask is the method's mask at that ratio; with ``refit`` the layer's kept
+weights are first refit by least squares on its unpruned input (the same solve as ``calibration``), so the
+measured loss is the loss that --calib will leave. The unpruned model runs once, in pieces; each layer's
+candidates then run only the rest of the graph from that layer on.
+
+Choose: a candidate ratio per layer (for ``bh``: the ratios whose kept count per full sub-GEMM is a multiple of the
+tile, so HSR has nothing left to move; otherwise a 0.05 grid), each with its KL interpolated linearly between the
+measured points (0 at ratio 0; nothing above the largest measured ratio). Then an exact dynamic programme over
+the pruned weight count (buckets of 1/4000 of the DW weights) minimises the sum of predicted KLs subject to the
+model-wide ratio (by weight count) being within ``tolerance`` of the target. Summing per-layer KLs is the usual
+additive approximation; the measured KL of the result is what ``eval`` reports.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import onnx
+
+from deprune_onnx.analysis import ModelAnalysis
+from deprune_onnx.calibration import (DEFAULT_DAMP, ParameterWriter, analysis_input, reference_stats, refit_channels,
+                                      stacked)
+from deprune_onnx.dw_planner import layer_mask
+from deprune_onnx.errors import DepruneError
+from deprune_onnx.evaluation.metrics import kl_divergence, log_probabilities
+from deprune_onnx.graph import GraphIndex
+from deprune_onnx.staged import StagedForward
+
+ALLOCATORS = ("kl",)
+DEFAULT_MEASURED_RATIOS = (0.25, 0.5, 0.75, 0.9)
+GRID_STEP = 0.05
+DEFAULT_TOLERANCE = 0.005
+_BUCKETS = 4000
+
+
+@dataclass
+class LayerSensitivity:
+    name: str
+    weights: int
+    ratios: list[float]   # ratios actually measured (0 included; for bh the tile-aligned ones nearest the asked)
+    kl: list[float]       # mean KL at each
+
+
+def candidate_ratios(shape: tuple[int, ...], method: str, max_ratio: float, tile: int = 32) -> np.ndarray:
+    """Ratios a layer may get: tile-aligned kept counts of a full 32-channel sub-GEMM for bh, a 0.05 grid else."""
+    if method == "bh":
+        vectors = min(shape[0], 32) * shape[2] * shape[3]
+        kept = np.arange(vectors, 0, -tile)
+        ratios = 1.0 - kept / vectors
+    else:
+        ratios = np.arange(0.0, 1.0, GRID_STEP)
+    return np.round(ratios[ratios <= max_ratio + 1e-9], 6)
+
+
+def measure_sensitivity(model: onnx.ModelProto, analysis: ModelAnalysis, method: str, inputs: np.ndarray,
+                        ratios: tuple[float, ...] = DEFAULT_MEASURED_RATIOS, refit: bool = True,
+                        damp: float = DEFAULT_DAMP, tile: int = 32, layers: list[str] | None = None,
+                        progress: Callable[[str], None] | None = None) -> list[LayerSensitivity]:
+    """KL of the model's outputs with one DW layer pruned (and refit) at each ratio, every other layer dense."""
+    if not ratios or any(not 0.0 < r < 1.0 for r in ratios):
+        raise DepruneError(f"--allocate-ratios {list(ratios)}: every measured ratio must be in (0, 1)")
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    index = GraphIndex(work.graph)
+    chosen = [layer for layer in analysis.dw_layers if layers is None or layer.name in layers]
+    params = {}
+    writer = ParameterWriter(work)
+    for layer in chosen:  # every DW weight and bias its own initializer, so a branch can feed candidates
+        weight = index.constant(layer.weight)
+        bias = index.constant(layer.bias) if layer.bias else np.zeros(weight.shape[0], weight.dtype)
+        writer.write(layer.name, 1, weight, "sensitivity_weight")
+        writer.write(layer.name, 2, bias, "sensitivity_bias")
+        params[layer.name] = (weight, bias)
+    output = work.graph.output[0].name
+    input_name = analysis_input(work)
+    reference_out = _log_probs(_reference_outputs(work, input_name, inputs, output))
+    staged = StagedForward(work, {input_name: inputs})
+    nodes = {node.name: node for node in work.graph.node}
+    results: list[LayerSensitivity] = []
+    for layer in chosen:
+        if progress is not None:
+            progress(layer.name)
+        weight, bias = params[layer.name]
+        node = nodes[layer.name]
+        x = staged.advance([layer.input])[layer.input]
+        branch = staged.branch([output], [node.input[1], node.input[2]])
+        w0 = stacked(weight, bias)
+        stats = reference_stats(x, layer, w0) if refit else None
+        kls, measured = [0.0], [0.0]
+        for ratio in ratios:
+            keep = layer_mask(weight, "b" if method == "bh" else method, _aligned(ratio, weight.shape, method, tile))
+            flat = keep.reshape(weight.shape[0], -1)
+            measured.append(float(1.0 - flat.mean()))
+            if stats is not None:
+                fitted = refit_channels(stats, w0, flat, damp)
+            else:
+                fitted = np.where(np.concatenate([flat, np.ones((len(flat), 1), bool)], axis=1), w0, 0.0)
+            out = branch.run({node.input[1]: fitted[:, :-1].reshape(weight.shape).astype(weight.dtype),
+                              node.input[2]: fitted[:, -1].astype(bias.dtype)})[output]
+            kls.append(float(kl_divergence(reference_out, _log_probs(out)).mean()))
+        results.append(LayerSensitivity(layer.name, int(weight.size), measured, kls))
+    return results
+
+
+def _aligned(ratio: float, shape: tuple[int, ...], method: str, tile: int) -> float:
+    """For bh, the nearest ratio whose kept count per full sub-GEMM is a multiple of the tile."""
+    if method != "bh":
+        return ratio
+    grid = candidate_ratios(shape, "bh", 1.0, tile)
+    grid = grid[grid < 1.0]
+    return float(grid[np.argmin(np.abs(grid - ratio))])
+
+
+def _log_probs(outputs: np.ndarray) -> np.ndarray:
+    return log_probabilities(outputs.reshape(len(outputs), -1))
+
+
+def _reference_outputs(model: onnx.ModelProto, input_name: str, inputs: np.ndarray, output: str) -> np.ndarray:
+    return StagedForward(model, {input_name: inputs}).advance([output])[output]
+
+
+def predicted_loss(curve: LayerSensitivity, ratios: np.ndarray) -> np.ndarray:
+    """KL at ``ratios`` by linear interpolation of the measured points (monotone envelope: pruning more never
+    predicts less loss)."""
+    measured = np.maximum.accumulate(np.asarray(curve.kl, dtype=np.float64))
+    return np.interp(ratios, np.asarray(curve.ratios), measured)
+
+
+@dataclass
+class Allocation:
+    ratios: dict[str, float]
+    predicted: dict[str, float]
+    achieved_ratio: float
+    predicted_total: float
+
+
+def allocate_ratios(curves: list[LayerSensitivity], shapes: dict[str, tuple[int, ...]], target: float,
+                    method: str, tile: int = 32, tolerance: float = DEFAULT_TOLERANCE) -> Allocation:
+    """Per-layer ratios with model-wide ratio (by weight count) within ``tolerance`` of ``target`` and the least
+    sum of predicted KLs: an exact dynamic programme over pruned-weight buckets (see the module docstring)."""
+    total = sum(c.weights for c in curves)
+    if not curves or total == 0:
+        raise DepruneError("--allocate: no DW layer to allocate ratios to")
+    bucket = total / _BUCKETS
+    infinity = np.inf
+    best = np.full(_BUCKETS + 1, infinity)
+    best[0] = 0.0
+    choices: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for curve in curves:
+        options = candidate_ratios(shapes[curve.name], method, max(curve.ratios), tile)
+        losses = predicted_loss(curve, options)
+        steps = np.rint(options * curve.weights / bucket).astype(np.int64)
+        table = np.full((len(options), _BUCKETS + 1), infinity)
+        for row, (step, loss) in enumerate(zip(steps, losses)):  # a handful of candidates per layer
+            table[row, step:] = best[: _BUCKETS + 1 - step] + loss
+        pick = np.argmin(table, axis=0)
+        best = table[pick, np.arange(_BUCKETS + 1)]
+        choices.append((options, steps, pick))
+    low, high = int(np.ceil((target - tolerance) * _BUCKETS)), int(np.floor((target + tolerance) * _BUCKETS))
+    window = best[max(low, 0): min(high, _BUCKETS) + 1]
+    if not window.size or not np.isfinite(window).any():
+        reachable = max(sum(max(c.ratios) * c.weights for c in curves) / total, 0.0)
+        raise DepruneError(f"--dw-ratio {target}: --allocate cannot reach it with per-layer ratios up to the "
+                           f"largest measured ratio (model-wide at most {reachable:.3f}); measure higher ratios "
+                           "with --allocate-ratios")
+    position = max(low, 0) + int(np.argmin(window))
+    ratios: dict[str, float] = {}
+    predicted: dict[str, float] = {}
+    for curve, (options, steps, pick) in zip(reversed(curves), reversed(choices)):
+        row = pick[position]
+        ratios[curve.name] = float(options[row])
+        predicted[curve.name] = float(predicted_loss(curve, options[row:row + 1])[0])
+        position -= int(steps[row])
+    achieved = sum(ratios[c.name] * c.weights for c in curves) / total
+    return Allocation({c.name: ratios[c.name] for c in curves}, {c.name: predicted[c.name] for c in curves},
+                      float(achieved), float(sum(predicted.values())))

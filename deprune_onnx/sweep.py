@@ -1,0 +1,99 @@
+"""Accuracy against pruning ratio, per method, with and without calibrated reconstruction (the paper's Fig. 3a
+on real weights, but one-shot): every (method, ratio) pair is pruned in memory and measured against the unpruned
+model on the evaluation images.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+
+from deprune_onnx.dw_planner import DWOptions
+from deprune_onnx.evaluation import ModelRunner, evaluate_outputs
+from deprune_onnx.evaluation.images import ImageSet
+from deprune_onnx.pipeline import CalibOptions, PruneOptions, prune_model
+
+
+def sweep(model: onnx.ModelProto, images: ImageSet, methods: list[str], ratios: list[float],
+          calib: CalibOptions | None = None, progress: Callable[[str], None] | None = None
+          ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The unpruned model's own metrics and one row per (method, ratio, reconstruction) with agreement, KL,
+    cosine and top-1 against the labels when the images have them."""
+    reference_outputs = ModelRunner(model, "reference").run(images.inputs)
+    baseline = evaluate_outputs(images, reference_outputs).to_dict()
+    rows: list[dict[str, Any]] = []
+    for method in methods:
+        for ratio in ratios:
+            for calibration in ([None, calib] if calib is not None else [None]):
+                if progress is not None:
+                    progress(f"{method} {ratio}{' +calib' if calibration else ''}")
+                work = onnx.ModelProto()
+                work.CopyFrom(model)
+                result = prune_model(work, PruneOptions(dw=DWOptions(method=method, dw_ratio=ratio),
+                                                        calib=calibration))
+                outputs = ModelRunner(work, f"{method}@{ratio}").run(images.inputs)
+                evaluation = evaluate_outputs(images, outputs, reference_outputs)
+                agreement = evaluation.agreement
+                rows.append({
+                    "method": method, "ratio": ratio, "reconstruction": calibration is not None,
+                    "achieved_ratio": result.report["totals"]["dw_ratio_achieved"],
+                    "real_dw": result.report["totals"]["real_dw_min"],
+                    "agreement": agreement.agreement, "kl_mean": agreement.kl_mean,
+                    "cosine_mean": agreement.cosine_mean,
+                    "top1": evaluation.labels.top1 if evaluation.labels else None,
+                })
+    return baseline, rows
+
+
+def format_sweep_table(rows: list[dict[str, Any]]) -> str:
+    """A Markdown table: one line per (method, ratio), plain and reconstructed side by side."""
+    has_calib = any(row["reconstruction"] for row in rows)
+    has_top1 = any(row["top1"] is not None for row in rows)
+    header = ["method", "DW PR", "achieved", "agreement", "KL"] + (["top-1"] if has_top1 else [])
+    if has_calib:
+        header += ["agreement +calib", "KL +calib"] + (["top-1 +calib"] if has_top1 else [])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    plain = [row for row in rows if not row["reconstruction"]]
+    refit = {(row["method"], row["ratio"]): row for row in rows if row["reconstruction"]}
+    for row in plain:
+        cells = [row["method"], f"{row['ratio']:g}", f"{row['achieved_ratio']:.3f}",
+                 f"{100 * row['agreement']:.0f}%", f"{row['kl_mean']:.3f}"]
+        if has_top1:
+            cells.append(f"{100 * row['top1']:.0f}%")
+        other = refit.get((row["method"], row["ratio"]))
+        if has_calib and other is not None:
+            cells += [f"{100 * other['agreement']:.0f}%", f"{other['kl_mean']:.3f}"]
+            if has_top1:
+                cells.append(f"{100 * other['top1']:.0f}%")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_sweep(rows: list[dict[str, Any]]) -> bytes:
+    """PNG of agreement and KL against the achieved DW ratio, one colour per method, dashed = reconstructed."""
+    from deprune_onnx.plots import figure_png, pyplot
+
+    plt = pyplot()
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    methods = list(dict.fromkeys(row["method"] for row in rows))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for position, method in enumerate(methods):
+        for refit in (False, True):
+            series = sorted((r for r in rows if r["method"] == method and r["reconstruction"] == refit),
+                            key=lambda r: r["ratio"])
+            if not series:
+                continue
+            x = np.array([r["achieved_ratio"] for r in series])
+            style = dict(color=colours[position % len(colours)], linestyle="--" if refit else "-", marker="o",
+                         label=f"{method}{' + calib' if refit else ''}")
+            left.plot(x, [100 * r["agreement"] for r in series], **style)
+            right.plot(x, [r["kl_mean"] for r in series], **style)
+    left.set(xlabel="DW pruning ratio (achieved)", ylabel="top-1 agreement with unpruned (%)", ylim=(-3, 103))
+    right.set(xlabel="DW pruning ratio (achieved)", ylabel="mean KL(unpruned || pruned)")
+    right.set_yscale("symlog", linthresh=0.1)
+    for axis in (left, right):
+        axis.grid(alpha=0.3)
+    left.legend(fontsize=8)
+    figure.tight_layout()
+    return figure_png(figure)

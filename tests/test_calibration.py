@@ -1,0 +1,163 @@
+"""Calibrated reconstruction and sensitivity allocation on the real MobileNetV2, plus their numerics.
+
+Calibration and evaluation images are disjoint: imagenet_00..04 (4 views each = 20 samples; 2 views for the
+allocation test, which measures sensitivity on 5 of them) calibrate, imagenet_05..09 (2 views each = 10
+samples) measure KL to the unpruned model.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+
+from builders import dsconv_model
+from conftest import imagenet_samples, shared_model
+from deprune_onnx.allocation import LayerSensitivity, allocate_ratios
+from deprune_onnx.analysis import analyze
+from deprune_onnx.calibration import PatchStats, patch_stats, refit_channels, stacked
+from deprune_onnx.dw_planner import DWOptions
+from deprune_onnx.evaluation import ModelRunner
+from deprune_onnx.evaluation.images import PRESETS, find_images, load_image_set
+from deprune_onnx.evaluation.metrics import agreement_metrics
+from deprune_onnx.graph import GraphIndex
+from deprune_onnx.pipeline import CalibOptions, PruneOptions, prune_model
+from mask_checks import assert_bh_structure, subgemm_slices
+
+CALIB_IMAGES = "imagenet_0[0-4]_*.jpg"
+EVAL_IMAGES = "imagenet_0[5-9]_*.jpg"
+
+
+@pytest.fixture(scope="module")
+def mobilenet() -> dict:
+    source = onnx.load(str(shared_model("mobilenet_v2")))
+    images = load_image_set(find_images([str(imagenet_samples() / EVAL_IMAGES)]), PRESETS["imagenet"], 2)
+    return {"source": source, "images": images.inputs, "reference": ModelRunner(source).run(images.inputs)}
+
+
+def calib(crops: int = 4, **extra) -> CalibOptions:
+    return CalibOptions(sources=[str(imagenet_samples() / CALIB_IMAGES)], crops=crops, **extra)
+
+
+def prune_and_measure(mobilenet: dict, dw: DWOptions, calib_options: CalibOptions | None):
+    model = onnx.ModelProto()
+    model.CopyFrom(mobilenet["source"])
+    result = prune_model(model, PruneOptions(dw=dw, calib=calib_options))
+    outputs = ModelRunner(model).run(mobilenet["images"])
+    return result, agreement_metrics(mobilenet["reference"], outputs)
+
+
+def test_design_matrix_reproduces_onnxruntime_dw_conv() -> None:
+    model = dsconv_model(channels=8, kernel=3, stride=2, multiplier=2, size=11, dilation=2, pads=(1, 2, 2, 1))
+    layer = analyze(model).dw_layers[0]
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    exposed.graph.output.extend([onnx.ValueInfoProto(name=layer.input), onnx.ValueInfoProto(name=layer.output)])
+    x = np.random.default_rng(0).standard_normal((3, 1, 8, 11, 11)).astype(np.float32)
+    session = ort.InferenceSession(exposed.SerializeToString(), providers=["CPUExecutionProvider"])
+    runs = [session.run([layer.input, layer.output], {"input": sample}) for sample in x]  # static batch 1
+    dw_in, dw_out = (np.concatenate(values) for values in zip(*runs))
+    index = GraphIndex(model.graph)
+    w0 = stacked(index.constant(layer.weight), index.constant(layer.bias))
+    stats = patch_stats(dw_in, dw_out, layer)
+    assert np.all(stats.residual(w0) <= 1e-5 * stats.target_energy)     # float32 rounding only
+    moved = w0.copy()
+    moved[:, 4] += 0.1                                                    # the centre tap, any channel
+    # The error of moving one tap by d is d^2 * (that tap's input energy): sum over pixels of x^2.
+    np.testing.assert_allclose(stats.residual(moved), 0.01 * stats.gram[:, 4, 4], rtol=1e-2)
+
+
+def test_refit_recovers_weights_that_fit_the_mask_exactly() -> None:
+    rng = np.random.default_rng(1)
+    design = rng.standard_normal((4, 500, 10))
+    design[:, :, -1] = 1.0
+    keep = rng.random((4, 9)) < 0.5
+    truth = np.where(np.concatenate([keep, np.ones((4, 1), bool)], 1), rng.standard_normal((4, 10)), 0.0)
+    y = np.einsum("cmk,ck->cm", design, truth)
+    stats = PatchStats(np.einsum("cmk,cml->ckl", design, design), np.einsum("cmk,cm->ck", design, y),
+                       np.einsum("cm,cm->c", y, y), 500)
+    fitted = refit_channels(stats, rng.standard_normal((4, 10)), keep, damp=0.0)
+    np.testing.assert_allclose(fitted, truth, atol=1e-8)
+    assert np.all(fitted[:, :-1][~keep] == 0.0)
+
+
+def test_reconstruction_at_bh_03_cuts_heldout_kl_at_least_3x(mobilenet: dict) -> None:
+    dw = DWOptions(method="bh", dw_ratio=0.3)
+    plain_result, plain = prune_and_measure(mobilenet, dw, None)
+    result, refit = prune_and_measure(mobilenet, dw, calib())
+    assert refit.kl_mean * 3 <= plain.kl_mean, (plain, refit)
+    assert refit.agreement > plain.agreement
+    # Same masks as plain bh, and they pass the same structural checks.
+    for plan, plain_plan in zip(result.plan.dw_layers, plain_result.plan.dw_layers):
+        assert plan.mask == plain_plan.mask
+        assert plan.calibration["residual_after"] <= plan.calibration["residual_before"]
+    index = GraphIndex(mobilenet["source"].graph)
+    layers = analyze(mobilenet["source"]).dw_layers
+    weights = {layer.name: index.constant(layer.weight) for layer in layers}
+    assert_bh_structure(result.plan.dw_layers, weights)
+    refit_weights = {t.name: numpy_helper.to_array(t) for t in result.model.graph.initializer}
+    nodes = {n.name: n for n in result.model.graph.node}
+    for plan in result.plan.dw_layers:
+        written = refit_weights[nodes[plan.name].input[1]]
+        assert not written[~plan.keep_mask()].any()         # pruned taps stay exactly zero
+    assert result.plan.calibration["samples"] == 20
+    assert result.report["dw_layers"][0]["calibration"]["samples"] == 20
+
+
+def test_ratio_zero_with_calibration_changes_nothing(mobilenet: dict) -> None:
+    model = onnx.ModelProto()
+    model.CopyFrom(mobilenet["source"])
+    result = prune_model(model, PruneOptions(dw=DWOptions(method="bh", dw_ratio=0.0),
+                                             calib=CalibOptions(sources=[str(imagenet_samples() / CALIB_IMAGES)],
+                                                                crops=1)))
+    before = {t.name: t.SerializeToString() for t in mobilenet["source"].graph.initializer}
+    after = {t.name: t.SerializeToString() for t in model.graph.initializer}
+    assert before == after and result.plan.calibration["layers_refit"] == 0
+
+
+def test_saliency_reselection_keeps_every_k_per_subgemm(mobilenet: dict) -> None:
+    model = onnx.ModelProto()
+    model.CopyFrom(mobilenet["source"])
+    options = CalibOptions(sources=[str(imagenet_samples() / "imagenet_00_*.jpg")], crops=2, saliency=True)
+    result = prune_model(model, PruneOptions(dw=DWOptions(method="b", dw_ratio=0.5), calib=options))
+    changed = 0
+    for plan in result.plan.dw_layers:
+        keep = plan.keep_mask()
+        assert [int(keep[s].sum()) for s in subgemm_slices(plan.shape[0])] == plan.kept_per_subgemm
+        changed += plan.calibration["saliency"]
+    assert changed == len(result.plan.dw_layers)
+
+
+def test_allocation_dp_meets_the_target_and_beats_every_uniform_choice() -> None:
+    curves = [LayerSensitivity("a", 1000, [0.0, 0.5, 0.9], [0.0, 0.01, 0.05]),
+              LayerSensitivity("b", 1000, [0.0, 0.5, 0.9], [0.0, 2.0, 9.0]),
+              LayerSensitivity("c", 2000, [0.0, 0.5, 0.9], [0.0, 0.2, 1.0])]
+    shapes = {name: (32, 1, 3, 3) for name in "abc"}
+    allocation = allocate_ratios(curves, shapes, 0.5, "b")
+    assert abs(allocation.achieved_ratio - 0.5) <= 0.005
+    assert allocation.ratios["b"] < allocation.ratios["a"]
+    uniform = sum(float(np.interp(0.5, c.ratios, c.kl)) for c in curves)
+    assert allocation.predicted_total < uniform
+    # Exhaustive check over the 0.05 grid: nothing meeting the target predicts less.
+    grid = np.round(np.arange(0, 0.95, 0.05), 6)
+    best = min(sum(float(np.interp(r, c.ratios, c.kl)) for r, c in zip(combo, curves))
+               for combo in np.array(np.meshgrid(grid, grid, grid)).reshape(3, -1).T
+               if abs((combo[0] * 1000 + combo[1] * 1000 + combo[2] * 2000) / 4000 - 0.5) <= 0.005)
+    assert allocation.predicted_total == pytest.approx(best, abs=1e-9)
+
+
+def test_allocation_with_calibration_at_05_beats_uniform_bh_by_2x(mobilenet: dict) -> None:
+    dw = DWOptions(method="bh", dw_ratio=0.5)
+    _, uniform = prune_and_measure(mobilenet, dw, calib(crops=2))
+    result, allocated = prune_and_measure(mobilenet, dw, calib(crops=2, allocate="kl", allocate_samples=5))
+    assert allocated.kl_mean * 2 <= uniform.kl_mean, (uniform, allocated)
+    assert abs(result.report["totals"]["dw_ratio_achieved"] - 0.5) <= 0.01
+    ratios = {p.target_ratio for p in result.plan.dw_layers}
+    assert len(ratios) > 1                                    # per-layer ratios differ
+    assert result.plan.allocation["samples"] == 5
+    for plan in result.plan.dw_layers:
+        assert plan.sensitivity["chosen_ratio"] == pytest.approx(plan.target_ratio)
+        assert plan.sensitivity["why"]
