@@ -6,8 +6,6 @@ samples) measure KL to the unpruned model.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -45,7 +43,7 @@ def calib(crops: int = 4, **extra) -> CalibOptions:
 def prune_and_measure(mobilenet: dict, dw: DWOptions, calib_options: CalibOptions | None):
     model = onnx.ModelProto()
     model.CopyFrom(mobilenet["source"])
-    result = prune_model(model, PruneOptions(dw=dw, calib=calib_options))
+    result = prune_model(model, PruneOptions(dw=dw, calib=calib_options, output_format="dense"))
     outputs = ModelRunner(model).run(mobilenet["images"])
     return result, agreement_metrics(mobilenet["reference"], outputs)
 
@@ -112,7 +110,8 @@ def test_ratio_zero_with_calibration_changes_nothing(mobilenet: dict) -> None:
     model.CopyFrom(mobilenet["source"])
     result = prune_model(model, PruneOptions(dw=DWOptions(method="bh", dw_ratio=0.0),
                                              calib=CalibOptions(sources=[str(imagenet_samples() / CALIB_IMAGES)],
-                                                                crops=1)))
+                                                                crops=1),
+                                             output_format="dense"))
     before = {t.name: t.SerializeToString() for t in mobilenet["source"].graph.initializer}
     after = {t.name: t.SerializeToString() for t in model.graph.initializer}
     assert before == after and result.plan.calibration["layers_refit"] == 0
@@ -122,7 +121,8 @@ def test_saliency_reselection_keeps_every_k_per_subgemm(mobilenet: dict) -> None
     model = onnx.ModelProto()
     model.CopyFrom(mobilenet["source"])
     options = CalibOptions(sources=[str(imagenet_samples() / "imagenet_00_*.jpg")], crops=2, saliency=True)
-    result = prune_model(model, PruneOptions(dw=DWOptions(method="b", dw_ratio=0.5), calib=options))
+    result = prune_model(model, PruneOptions(dw=DWOptions(method="b", dw_ratio=0.5), calib=options,
+                                                     output_format="dense"))
     changed = 0
     for plan in result.plan.dw_layers:
         keep = plan.keep_mask()

@@ -50,7 +50,6 @@ def test_report_renders_every_layer(tmp_path: Path) -> None:
     assert failed.exit_code == 2 and "not a deprune-onnx report" in failed.output
 
 
-@pytest.mark.skipif(not have_matplotlib(), reason="matplotlib (the 'plot' extra) is not installed")
 def test_sweep_plot_is_a_png(tmp_path: Path) -> None:
     result = run_cli("sweep", shared_model("mobilenet_v3_small"), "--images", imagenet_samples() / "imagenet_00_*.jpg",
                      "--ratios", "0.3", "--methods", "b", "-o", tmp_path)
