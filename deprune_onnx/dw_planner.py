@@ -206,8 +206,10 @@ def _balance_hsr(plans: list[DWLayerPlan], weights: Mapping[str, np.ndarray],
     each (63 -> 64), which gives 79.9%. So, while the model-wide ratio is more than 0.5 point off, we move one
     layer by one more whole tile in its own direction (restore in an under-aligned layer when over-pruned,
     prune in an over-aligned one when under-pruned), choosing the move that lands closest to the target (ties:
-    lowest beta to restore, highest beta to prune). Patterns and the u/o split do not change; the plan records
-    the extra tiles per layer.
+    lowest beta to restore, highest beta to prune). A layer moves at most one extra tile: piling several onto
+    one layer reached the target at 0.3 by pruning two MobileNetV2 layers at 89%, which costs far more
+    accuracy than the small miss it fixes. Patterns and the u/o split do not change; the plan records the extra
+    tile per layer, and the report shows any remaining gap (achieved vs target ratio).
     """
     aligned = [p for p in plans if p.pattern in ("o", "u")]
     pruned = [p for p in plans if p.method != "none"]
@@ -225,10 +227,10 @@ def _balance_hsr(plans: list[DWLayerPlan], weights: Mapping[str, np.ndarray],
         direction = "u" if current > target else "o"
         best: tuple[tuple[float, float, int], DWLayerPlan, np.ndarray] | None = None
         for position, plan in enumerate(aligned):
-            if plan.pattern != direction:
+            if plan.pattern != direction or extra[plan.name]:
                 continue
             keep = align_subgemms(weights[plan.name], base_masks[plan.name], direction, options.tile,
-                                  extra_tiles=extra[plan.name] + 1)
+                                  extra_tiles=1)
             change = int(keep.sum()) - sum(plan.kept_per_subgemm)
             if change == 0:
                 continue
@@ -241,5 +243,4 @@ def _balance_hsr(plans: list[DWLayerPlan], weights: Mapping[str, np.ndarray],
         _, plan, keep = best
         extra[plan.name] += 1
         _set_mask(plan, keep)
-        plan.note = (f"balance step: {extra[plan.name]} extra tile(s) "
-                     f"{'restored' if direction == 'u' else 'pruned'} per sub-GEMM")
+        plan.note = f"balance step: one extra tile {'restored' if direction == 'u' else 'pruned'} per sub-GEMM"
