@@ -74,6 +74,7 @@ def main() -> None:
 COMMAND_MODULES: tuple[str, ...] = (
     "inspect_cmd",
     "prune_cmd",
+    "export_masks_cmd",
 )
 
 

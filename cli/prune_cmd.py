@@ -31,6 +31,9 @@ def sidecar_path(output: Path, suffix: str) -> Path:
               help="JSON of measured per-layer HSR speedups (alpha) replacing the tile cost model.")
 @click.option("--plan", "plan_path", type=click.Path(dir_okay=True),
               help="Re-apply a saved plan instead of computing masks (method and ratio options are ignored).")
+@click.option("--keep-zeros", is_flag=True,
+              help="Use the DW weights' existing zeros as the masks (a model fine-tuned with exported masks): "
+                   "check them against --method's rules, align them (bh), rewrite; ratio options are ignored.")
 @click.option("--plan-out", type=click.Path(dir_okay=False),
               help="Where to write the plan [default: OUT.plan.json].")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False),
@@ -42,8 +45,8 @@ def sidecar_path(output: Path, suffix: str) -> Path:
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 def command(input_path: str, output_path: str, method: str, dw_ratio: float, layer_ratios: tuple[str, ...],
             exclude: tuple[str, ...], tile: int, hsr_timings: str | None, plan_path: str | None,
-            plan_out: str | None, report_path: str | None, output_format: str, as_json: bool,
-            quiet: bool) -> None:
+            keep_zeros: bool, plan_out: str | None, report_path: str | None, output_format: str,
+            as_json: bool, quiet: bool) -> None:
     """Prune the depthwise convs of IN.onnx the DEPrune way and write OUT.onnx.
 
     Writes OUT.onnx, OUT.report.json (every layer: target and achieved PR, Real DW, K per sub-GEMM,
@@ -55,14 +58,18 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, lay
       deprune-onnx prune mobilenet_v2.onnx mnv2_bh.onnx --method bh --dw-ratio 0.78
       deprune-onnx prune m.onnx out.onnx --method b --dw-ratio 0.5 --layer-ratio '*conv.1.0*=0.3'
       deprune-onnx prune m.onnx again.onnx --plan out.plan.json
+      deprune-onnx prune finetuned.onnx out.onnx --keep-zeros --method bh --format plugin
     """
     from deprune_onnx.dw_planner import DWOptions, check_ratio, load_hsr_timings
+    from deprune_onnx.errors import DepruneError
     from deprune_onnx.model_io import check_output_path, load_model, save_model, write_json_atomic
     from deprune_onnx.pipeline import PruneOptions, prune_model
     from deprune_onnx.plan import load_plan
     from deprune_onnx.report import format_report_table
 
     check_ratio(dw_ratio, "--dw-ratio")
+    if keep_zeros and plan_path:
+        raise DepruneError("--keep-zeros and --plan: choose one source of masks")
     output = check_output_path(output_path, input_path)
     report_file = check_output_path(report_path or sidecar_path(output, ".report.json"), input_path)
     plan_file = check_output_path(plan_out or sidecar_path(output, ".plan.json"), input_path)
@@ -71,7 +78,8 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, lay
                            hsr_alphas=load_hsr_timings(hsr_timings) if hsr_timings else {})
     plan = load_plan(plan_path) if plan_path else None
     model = load_model(input_path)
-    result = prune_model(model, PruneOptions(dw=dw_options, output_format=output_format), plan)
+    result = prune_model(model, PruneOptions(dw=dw_options, output_format=output_format,
+                                              keep_zeros=keep_zeros), plan)
 
     save_model(result.model, output)
     write_json_atomic(report_file, result.report)
@@ -80,6 +88,9 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, lay
         click.echo(json.dumps(result.report, indent=2, sort_keys=True))
     elif not quiet:
         click.echo(format_report_table(result.report))
+        for layer, lines in result.plan.options.get("keep_zeros", {}).get("violations", {}).items():
+            click.echo(f"--keep-zeros: {layer}: {'; '.join(lines)}")
         click.echo(f"wrote {output}, {report_file}, {plan_file}")
-        click.echo("note: one-shot DW pruning costs accuracy (MobileNetV2, BWT at DW PR 0.3: 40-65 top-1 "
-                   "points without recovery); measure it with 'deprune-onnx compare IN.onnx OUT.onnx'.")
+        if not keep_zeros:
+            click.echo("note: one-shot DW pruning costs accuracy (MobileNetV2, BWT at DW PR 0.3: 40-65 top-1 "
+                       "points without recovery); measure it with 'deprune-onnx compare IN.onnx OUT.onnx'.")

@@ -16,6 +16,7 @@ from deprune_onnx.apply import apply_dw_masks
 from deprune_onnx.dw_planner import DWOptions, plan_dw_layers
 from deprune_onnx.errors import DepruneError
 from deprune_onnx.graph import ensure_unique_node_names
+from deprune_onnx.keep_zeros import plan_keep_zeros
 from deprune_onnx.masks import SUBGEMM_CHANNELS
 from deprune_onnx.plan import PruningPlan
 from deprune_onnx.report import build_report
@@ -27,6 +28,7 @@ OUTPUT_FORMATS = ("dense", "plugin")
 class PruneOptions:
     dw: DWOptions = field(default_factory=DWOptions)
     output_format: str = "dense"
+    keep_zeros: bool = False  # masks = the input's DW zero pattern, checked and aligned (keep_zeros.py)
 
 
 @dataclass
@@ -47,9 +49,23 @@ def _require_dw_layers(analysis: ModelAnalysis) -> None:
 
 def make_plan(model: onnx.ModelProto, options: PruneOptions, analysis: ModelAnalysis) -> PruningPlan:
     """Decide every mask; pure with respect to the model."""
+    if options.keep_zeros:
+        return make_keep_zeros_plan(model, options, analysis)
     return PruningPlan(method=options.dw.method, dw_ratio=options.dw.dw_ratio, tile=options.dw.tile,
                        subgemm_channels=SUBGEMM_CHANNELS, dw_layers=plan_dw_layers(model, analysis, options.dw),
                        options={"dw": asdict(options.dw)})
+
+
+def make_keep_zeros_plan(model: onnx.ModelProto, options: PruneOptions, analysis: ModelAnalysis
+                         ) -> PruningPlan:
+    """The plan of ``--keep-zeros``: the zero pattern as masks; the violations found go into plan.options."""
+    found = plan_keep_zeros(model, analysis, options.dw.method, options.dw.tile)
+    weights = sum(sum(layer.vectors_per_subgemm) for layer in found.dw_layers)
+    zeros = sum(sum(layer.vectors_per_subgemm) - sum(layer.kept_per_subgemm) for layer in found.dw_layers)
+    return PruningPlan(method=options.dw.method, dw_ratio=round(zeros / weights, 6) if weights else 0.0,
+                       tile=options.dw.tile, subgemm_channels=SUBGEMM_CHANNELS, dw_layers=found.dw_layers,
+                       options={"keep_zeros": found.to_dict(),
+                                "dw": {"method": options.dw.method, "tile": options.dw.tile}})
 
 
 def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan | None = None
