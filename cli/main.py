@@ -75,6 +75,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "inspect_cmd",
     "prune_cmd",
     "export_masks_cmd",
+    "finetune_cmd",
 )
 
 
