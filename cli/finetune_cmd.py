@@ -1,6 +1,7 @@
 """``deprune-onnx finetune``: recover accuracy by distillation from the unpruned model, masks fixed (PyTorch)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 
@@ -53,14 +54,16 @@ def command(input_path: str, output_path: str, teacher_path: str, images_dir: st
     outputs (KL at temperature T; plus cross-entropy when the file names carry labels), with the DW masks
     fixed: pruned weights stay exactly zero, removed channels stay removed. The trained values are written
     back into PRUNED.onnx's own graph (node names unchanged) and the plan is re-applied, so OUT.onnx passes
-    the structural checks and can be rewritten: 'prune OUT.onnx fast.onnx --keep-zeros --format plugin'.
-    Needs PyTorch: pip install 'deprune-onnx[finetune]'.
+    the structural checks and rewrites to the plugin op (last line of the example). Writes OUT.plan.json and
+    OUT.finetune.json (loss per step, KL to the teacher before/after). Needs PyTorch:
+    pip install 'deprune-onnx[finetune]'. Recipe for your own training code: docs/finetune.md.
 
     \b
     Example:
       deprune-onnx prune mobilenet_v2.onnx pruned.onnx --format dense --dw-ratio 0.5
       deprune-onnx finetune pruned.onnx tuned.onnx --teacher mobilenet_v2.onnx \\
           --images train_images/ --plan pruned.plan.json --steps 500 --device cuda
+      deprune-onnx prune tuned.onnx fast.onnx --keep-zeros --format plugin
     """
     from deprune_onnx.finetune import require_torch
 
@@ -89,12 +92,18 @@ def command(input_path: str, output_path: str, teacher_path: str, images_dir: st
     options = DistillOptions(steps=steps, batch=batch, optimizer=optimizer, lr=lr, temperature=temperature,
                              label_weight=label_weight, seed=seed, device=device)
 
-    if quiet or as_json:
-        result = finetune_model(student, teacher, images, options, plan, method, tile, eval_sets)
-    else:
-        with click.progressbar(length=steps, label="distilling", file=sys.stderr, show_pos=True) as bar:
-            result = finetune_model(student, teacher, images, options, plan, method, tile, eval_sets,
-                                    on_step=lambda step, loss: bar.update(1))
+    with contextlib.ExitStack() as stack:
+        bars: list = []
+
+        def on_step(step: int, loss: float) -> None:
+            """Open the bar at the first step, so a bad input before training stays a single error line."""
+            if not bars:
+                bars.append(stack.enter_context(click.progressbar(length=steps, label="distilling",
+                                                                  file=sys.stderr, show_pos=True)))
+            bars[0].update(1)
+
+        result = finetune_model(student, teacher, images, options, plan, method, tile, eval_sets,
+                                on_step=None if quiet or as_json else on_step)
     save_model(result.model, output)
     write_json_atomic(plan_file, result.plan.to_dict())
     report = result.to_dict()

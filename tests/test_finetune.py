@@ -223,3 +223,12 @@ def test_fixed_batch_graph_trains_one_sample_at_a_time() -> None:
     tuned = initializers(result.model)["w_dw"]
     assert np.array_equal(tuned == 0, dcp_mask(w, 0.6) == 0)
     assert not np.array_equal(tuned, w * dcp_mask(w, 0.6))
+
+
+def test_finetune_rejects_a_teacher_with_other_outputs(tmp_path: Path) -> None:
+    """Same 1x3x224x224 input, 4 vs 1000 outputs: one line naming --teacher, exit 2, no output file."""
+    result = run_cli("finetune", shared_model("pplcnet"), tmp_path / "o.onnx", "--teacher",
+                     shared_model("mobilenet_v2"), "--images", IMAGES, "--steps", "1")
+    assert result.exit_code == 2
+    assert "--teacher: 1000 outputs per image, the model has 4" in result.output
+    assert not (tmp_path / "o.onnx").exists()

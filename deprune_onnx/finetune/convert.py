@@ -174,7 +174,7 @@ def to_torch(model: onnx.ModelProto, label: str, input_shape: tuple[int, ...]) -
         pair = _torch_output(module, x)
         per_sample = np.concatenate([got, _torch_output(module, x[1:])])
         any_batch = pair.shape == per_sample.shape and np.allclose(pair, per_sample, rtol=1e-4, atol=1e-5)
-    except RuntimeError:  # a shape fixed somewhere else in the graph
+    except (RuntimeError, ValueError):  # a shape fixed somewhere else in the graph
         any_batch = False
     bindings, frozen = bind_parameters(module, trainable)
     return TorchModel(module, bindings, frozen, micro_batch=None if any_batch else 1)

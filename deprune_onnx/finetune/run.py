@@ -106,12 +106,16 @@ def finetune_model(student: onnx.ModelProto, teacher: onnx.ModelProto, images: I
     torch_teacher.module.to(options.device)
     for parameter in torch_teacher.module.parameters():
         parameter.requires_grad_(False)
+    probe = images.centre_views()[:1]
+    classes = int(predict(torch_teacher, probe, kind, options.device).shape[1])
+    student_classes = int(predict(torch_student, probe, kind, options.device).shape[1])
+    if classes != student_classes:
+        raise DepruneError(f"--teacher: {classes} outputs per image, the model has {student_classes}")
     masks = FixedMasks.from_plan(torch_student, student, plan)
     sets = eval_sets if eval_sets is not None else {"train_centre": images.centre_views(),
                                                      "train_corner_flips": images.corner_flip_views()}
     before = {name: mean_kl(torch_student, torch_teacher, views, kind, options.device)
               for name, views in sets.items()}
-    classes = int(predict(torch_teacher, images.centre_views()[:1], kind, options.device).shape[1])
     use_labels = _labels_usable(images, classes) and options.label_weight > 0
     losses = distill(torch_student, torch_teacher, images, masks, kind, use_labels, options, on_step)
     broken = masks.violations()
