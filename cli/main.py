@@ -83,6 +83,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "eval_cmd",
     "sweep_cmd",
     "report_cmd",
+    "export_masks_cmd",
+    "finetune_cmd",
 )
 
 

@@ -35,6 +35,9 @@ def sidecar_path(output: Path, suffix: str) -> Path:
               help="JSON of measured per-layer HSR speedups (alpha) replacing the tile cost model.")
 @click.option("--plan", "plan_path", type=click.Path(dir_okay=True),
               help="Re-apply a saved plan instead of computing masks (method and ratio options are ignored).")
+@click.option("--keep-zeros", is_flag=True,
+              help="Use the DW weights' existing zeros as the masks (a model fine-tuned with exported masks): "
+                   "check them against --method's rules, align them (bh), rewrite; ratio options are ignored.")
 @click.option("--plan-out", type=click.Path(dir_okay=False),
               help="Where to write the plan [default: OUT.plan.json].")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False),
@@ -82,7 +85,8 @@ def sidecar_path(output: Path, suffix: str) -> Path:
 @click.option("--verbose", "-v", count=True, help="Log each pass with its time and peak memory; -vv for debug.")
 def command(input_path: str, output_path: str, method: str, dw_ratio: float, layer_ratios: tuple[str, ...],
             exclude: tuple[str, ...], tile: int, hsr_timings: str | None, pw_ratio: float, pw_align: int,
-            pw_scope: str, pw_method: str, plan_path: str | None, plan_out: str | None, report_path: str | None,
+            pw_scope: str, pw_method: str, plan_path: str | None, keep_zeros: bool,
+            plan_out: str | None, report_path: str | None,
             output_format: str, dtype: str, calib_sources: tuple[str, ...], calib_n: int | None,
             calib_preprocess: str | None, calib_crops: int | None, calib_damp: float, calib_saliency: bool,
             refit: bool, allocate: str | None, allocate_ratios: str, allocate_samples: int, as_json: bool,
@@ -100,6 +104,7 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, lay
       deprune-onnx prune m.onnx again.onnx --plan out.plan.json
       deprune-onnx prune mobilenet_v2.onnx out.onnx --dw-ratio 0.3 --calib calib_images/
       deprune-onnx prune mobilenet_v2.onnx out.onnx --dw-ratio 0.5 --allocate kl --calib calib_images/
+      deprune-onnx prune finetuned.onnx out.onnx --keep-zeros --method bh --format plugin
 
     --calib refits the kept DW weights and biases (layer by layer, exact per channel, no training);
     --allocate kl measures each DW layer's sensitivity on the calibration images and gives sensitive
@@ -119,6 +124,8 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, lay
     configure_progress(False if quiet else None)
     check_ratio(dw_ratio, "--dw-ratio")
     check_ratio(pw_ratio, "--pw-ratio")
+    if keep_zeros and plan_path:
+        raise DepruneError("--keep-zeros and --plan: choose one source of masks")
     output = check_output_path(output_path, input_path)
     report_file = check_output_path(report_path or sidecar_path(output, ".report.json"), input_path)
     plan_file = check_output_path(plan_out or sidecar_path(output, ".plan.json"), input_path)
@@ -141,7 +148,8 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, lay
     with timed_pass("load"):
         model = load_model(input_path)
     pw_options = PWOptions(ratio=pw_ratio, align=pw_align, scope=pw_scope, method=pw_method)
-    options = PruneOptions(dw=dw_options, pw=pw_options, output_format=output_format, dtype=dtype, calib=calib)
+    options = PruneOptions(dw=dw_options, pw=pw_options, output_format=output_format, dtype=dtype, calib=calib,
+                           keep_zeros=keep_zeros)
     show_progress = calib is not None and not quiet and not as_json and sys.stderr.isatty()
     progress = (lambda step: click.echo(f"\r\033[K{step[:100]}", nl=False, err=True)) if show_progress else None
     result = prune_model(model, options, plan, progress)
@@ -156,10 +164,12 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, lay
         click.echo(json.dumps(result.report, indent=2, sort_keys=True))
     elif not quiet:
         click.echo(format_report_table(result.report))
+        for layer, lines in result.plan.options.get("keep_zeros", {}).get("violations", {}).items():
+            click.echo(f"--keep-zeros: {layer}: {'; '.join(lines)}")
         click.echo(f"wrote {output}, {report_file}, {plan_file}")
         if result.plan.calibration:
             click.echo(format_calibration(result.report))
-        else:
+        elif not keep_zeros:
             click.echo("note: one-shot DW pruning costs accuracy (MobileNetV2, BWT at DW PR 0.3: 40-65 top-1 "
                        "points without recovery); recover most of it with --calib DIR (and --allocate kl), and "
                        "measure it with 'deprune-onnx eval OUT.onnx --reference IN.onnx --images DIR'.")

@@ -186,6 +186,21 @@ def save_model(model: onnx.ModelProto, output: str | os.PathLike[str]) -> Path:
     return output
 
 
+def write_bytes_atomic(output: str | os.PathLike[str], data: bytes) -> Path:
+    """Write a binary file by temp file + rename, so readers never see half of it."""
+    output = Path(output)
+    directory = output.parent if str(output.parent) else Path(".")
+    handle = tempfile.NamedTemporaryFile("wb", dir=directory, prefix=f".{output.name}.", delete=False)
+    try:
+        with handle:
+            handle.write(data)
+        os.replace(handle.name, output)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+    return output
+
+
 def write_text_atomic(output: str | os.PathLike[str], text: str) -> Path:
     """Write a text file by temp file + rename, so readers never see half of it."""
     output = Path(output)

@@ -18,6 +18,7 @@ from deprune_onnx.apply import apply_dw_masks
 from deprune_onnx.dw_planner import DWOptions, plan_dw_layers, resolve_layer_ratios
 from deprune_onnx.errors import DepruneError
 from deprune_onnx.graph import ensure_unique_node_names
+from deprune_onnx.keep_zeros import plan_keep_zeros
 from deprune_onnx.logging_utils import timed_pass
 from deprune_onnx.masks import SUBGEMM_CHANNELS
 from deprune_onnx.plan import PruningPlan
@@ -74,6 +75,7 @@ class PruneOptions:
     output_format: str = "plugin"
     dtype: str = "float32"
     calib: CalibOptions | None = None
+    keep_zeros: bool = False  # masks = the input's DW zero pattern, checked and aligned (keep_zeros.py)
 
 
 @dataclass
@@ -95,10 +97,27 @@ def _require_dw_layers(analysis: ModelAnalysis) -> None:
 def make_plan(model: onnx.ModelProto, options: PruneOptions, analysis: ModelAnalysis,
               pw_plan: PWPlan | None) -> PruningPlan:
     """Decide every DW mask (on the model after PW removal); pure with respect to the model."""
+    if options.keep_zeros:
+        plan = make_keep_zeros_plan(model, options, analysis)
+        plan.pw = pw_plan.to_dict() if pw_plan else None
+        plan.options["pw"] = asdict(options.pw)
+        return plan
     return PruningPlan(method=options.dw.method, dw_ratio=options.dw.dw_ratio, tile=options.dw.tile,
                        subgemm_channels=SUBGEMM_CHANNELS, dw_layers=plan_dw_layers(model, analysis, options.dw),
                        pw=pw_plan.to_dict() if pw_plan else None,
                        options={"dw": asdict(options.dw), "pw": asdict(options.pw)})
+
+
+def make_keep_zeros_plan(model: onnx.ModelProto, options: PruneOptions, analysis: ModelAnalysis
+                         ) -> PruningPlan:
+    """The plan of ``--keep-zeros``: the zero pattern as masks; the violations found go into plan.options."""
+    found = plan_keep_zeros(model, analysis, options.dw.method, options.dw.tile)
+    weights = sum(sum(layer.vectors_per_subgemm) for layer in found.dw_layers)
+    zeros = sum(sum(layer.vectors_per_subgemm) - sum(layer.kept_per_subgemm) for layer in found.dw_layers)
+    return PruningPlan(method=options.dw.method, dw_ratio=round(zeros / weights, 6) if weights else 0.0,
+                       tile=options.dw.tile, subgemm_channels=SUBGEMM_CHANNELS, dw_layers=found.dw_layers,
+                       options={"keep_zeros": found.to_dict(),
+                                "dw": {"method": options.dw.method, "tile": options.dw.tile}})
 
 
 def _pw_structural(model: onnx.ModelProto, options: PWOptions, plan: PruningPlan | None
