@@ -187,32 +187,17 @@ def save_model(model: onnx.ModelProto, output: str | os.PathLike[str]) -> Path:
 
 
 def write_bytes_atomic(output: str | os.PathLike[str], data: bytes) -> Path:
-    """Write a binary file by temp file + rename, so readers never see half of it."""
-    output = Path(output)
-    directory = output.parent if str(output.parent) else Path(".")
-    handle = tempfile.NamedTemporaryFile("wb", dir=directory, prefix=f".{output.name}.", delete=False)
-    try:
-        with handle:
-            handle.write(data)
-        os.replace(handle.name, output)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-    return output
-
-
-def write_text_atomic(output: str | os.PathLike[str], text: str) -> Path:
-    """Write a text file by temp file + rename, so readers never see half of it."""
+    """Write a file by temp file in the same folder + rename, so readers never see half of it and a failure
+    leaves nothing behind; an OS error becomes one DepruneError line naming the file."""
     output = Path(output)
     directory = output.parent if str(output.parent) else Path(".")
     try:
-        handle = tempfile.NamedTemporaryFile("w", dir=directory, prefix=f".{output.name}.", delete=False,
-                                             encoding="utf-8")
+        handle = tempfile.NamedTemporaryFile("wb", dir=directory, prefix=f".{output.name}.", delete=False)
     except OSError as exc:
         raise DepruneError(f"{output}: cannot write ({exc.strerror or exc})") from None
     try:
         with handle:
-            handle.write(text)
+            handle.write(data)
         os.replace(handle.name, output)
     except BaseException as exc:
         Path(handle.name).unlink(missing_ok=True)
@@ -222,19 +207,9 @@ def write_text_atomic(output: str | os.PathLike[str], text: str) -> Path:
     return output
 
 
-def write_bytes_atomic(output: str | os.PathLike[str], data: bytes) -> Path:
-    """Write a binary file (a PNG, say) by temp file + rename."""
-    output = Path(output)
-    directory = output.parent if str(output.parent) else Path(".")
-    handle = tempfile.NamedTemporaryFile("wb", dir=directory, prefix=f".{output.name}.", delete=False)
-    try:
-        with handle:
-            handle.write(data)
-        os.replace(handle.name, output)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-    return output
+def write_text_atomic(output: str | os.PathLike[str], text: str) -> Path:
+    """Write a UTF-8 text file atomically (see write_bytes_atomic)."""
+    return write_bytes_atomic(output, text.encode("utf-8"))
 
 
 def write_json_atomic(output: str | os.PathLike[str], data: Any) -> Path:

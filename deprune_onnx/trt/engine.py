@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import ctypes
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from deprune_onnx.errors import DepruneError
+from deprune_onnx.model_io import write_bytes_atomic
 from deprune_onnx.op.spec import DOMAIN, OP_TYPE, PLUGIN_NAMESPACE, PLUGIN_VERSION
 
 Shape = tuple[int, ...]
@@ -31,20 +30,6 @@ class EngineBuild:
     plugin_layers: int
     layers: list[str] = field(default_factory=list)
     tensorrt_version: str = ""
-
-
-def write_bytes_atomic(output: Path, data: bytes) -> Path:
-    """Temp file in the destination folder + rename, so a crash never leaves half an engine (model_io's rule)."""
-    directory = output.parent if str(output.parent) else Path(".")
-    handle = tempfile.NamedTemporaryFile("wb", dir=directory, prefix=f".{output.name}.", delete=False)
-    try:
-        with handle:
-            handle.write(data)
-        os.replace(handle.name, output)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-    return output
 
 
 def parse_shapes(spec: str | None, option: str) -> dict[str, Shape]:
