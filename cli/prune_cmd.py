@@ -4,8 +4,12 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    import onnx
 
 from deprune_onnx.cli.options import parse_layer_ratios, parse_ratio_list
 
@@ -14,6 +18,14 @@ def sidecar_path(output: Path, suffix: str) -> Path:
     """``out.onnx`` -> ``out<suffix>`` (e.g. ``out.report.json``) in the same folder."""
     stem = output.name[: -len(".onnx")] if output.name.endswith(".onnx") else output.name
     return output.with_name(stem + suffix)
+
+
+def _load(input_path: str) -> onnx.ModelProto:
+    from deprune_onnx.logging_utils import timed_pass
+    from deprune_onnx.model_io import load_model
+
+    with timed_pass("load"):
+        return load_model(input_path)
 
 
 @click.command("prune")
@@ -113,7 +125,7 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, lay
     """
     from deprune_onnx.dw_planner import DWOptions, check_ratio, load_hsr_timings
     from deprune_onnx.logging_utils import QUIET, configure, timed_pass
-    from deprune_onnx.model_io import check_output_path, load_model, save_model, write_json_atomic
+    from deprune_onnx.model_io import check_output_path, save_model, write_json_atomic
     from deprune_onnx.errors import DepruneError
     from deprune_onnx.pipeline import CalibOptions, PruneOptions, PWOptions, prune_model
     from deprune_onnx.plan import load_plan
@@ -145,14 +157,14 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, lay
     if allocate_samples < 1:
         raise DepruneError(f"--allocate-samples {allocate_samples}: must be at least 1")
     plan = load_plan(plan_path) if plan_path else None
-    with timed_pass("load"):
-        model = load_model(input_path)
     pw_options = PWOptions(ratio=pw_ratio, align=pw_align, scope=pw_scope, method=pw_method)
     options = PruneOptions(dw=dw_options, pw=pw_options, output_format=output_format, dtype=dtype, calib=calib,
                            keep_zeros=keep_zeros)
     show_progress = calib is not None and not quiet and not as_json and sys.stderr.isatty()
     progress = (lambda step: click.echo(f"\r\033[K{step[:100]}", nl=False, err=True)) if show_progress else None
-    result = prune_model(model, options, plan, progress)
+    # The loaded model goes straight into the pipeline: no reference is kept here, so the pipeline can drop the
+    # original as soon as it has rewritten it (peak memory of a multi-GB model stays near two copies).
+    result = prune_model(_load(input_path), options, plan, progress)
     if show_progress:
         click.echo("\r\033[K", nl=False, err=True)
 

@@ -22,7 +22,7 @@ from deprune_onnx.keep_zeros import plan_keep_zeros
 from deprune_onnx.logging_utils import timed_pass
 from deprune_onnx.masks import SUBGEMM_CHANNELS
 from deprune_onnx.plan import PruningPlan
-from deprune_onnx.pw import PWPlan, apply_nm24, apply_pw_plan, plan_pw_pruning, pw_report
+from deprune_onnx.pw import PWPlan, apply_nm24, apply_pw_plan, plan_pw_pruning, pw_report, summarize_model
 from deprune_onnx.report import build_report
 
 if TYPE_CHECKING:
@@ -121,17 +121,21 @@ def make_keep_zeros_plan(model: onnx.ModelProto, options: PruneOptions, analysis
 
 
 def _pw_structural(model: onnx.ModelProto, options: PWOptions, plan: PruningPlan | None
-                   ) -> tuple[onnx.ModelProto, PWPlan | None]:
-    """Remove PW channels first (a saved plan's groups, or l2 filter pruning); DW masks are decided after."""
+                   ) -> tuple[PWPlan | None, dict[str, Any] | None]:
+    """Remove PW channels from ``model`` in place, first (a saved plan's groups, or l2 filter pruning); the DW
+    masks are decided afterwards on the reduced model. Returns the PW plan and its report section."""
     if plan is not None:
         pw_plan = PWPlan.from_dict(plan.pw) if plan.pw else None
     elif options.method == "l2" and options.ratio > 0:
         pw_plan = plan_pw_pruning(model, ratio=options.ratio, align=options.align, scope=options.scope)
     else:
         pw_plan = None
-    if pw_plan is None or not pw_plan.groups:
-        return model, pw_plan
-    return apply_pw_plan(model, pw_plan), pw_plan
+    if pw_plan is None:
+        return None, None
+    before = summarize_model(model)
+    if pw_plan.groups:
+        apply_pw_plan(model, pw_plan, in_place=True)
+    return pw_plan, pw_report(pw_plan, before, model)
 
 
 def calibration_set(model: onnx.ModelProto, calib: CalibOptions) -> "ImageSet":
@@ -210,9 +214,8 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan
     ensure_unique_node_names(model)
     with timed_pass("analyze"):
         _require_dw_layers(analyze(model))
-    original = model
     with timed_pass("pw"):
-        model, pw_plan = _pw_structural(model, options.pw, plan)
+        pw_plan, pw_section = _pw_structural(model, options.pw, plan)
         analysis = analyze(model)
     calib = options.calib
     reference = samples = None
@@ -246,8 +249,8 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan
                             "samples": int(len(samples.inputs)), "preprocess": samples.preset,
                             "damp": calib.damp, "saliency": calib.saliency, "layers_refit": len(records)}
     extra: dict[str, Any] = {"format": options.output_format, "dtype": options.dtype}
-    if pw_plan is not None:
-        extra["pw"] = pw_report(pw_plan, original, model)
+    if pw_section is not None:
+        extra["pw"] = pw_section
     if options.pw.method == "nm24":
         model, extra["pw_nm24"] = apply_nm24(model, analysis)
     if options.output_format == "plugin":

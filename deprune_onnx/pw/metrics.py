@@ -6,6 +6,7 @@ Element-wise ops are not counted; they are noise next to the convolutions of the
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -47,20 +48,36 @@ def _group_row(entry: PWGroupPlan) -> dict[str, Any]:
             "pruned": entry.reason is None, "reason": entry.reason}
 
 
-def _layer_rows(before: onnx.ModelProto, after: onnx.ModelProto) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class ModelSummary:
+    """What the PW report needs of the model before pruning, so the pipeline can prune in place instead of
+    keeping a second copy of a large model alive."""
+
+    params: int
+    macs: int
+    pw_layers: tuple[tuple[str, int | None, int, int], ...]  # (name, block, out channels, in channels)
+
+
+def summarize_model(model: onnx.ModelProto) -> ModelSummary:
+    layers = tuple((layer.name, layer.block, layer.out_channels, layer.in_channels)
+                   for layer in analyze(model).pw_layers)
+    return ModelSummary(count_params(model), count_macs(model), layers)
+
+
+def _layer_rows(before: ModelSummary, after: onnx.ModelProto) -> list[dict[str, Any]]:
     """Per PW layer of the original model: input/output channels before and after."""
     shapes = infer_tensor_shapes(after)
     weights = {node.name: shapes.get(node.input[1]) for node in after.graph.node if node.op_type == "Conv"}
     rows = []
-    for layer in analyze(before).pw_layers:
-        weight = weights.get(layer.name) or (layer.out_channels, layer.in_channels)
-        rows.append({"layer": layer.name, "block": layer.block,
-                     "out_channels_before": layer.out_channels, "out_channels_after": int(weight[0]),
-                     "in_channels_before": layer.in_channels, "in_channels_after": int(weight[1])})
+    for name, block, out_channels, in_channels in before.pw_layers:
+        weight = weights.get(name) or (out_channels, in_channels)
+        rows.append({"layer": name, "block": block,
+                     "out_channels_before": out_channels, "out_channels_after": int(weight[0]),
+                     "in_channels_before": in_channels, "in_channels_after": int(weight[1])})
     return rows
 
 
-def pw_report(plan: PWPlan, model_before: onnx.ModelProto, model_after: onnx.ModelProto) -> dict[str, Any]:
+def pw_report(plan: PWPlan, model_before: ModelSummary, model_after: onnx.ModelProto) -> dict[str, Any]:
     """Report rows for each group (pruned and skipped, with reasons), each PW layer, and model totals."""
     before, after = plan.channels_before, plan.channels_after
     return {
@@ -68,6 +85,6 @@ def pw_report(plan: PWPlan, model_before: onnx.ModelProto, model_after: onnx.Mod
         "pw_channels": {"before": before, "after": after, "ratio": (before - after) / before if before else 0.0},
         "groups": [_group_row(entry) for entry in plan.groups + plan.skipped],
         "layers": _layer_rows(model_before, model_after),
-        "params": {"before": count_params(model_before), "after": count_params(model_after)},
-        "macs": {"before": count_macs(model_before), "after": count_macs(model_after)},
+        "params": {"before": model_before.params, "after": count_params(model_after)},
+        "macs": {"before": model_before.macs, "after": count_macs(model_after)},
     }

@@ -123,20 +123,25 @@ class _Remover:
         self.writer.write(node, 2, ends)
 
 
-def apply_pw_plan(model: onnx.ModelProto, plan: PWPlan) -> onnx.ModelProto:
-    """A copy of ``model`` with the plan's channels removed (the input is not modified).
+def apply_pw_plan(model: onnx.ModelProto, plan: PWPlan, *, in_place: bool = False) -> onnx.ModelProto:
+    """``model`` with the plan's channels removed: a copy, or ``model`` itself with ``in_place=True`` (the prune
+    pipeline owns its model, and a copy would double the memory of a multi-GB model).
 
     Raises DepruneError when the plan does not match the model (another model, edited shapes, a group that
-    cannot be pruned here, indices out of range).
+    cannot be pruned here, indices out of range); the model is then unchanged.
     """
-    result = onnx.ModelProto()
-    result.CopyFrom(model)
+    if in_place:
+        result = model
+    else:
+        result = onnx.ModelProto()
+        result.CopyFrom(model)
     if not plan.groups:
         return result
+    checkable = _consistent(result)  # models that arrive with stale shape annotations cannot be checked
     graph = build_dependency_graph(result)
     removed = _removed_channels(graph, plan)
     _Remover(result, graph, removed).run()
-    if _consistent(model):  # models that arrive with stale shape annotations cannot be checked this way
+    if checkable:
         try:  # the dependency rules guarantee consistent shapes; a failure here is a bug, never a user error
             shape_inference.infer_shapes(_weightless_copy(result), check_type=True, strict_mode=True)
         except Exception as exc:
