@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from deprune_onnx.cli.image_options import PRESET_NAMES
 from deprune_onnx.cli.options import parse_layer_ratios, parse_ratio_list
 
 
@@ -62,7 +63,7 @@ def sidecar_path(output: Path, suffix: str) -> Path:
               help="Calibration images: refit every pruned DW channel's kept weights and bias by least squares "
                    "so it reproduces the unpruned model (masks unchanged); repeatable.")
 @click.option("--calib-n", type=int, metavar="N", help="Use only the first N calibration images (by name).")
-@click.option("--calib-preprocess", type=click.Choice(["imagenet", "pplcnet", "ppocr-cls"]),
+@click.option("--calib-preprocess", type=click.Choice(PRESET_NAMES),
               help="Preprocessing preset of the calibration images [default: guessed from the input shape].")
 @click.option("--calib-crops", type=int, metavar="V",
               help="Views per calibration image (crops, flips) [default: enough for 64 samples, at most 10].")

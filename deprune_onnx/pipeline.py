@@ -136,7 +136,7 @@ def _pw_structural(model: onnx.ModelProto, options: PWOptions, plan: PruningPlan
 
 def calibration_set(model: onnx.ModelProto, calib: CalibOptions) -> "ImageSet":
     """The preprocessed calibration samples: the first ``n`` images, ``crops`` views each."""
-    from deprune_onnx.evaluation.images import find_images, get_preset, guess_preset, load_image_set
+    from deprune_onnx.evaluation.images import find_images, load_image_set, resolve_preset
     from deprune_onnx.evaluation.runner import ModelRunner
 
     paths = find_images(calib.sources, "--calib")
@@ -145,9 +145,7 @@ def calibration_set(model: onnx.ModelProto, calib: CalibOptions) -> "ImageSet":
             raise DepruneError(f"--calib-n {calib.n}: must be at least 1")
         paths = paths[: calib.n]
     views = calib.crops or min(CALIB_MAX_AUTO_VIEWS, math.ceil(CALIB_TARGET_SAMPLES / len(paths)))
-    input_shape = ModelRunner.image_input_shape(model)
-    preset = get_preset(calib.preprocess or guess_preset(input_shape))
-    return load_image_set(paths, preset, views)
+    return load_image_set(paths, resolve_preset(calib.preprocess, ModelRunner.image_input_shape(model)), views)
 
 
 def _evenly(inputs: np.ndarray, count: int) -> np.ndarray:

@@ -96,7 +96,7 @@ def test_real_model_with_images(tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["missing.onnx", "{dense}"], "no such file"),
-    (["{dense}", "{dense}", "--images", "{tmp}/nope"], "not a directory"),
+    (["{dense}", "{dense}", "--images", "{tmp}/nope"], "no such file or directory"),
     (["{dense}", "{other_input}"], "differ"),
 ])
 def test_bad_input_exit_2(tiny, tmp_path, args, message):
