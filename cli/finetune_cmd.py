@@ -1,9 +1,7 @@
 """``deprune-onnx finetune``: recover accuracy by distillation from the unpruned model, masks fixed (PyTorch)."""
 from __future__ import annotations
 
-import contextlib
 import json
-import sys
 
 import click
 
@@ -79,6 +77,7 @@ def command(input_path: str, output_path: str, teacher_path: str, images_dir: st
     from deprune_onnx.finetune.run import finetune_model, input_shape
     from deprune_onnx.model_io import check_output_path, load_model, save_model, write_json_atomic
     from deprune_onnx.plan import load_plan
+    from deprune_onnx.progress import configure_progress, count_progress
 
     output = check_output_path(output_path, input_path, teacher_path)
     plan_file = check_output_path(plan_out or sidecar_path(output, ".plan.json"), input_path)
@@ -95,18 +94,10 @@ def command(input_path: str, output_path: str, teacher_path: str, images_dir: st
     options = DistillOptions(steps=steps, batch=batch, optimizer=optimizer, lr=lr, temperature=temperature,
                              label_weight=label_weight, seed=seed, device=device)
 
-    with contextlib.ExitStack() as stack:
-        bars: list = []
-
-        def on_step(step: int, loss: float) -> None:
-            """Open the bar at the first step, so a bad input before training stays a single error line."""
-            if not bars:
-                bars.append(stack.enter_context(click.progressbar(length=steps, label="distilling",
-                                                                  file=sys.stderr, show_pos=True)))
-            bars[0].update(1)
-
+    configure_progress(False if quiet or as_json else None)
+    with count_progress(steps, "distilling", unit="step") as advance:
         result = finetune_model(student, teacher, images, options, plan, method, tile, eval_sets,
-                                on_step=None if quiet or as_json else on_step)
+                                on_step=lambda step, loss: advance(1))
     save_model(result.model, output)
     write_json_atomic(plan_file, result.plan.to_dict())
     report = result.to_dict()

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
@@ -151,11 +150,7 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, lay
     pw_options = PWOptions(ratio=pw_ratio, align=pw_align, scope=pw_scope, method=pw_method)
     options = PruneOptions(dw=dw_options, pw=pw_options, output_format=output_format, dtype=dtype, calib=calib,
                            keep_zeros=keep_zeros)
-    show_progress = calib is not None and not quiet and not as_json and sys.stderr.isatty()
-    progress = (lambda step: click.echo(f"\r\033[K{step[:100]}", nl=False, err=True)) if show_progress else None
-    result = prune_model(model, options, plan, progress)
-    if show_progress:
-        click.echo("\r\033[K", nl=False, err=True)
+    result = prune_model(model, options, plan)
 
     with timed_pass("save"):
         save_model(result.model, output)
