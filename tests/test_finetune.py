@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from click.testing import CliRunner
@@ -30,6 +29,7 @@ from deprune_onnx.finetune.run import finetune_model, input_shape
 from deprune_onnx.keep_zeros import plan_keep_zeros
 from deprune_onnx.masks import dcp_mask
 from deprune_onnx.pipeline import PruneOptions, prune_model
+from op_testing import run_ort
 
 IMAGES = SHARED / "data" / "imagenet_samples"
 # Two OpenMP threads beside ONNX Runtime's pool on a 2-core machine make small convs 10x slower (measured on
@@ -42,8 +42,8 @@ def run_cli(*args: object) -> "CliRunner.invoke":
 
 
 def ort_run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: x})[0]
+    """The first output of a single-input model on ``x``."""
+    return run_ort(model, {model.graph.input[0].name: x})[0]
 
 
 def imagenet_views(paths: list[Path], height: int, width: int) -> TrainingImages:
