@@ -8,21 +8,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
 from onnx import TensorProto, helper
 from PIL import Image
 
+from cli_testing import run_cli
 from conftest import imagenet_samples, shared_model
-from deprune_onnx.cli.main import main
 from deprune_onnx.errors import DepruneError
 from deprune_onnx.evaluation.images import (PRESETS, TrainingImages, find_images, fit_preset, image_labels,
                                             label_from_name, preprocess)
 from deprune_onnx.evaluation.metrics import agreement_metrics, label_metrics, log_probabilities
 from deprune_onnx.evaluation.runner import ModelRunner
-
-
-def run_cli(*args: object):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def test_imagenet_preset_matches_torchvision_recipe_written_out() -> None:

@@ -14,13 +14,12 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from click.testing import CliRunner
 from onnx import numpy_helper
 
+from cli_testing import run_cli
 from builders import dsconv_model
 from conftest import SHARED, shared_model
 from deprune_onnx.analysis import analyze
-from deprune_onnx.cli.main import main
 from deprune_onnx.dw_planner import DWOptions
 from deprune_onnx.evaluation.images import PRESETS, TrainingImages, find_images, fit_preset
 from deprune_onnx.finetune.convert import batchable, to_torch, write_back
@@ -35,10 +34,6 @@ IMAGES = SHARED / "data" / "imagenet_samples"
 # Two OpenMP threads beside ONNX Runtime's pool on a 2-core machine make small convs 10x slower (measured on
 # the MobileNetV3-Small classifier: 0.14 s vs 1.7 s per batch of 32); one thread keeps these tests fast.
 torch.set_num_threads(1)
-
-
-def run_cli(*args: object) -> "CliRunner.invoke":
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def ort_run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:

@@ -7,22 +7,17 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
 from onnx import numpy_helper
 
+from cli_testing import run_cli
 from builders import dsconv_model
 from conftest import shared_model
 from deprune_onnx.analysis import analyze
-from deprune_onnx.cli.main import main
 from deprune_onnx.keep_zeros import check_dw_structure, plan_keep_zeros
 from deprune_onnx.masks import bwt_mask, dcp_mask
 from deprune_onnx.masks_io import pytorch_parameter_name
 from deprune_onnx.plan import load_plan
 from op_testing import run_ort
-
-
-def run_cli(*args: object) -> "CliRunner.invoke":
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def scale_kept_weights(model: onnx.ModelProto, masks: dict[str, np.ndarray], seed: int = 0) -> None:
