@@ -35,6 +35,7 @@ def command(model: Path, batches: str, warmup: int, iters: int, as_json: bool, b
       deprune-onnx bench pruned.onnx --batch 1,32 --iters 200
     """
     from deprune_onnx.errors import CheckFailed, DepruneError
+    from deprune_onnx.progress import count_progress
     from deprune_onnx.trt import layer_bench as lb
 
     if not model.is_file():
@@ -46,14 +47,13 @@ def command(model: Path, batches: str, warmup: int, iters: int, as_json: bool, b
     torch.backends.cudnn.allow_tf32 = False  # a float32 baseline computes in float32, like our kernel
     bandwidth = lb.copy_bandwidth_gbs(torch)
     results = []
-    with click.progressbar(length=len(layers) * len(batch_sizes), label="bench", file=click.get_text_stream("stderr")
-                           ) as progress:
+    with count_progress(len(layers) * len(batch_sizes), "bench", unit="layer") as advance:
         for batch in batch_sizes:
             for index, layer in enumerate(layers):
                 result, _ = lb.measure_layer(torch, library, layer, batch, layer.model_dtype, warmup=warmup,
                                              iters=iters, bandwidth_gbs=bandwidth, seed=index)
                 results.append(result)
-                progress.update(1)
+                advance(1)
     totals = lb.summarize(results)
     if as_json:
         click.echo(json.dumps({

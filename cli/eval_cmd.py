@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any
 
 import click
@@ -40,6 +39,7 @@ def command(model_path: str, reference_path: str | None, images: tuple[str, ...]
     from deprune_onnx.errors import CheckFailed, DepruneError
     from deprune_onnx.evaluation import ModelRunner, evaluate
     from deprune_onnx.model_io import load_model
+    from deprune_onnx.progress import configure_progress, count_progress
 
     if batch_size < 1:
         raise DepruneError(f"--batch-size {batch_size}: must be at least 1")
@@ -50,10 +50,9 @@ def command(model_path: str, reference_path: str | None, images: tuple[str, ...]
         if reference_path else None
     image_set = load_images(images, preprocess, crops, labels, runner.input_shape)
     total = len(image_set.inputs) * (2 if reference else 1)
-    show_progress = not as_json and sys.stderr.isatty()
-    with click.progressbar(length=total, label="evaluating", file=sys.stderr,
-                           hidden=not show_progress) as bar:
-        result = evaluate(runner, image_set, reference, progress=bar.update)
+    configure_progress(False if as_json else None)
+    with count_progress(total, "evaluating", unit="sample") as advance:
+        result = evaluate(runner, image_set, reference, progress=advance)
     data = result.to_dict()
     data["model"] = str(model_path)
     data["reference"] = str(reference_path) if reference_path else None

@@ -1,12 +1,11 @@
 """``deprune-onnx finetune``: recover accuracy by distillation from the unpruned model, masks fixed (PyTorch)."""
 from __future__ import annotations
 
-import contextlib
 import json
-import sys
 
 import click
 
+from deprune_onnx.cli.image_options import preprocess_option
 from deprune_onnx.cli.prune_cmd import sidecar_path
 
 
@@ -15,10 +14,11 @@ from deprune_onnx.cli.prune_cmd import sidecar_path
 @click.argument("output_path", metavar="OUT.onnx", type=click.Path(dir_okay=True))
 @click.option("--teacher", "teacher_path", required=True, type=click.Path(dir_okay=True),
               help="The unpruned model to distil from (same input and output as PRUNED.onnx).")
-@click.option("--images", "images_dir", required=True, type=click.Path(),
-              help="Folder of training images (unlabelled; a trailing _<class> in the name is used as label).")
-@click.option("--val-images", "val_dir", type=click.Path(),
-              help="Folder of held-out images on which the KL to the teacher is reported before and after.")
+@click.option("--images", "images_dir", required=True, metavar="DIR|FILE|GLOB",
+              help="Training images (unlabelled; a trailing _<class> in the name is used as label).")
+@click.option("--val-images", "val_dir", metavar="DIR|FILE|GLOB",
+              help="Held-out images on which the KL to the teacher is reported before and after.")
+@preprocess_option()
 @click.option("--plan", "plan_path", type=click.Path(dir_okay=True),
               help="The plan PRUNED.onnx was made with [default: its DW zero pattern, as prune --keep-zeros].")
 @click.option("--method", type=click.Choice(["dcp", "b", "bh"]), default="bh", show_default=True,
@@ -43,14 +43,15 @@ from deprune_onnx.cli.prune_cmd import sidecar_path
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 def command(input_path: str, output_path: str, teacher_path: str, images_dir: str, val_dir: str | None,
-            plan_path: str | None, method: str, tile: int, steps: int, batch: int, optimizer: str,
+            preprocess: str | None, plan_path: str | None, method: str, tile: int, steps: int, batch: int, optimizer: str,
             lr: float | None, temperature: float,
             label_weight: float, device: str, seed: int, plan_out: str | None, report_path: str | None,
             as_json: bool, quiet: bool) -> None:
     """Fine-tune PRUNED.onnx by distillation from --teacher, keeping pruned weights at zero; write OUT.onnx.
 
     PRUNED.onnx is a dense pruned model ('prune --format dense'). It is converted to PyTorch (onnx2torch,
-    checked against ONNX Runtime), trained on random crops and flips of --images to match the teacher's
+    checked against ONNX Runtime), trained on random crops and flips of --images (preprocessed by the
+    --preprocess preset, as 'eval' does) to match the teacher's
     outputs (KL at temperature T; plus cross-entropy when the file names carry labels), with the DW masks
     fixed: pruned weights stay exactly zero, removed channels stay removed. The trained values are written
     back into PRUNED.onnx's own graph (node names unchanged) and the plan is re-applied, so OUT.onnx passes
@@ -72,10 +73,11 @@ def command(input_path: str, output_path: str, teacher_path: str, images_dir: st
 
     from deprune_onnx.errors import DepruneError
     from deprune_onnx.finetune.distill import DistillOptions
-    from deprune_onnx.finetune.images import ImageSet, find_images
+    from deprune_onnx.evaluation.images import TrainingImages, find_images, load_image_set, resolve_preset
     from deprune_onnx.finetune.run import finetune_model, input_shape
     from deprune_onnx.model_io import check_output_path, load_model, save_model, write_json_atomic
     from deprune_onnx.plan import load_plan
+    from deprune_onnx.progress import configure_progress, count_progress
 
     output = check_output_path(output_path, input_path, teacher_path)
     plan_file = check_output_path(plan_out or sidecar_path(output, ".plan.json"), input_path)
@@ -84,26 +86,18 @@ def command(input_path: str, output_path: str, teacher_path: str, images_dir: st
         raise DepruneError("--device cuda: PyTorch sees no CUDA device (use --device cpu)")
     plan = load_plan(plan_path) if plan_path else None
     student, teacher = load_model(input_path), load_model(teacher_path)
-    _, _, height, width = input_shape(student)
-    images = ImageSet.load(find_images(images_dir), height, width)
+    preset = resolve_preset(preprocess, input_shape(student))
+    images = TrainingImages.load(find_images(images_dir), preset)
     eval_sets = {"train_centre": images.centre_views(), "train_corner_flips": images.corner_flip_views()}
     if val_dir:
-        eval_sets["val_centre"] = ImageSet.load(find_images(val_dir, "--val-images"), height, width).centre_views()
+        eval_sets["val_centre"] = load_image_set(find_images(val_dir, "--val-images"), preset).inputs
     options = DistillOptions(steps=steps, batch=batch, optimizer=optimizer, lr=lr, temperature=temperature,
                              label_weight=label_weight, seed=seed, device=device)
 
-    with contextlib.ExitStack() as stack:
-        bars: list = []
-
-        def on_step(step: int, loss: float) -> None:
-            """Open the bar at the first step, so a bad input before training stays a single error line."""
-            if not bars:
-                bars.append(stack.enter_context(click.progressbar(length=steps, label="distilling",
-                                                                  file=sys.stderr, show_pos=True)))
-            bars[0].update(1)
-
+    configure_progress(False if quiet or as_json else None)
+    with count_progress(steps, "distilling", unit="step") as advance:
         result = finetune_model(student, teacher, images, options, plan, method, tile, eval_sets,
-                                on_step=None if quiet or as_json else on_step)
+                                on_step=lambda step, loss: advance(1))
     save_model(result.model, output)
     write_json_atomic(plan_file, result.plan.to_dict())
     report = result.to_dict()

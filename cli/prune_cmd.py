@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,6 +10,7 @@ import click
 if TYPE_CHECKING:
     import onnx
 
+from deprune_onnx.cli.image_options import PRESET_NAMES
 from deprune_onnx.cli.options import parse_layer_ratios, parse_ratio_list
 
 
@@ -74,7 +74,7 @@ def _load(input_path: str) -> onnx.ModelProto:
               help="Calibration images: refit every pruned DW channel's kept weights and bias by least squares "
                    "so it reproduces the unpruned model (masks unchanged); repeatable.")
 @click.option("--calib-n", type=int, metavar="N", help="Use only the first N calibration images (by name).")
-@click.option("--calib-preprocess", type=click.Choice(["imagenet", "pplcnet", "ppocr-cls"]),
+@click.option("--calib-preprocess", type=click.Choice(PRESET_NAMES),
               help="Preprocessing preset of the calibration images [default: guessed from the input shape].")
 @click.option("--calib-crops", type=int, metavar="V",
               help="Views per calibration image (crops, flips) [default: enough for 64 samples, at most 10].")
@@ -160,13 +160,9 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, lay
     pw_options = PWOptions(ratio=pw_ratio, align=pw_align, scope=pw_scope, method=pw_method)
     options = PruneOptions(dw=dw_options, pw=pw_options, output_format=output_format, dtype=dtype, calib=calib,
                            keep_zeros=keep_zeros)
-    show_progress = calib is not None and not quiet and not as_json and sys.stderr.isatty()
-    progress = (lambda step: click.echo(f"\r\033[K{step[:100]}", nl=False, err=True)) if show_progress else None
     # The loaded model goes straight into the pipeline: no reference is kept here, so the pipeline can drop the
     # original as soon as it has rewritten it (peak memory of a multi-GB model stays near two copies).
-    result = prune_model(_load(input_path), options, plan, progress)
-    if show_progress:
-        click.echo("\r\033[K", nl=False, err=True)
+    result = prune_model(_load(input_path), options, plan)
 
     with timed_pass("save"):
         save_model(result.model, output)

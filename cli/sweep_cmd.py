@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
@@ -48,6 +47,7 @@ def command(model_path: str, images: tuple[str, ...], preprocess: str | None, cr
     from deprune_onnx.model_io import load_model, write_bytes_atomic, write_json_atomic, write_text_atomic
     from deprune_onnx.pipeline import CalibOptions
     from deprune_onnx.plots import have_matplotlib
+    from deprune_onnx.progress import configure_progress
     from deprune_onnx.sweep import format_sweep_table, plot_sweep, sweep
 
     method_list = [m.strip() for m in methods.split(",") if m.strip()]
@@ -71,11 +71,8 @@ def command(model_path: str, images: tuple[str, ...], preprocess: str | None, cr
         if overlap:
             notes.append(f"warning: {len(overlap)} image(s) are both calibration and evaluation images: the KL "
                          "after reconstruction is optimistic")
-    show = not as_json and sys.stderr.isatty()
-    progress = (lambda step: click.echo(f"\r\033[K{step}", nl=False, err=True)) if show else None
-    baseline, rows = sweep(model, image_set, method_list, ratio_list, calib, progress)
-    if show:
-        click.echo("\r\033[K", nl=False, err=True)
+    configure_progress(False if as_json else None)
+    baseline, rows = sweep(model, image_set, method_list, ratio_list, calib)
     table = format_sweep_table(rows)
     data = {"model": str(model_path), "images": [str(p) for p in image_set.paths], "views": image_set.views,
             "preprocess": image_set.preset, "calibration_images": list(calib_sources), "baseline": baseline,

@@ -20,7 +20,6 @@ additive approximation; the measured KL of the result is what ``eval`` reports.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import onnx
@@ -32,6 +31,7 @@ from deprune_onnx.dw_planner import layer_mask
 from deprune_onnx.errors import DepruneError
 from deprune_onnx.evaluation.metrics import kl_divergence, log_probabilities
 from deprune_onnx.graph import GraphIndex
+from deprune_onnx.progress import progress
 from deprune_onnx.staged import StagedForward
 
 ALLOCATORS = ("kl",)
@@ -62,8 +62,7 @@ def candidate_ratios(shape: tuple[int, ...], method: str, max_ratio: float, tile
 
 def measure_sensitivity(model: onnx.ModelProto, analysis: ModelAnalysis, method: str, inputs: np.ndarray,
                         ratios: tuple[float, ...] = DEFAULT_MEASURED_RATIOS, refit: bool = True,
-                        damp: float = DEFAULT_DAMP, tile: int = 32, layers: list[str] | None = None,
-                        progress: Callable[[str], None] | None = None) -> list[LayerSensitivity]:
+                        damp: float = DEFAULT_DAMP, tile: int = 32, layers: list[str] | None = None) -> list[LayerSensitivity]:
     """KL of the model's outputs with one DW layer pruned (and refit) at each ratio, every other layer dense."""
     if not ratios or any(not 0.0 < r < 1.0 for r in ratios):
         raise DepruneError(f"--allocate-ratios {list(ratios)}: every measured ratio must be in (0, 1)")
@@ -85,9 +84,7 @@ def measure_sensitivity(model: onnx.ModelProto, analysis: ModelAnalysis, method:
     staged = StagedForward(work, {input_name: inputs})
     nodes = {node.name: node for node in work.graph.node}
     results: list[LayerSensitivity] = []
-    for layer in chosen:
-        if progress is not None:
-            progress(layer.name)
+    for layer in progress(chosen, "sensitivity", unit="layer"):
         weight, bias = params[layer.name]
         node = nodes[layer.name]
         x = staged.advance([layer.input])[layer.input]

@@ -23,7 +23,6 @@ w_p^2 / [H^-1]_pp (H = the channel's damped Gram) instead of |w|, keeping exactl
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import onnx
@@ -34,6 +33,7 @@ from deprune_onnx.errors import DepruneError
 from deprune_onnx.graph import GraphIndex
 from deprune_onnx.masks import keep_top_per_subgemm
 from deprune_onnx.plan import DWLayerPlan, encode_mask
+from deprune_onnx.progress import progress
 from deprune_onnx.staged import StagedForward
 
 DEFAULT_DAMP = 0.01
@@ -187,7 +187,7 @@ def stacked(weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
 
 def reconstruct(model: onnx.ModelProto, reference: onnx.ModelProto, analysis: ModelAnalysis,
                 plans: list[DWLayerPlan], inputs: np.ndarray, damp: float = DEFAULT_DAMP,
-                saliency: bool = False, progress: Callable[[str], None] | None = None) -> list[dict]:
+                saliency: bool = False) -> list[dict]:
     """Refit the pruned DW layers of ``model`` (masks applied) against the unpruned ``reference``, in place.
 
     ``inputs`` are the preprocessed calibration samples [N, ...]. Returns one record per refit layer (and stores
@@ -202,7 +202,7 @@ def reconstruct(model: onnx.ModelProto, reference: onnx.ModelProto, analysis: Mo
     reference_run = StagedForward(reference, {input_name: inputs})
     writer = ParameterWriter(model)
     records: list[dict] = []
-    for plan in plans:
+    for plan in progress(plans, "refit", unit="layer"):
         keep = plan.keep_mask()
         if plan.method == "none" or keep.all():
             continue
@@ -210,8 +210,6 @@ def reconstruct(model: onnx.ModelProto, reference: onnx.ModelProto, analysis: Mo
             raise DepruneError(f"--calib-saliency: not available with --method {plan.method} (only "
                                f"{', '.join(SALIENCY_METHODS)})")
         layer = layers[plan.name]
-        if progress is not None:
-            progress(plan.name)
         weight, bias = original_parameters(index, layer)
         target = reference_run.advance([layer.output])[layer.output]
         x = pruned_run.advance([layer.input])[layer.input]

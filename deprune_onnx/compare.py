@@ -9,9 +9,8 @@ supplies the error statistics, with the original as the reference:
 On top we report the cosine similarity (per sample, then averaged) and, for outputs shaped like class scores
 ([..., K] with K > 1), the top-1 agreement: the fraction of samples whose arg-max class is the same.
 
-Image preprocessing is deliberately minimal (a preset mechanism is another issue): RGB, resize so the image
-covers the model's H x W divided by 0.875 (torchvision's 256 -> 224), centre crop to H x W, x/255, then
-(x - mean) / std with ImageNet's mean and std unless given.
+Images are preprocessed by the presets of ``deprune_onnx.evaluation.images`` (the standard view, fitted to the
+model's H x W), guessed from the input shape unless named; ``mean``/``std`` replace the preset's own.
 """
 from __future__ import annotations
 
@@ -28,10 +27,6 @@ from deprune_onnx.op import spec as op_spec
 from deprune_onnx.op.graphs import model_uses_custom_op
 from deprune_onnx.op.lower import lower
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CROP_FRACTION = 0.875
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 DEFAULT_RTOL = 1e-5
 DEFAULT_ATOL = 1e-5
 
@@ -115,41 +110,24 @@ def random_feeds(specs: Sequence[InputSpec], n: int, seed: int) -> list[dict[str
     return [{spec.name: rng.standard_normal(spec.shape, dtype=np.float32) for spec in specs} for _ in range(n)]
 
 
-def load_image(path: Path, height: int, width: int, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """One image as a float32 [3, H, W] array, preprocessed as the module docstring says."""
-    try:
-        from PIL import Image
-    except ImportError:
-        raise DepruneError("--images needs Pillow: pip install pillow") from None
-    try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            scale = max(height / CROP_FRACTION / image.height, width / CROP_FRACTION / image.width)
-            resized = image.resize((max(width, round(image.width * scale)), max(height, round(image.height * scale))),
-                                   Image.BILINEAR)
-    except OSError as exc:
-        raise DepruneError(f"{path}: cannot read image ({exc})") from None
-    left, top = (resized.width - width) // 2, (resized.height - height) // 2
-    pixels = np.asarray(resized.crop((left, top, left + width, top + height)), dtype=np.float32) / 255.0
-    normalised = (pixels - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return normalised.transpose(2, 0, 1)
+def image_feeds(specs: Sequence[InputSpec], sources: Sequence[str | Path], n: int, preprocess: str | None = None,
+                mean: Sequence[float] | None = None, std: Sequence[float] | None = None
+                ) -> list[dict[str, np.ndarray]]:
+    """The first ``n`` images of ``sources`` (sorted by name), one per feed, for a single [N, 3, H, W] input:
+    the preset's standard view (``preprocess``, or guessed from the shape), its mean/std replaced where given."""
+    from dataclasses import replace
 
+    from deprune_onnx.evaluation.images import find_images, preprocess as preprocess_image, resolve_preset
 
-def image_feeds(specs: Sequence[InputSpec], directory: Path, n: int, mean: Sequence[float],
-                std: Sequence[float]) -> list[dict[str, np.ndarray]]:
-    """Up to ``n`` images of ``directory`` (sorted by name), one per feed, for a single [N, 3, H, W] input."""
-    if not directory.is_dir():
-        raise DepruneError(f"{directory}: --images is not a directory")
+    paths = find_images(sources)[:n]
     if len(specs) != 1 or len(specs[0].shape) != 4 or specs[0].shape[1] != 3:
         raise DepruneError("--images needs a model with one [N, 3, H, W] input, got "
                            + ", ".join(f"{s.name} {list(s.shape)}" for s in specs))
-    paths = sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:n]
-    if not paths:
-        raise DepruneError(f"{directory}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
     spec = specs[0]
-    _, _, height, width = spec.shape
-    batch = spec.shape[0]
-    return [{spec.name: np.repeat(load_image(p, height, width, mean, std)[None], batch, axis=0)} for p in paths]
+    preset = resolve_preset(preprocess, spec.shape)
+    preset = replace(preset, mean=tuple(mean) if mean is not None else preset.mean,
+                     std=tuple(std) if std is not None else preset.std)
+    return [{spec.name: np.repeat(preprocess_image(p, preset), spec.shape[0], axis=0)} for p in paths]
 
 
 def _run(model: onnx.ModelProto, name: str, feeds: Sequence[dict[str, np.ndarray]]) -> list[Any]:
@@ -219,9 +197,9 @@ def _compare_set(source: str, original: onnx.ModelProto, pruned: onnx.ModelProto
 
 
 def compare_models(original: onnx.ModelProto, pruned: onnx.ModelProto, *, n: int = 16, seed: int = 0,
-                   images: Path | None = None, rtol: float | None = None, atol: float | None = None,
-                   min_agreement: float | None = None, mean: Sequence[float] = IMAGENET_MEAN,
-                   std: Sequence[float] = IMAGENET_STD) -> CompareReport:
+                   images: Sequence[str | Path] = (), rtol: float | None = None, atol: float | None = None,
+                   min_agreement: float | None = None, preprocess: str | None = None,
+                   mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> CompareReport:
     """Run both models and check them.
 
     Checks: the tolerance check (rtol/atol; defaults 1e-5/1e-5) unless only ``min_agreement`` is given, and
@@ -242,8 +220,8 @@ def compare_models(original: onnx.ModelProto, pruned: onnx.ModelProto, *, n: int
     report = CompareReport(lowered_ops, rtol if check_tolerance else None, atol if check_tolerance else None,
                            min_agreement)
     feed_sets = [("random", random_feeds(specs, n, seed))]
-    if images is not None:
-        feed_sets.append(("images", image_feeds(specs, Path(images), n, mean, std)))
+    if images:
+        feed_sets.append(("images", image_feeds(specs, images, n, preprocess, mean, std)))
     for source, feeds in feed_sets:
         result = _compare_set(source, original, runnable, feeds, rtol, atol)
         report.sets.append(result)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -140,7 +140,7 @@ def _pw_structural(model: onnx.ModelProto, options: PWOptions, plan: PruningPlan
 
 def calibration_set(model: onnx.ModelProto, calib: CalibOptions) -> "ImageSet":
     """The preprocessed calibration samples: the first ``n`` images, ``crops`` views each."""
-    from deprune_onnx.evaluation.images import find_images, get_preset, guess_preset, load_image_set
+    from deprune_onnx.evaluation.images import find_images, load_image_set, resolve_preset
     from deprune_onnx.evaluation.runner import ModelRunner
 
     paths = find_images(calib.sources, "--calib")
@@ -149,9 +149,7 @@ def calibration_set(model: onnx.ModelProto, calib: CalibOptions) -> "ImageSet":
             raise DepruneError(f"--calib-n {calib.n}: must be at least 1")
         paths = paths[: calib.n]
     views = calib.crops or min(CALIB_MAX_AUTO_VIEWS, math.ceil(CALIB_TARGET_SAMPLES / len(paths)))
-    input_shape = ModelRunner.image_input_shape(model)
-    preset = get_preset(calib.preprocess or guess_preset(input_shape))
-    return load_image_set(paths, preset, views)
+    return load_image_set(paths, resolve_preset(calib.preprocess, ModelRunner.image_input_shape(model)), views)
 
 
 def _evenly(inputs: np.ndarray, count: int) -> np.ndarray:
@@ -160,8 +158,8 @@ def _evenly(inputs: np.ndarray, count: int) -> np.ndarray:
     return inputs[np.linspace(0, len(inputs) - 1, count).round().astype(int)]
 
 
-def _allocate(model: onnx.ModelProto, analysis: ModelAnalysis, options: PruneOptions, samples: np.ndarray,
-              progress: Callable[[str], None] | None) -> tuple[PruneOptions, dict[str, Any], dict[str, dict]]:
+def _allocate(model: onnx.ModelProto, analysis: ModelAnalysis, options: PruneOptions, samples: np.ndarray
+              ) -> tuple[PruneOptions, dict[str, Any], dict[str, dict]]:
     """Per-layer ratios from measured sensitivity; returns the options to plan with and what to record."""
     from deprune_onnx.allocation import ALLOCATORS, allocate_ratios, measure_sensitivity
 
@@ -179,8 +177,7 @@ def _allocate(model: onnx.ModelProto, analysis: ModelAnalysis, options: PruneOpt
     names = [layer.name for layer in analysis.dw_layers if layer.name not in excluded]
     inputs = _evenly(samples, calib.allocate_samples)
     curves = measure_sensitivity(model, analysis, options.dw.method, inputs, calib.allocate_ratios,
-                                 refit=calib.refit, damp=calib.damp, tile=options.dw.tile, layers=names,
-                                 progress=progress)
+                                 refit=calib.refit, damp=calib.damp, tile=options.dw.tile, layers=names)
     shapes = {layer.name: (layer.out_channels, 1, *layer.kernel) for layer in analysis.dw_layers}
     allocation = allocate_ratios(curves, shapes, options.dw.dw_ratio, options.dw.method, options.dw.tile)
     why = (f"least total predicted KL (sum over layers, measured alone{' with refit' if calib.refit else ''} "
@@ -195,13 +192,12 @@ def _allocate(model: onnx.ModelProto, analysis: ModelAnalysis, options: PruneOpt
     return replace(options, dw=dw), summary, per_layer
 
 
-def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan | None = None,
-                progress: Callable[[str], None] | None = None) -> PruneResult:
+def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan | None = None) -> PruneResult:
     """Prune ``model`` (in place) by ``options``, or re-apply a saved ``plan`` when one is given.
 
     With ``options.calib``: ``--allocate`` chooses per-layer ratios from measured sensitivity before planning,
     and the refit (``reconstruct``) adjusts the kept DW weights and biases after the masks are applied.
-    ``progress`` is told the name of each step as it starts.
+    The sensitivity and refit loops report through ``deprune_onnx.progress`` (bars on a terminal only).
     """
     if options.output_format not in OUTPUT_FORMATS:
         raise DepruneError(f"--format '{options.output_format}': expected one of {', '.join(OUTPUT_FORMATS)}")
@@ -227,8 +223,7 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan
     if plan is None:
         summary = per_layer = None
         if calib is not None and calib.allocate:
-            options, summary, per_layer = _allocate(reference, analysis, options, samples.inputs,
-                                                    _step(progress, "sensitivity"))
+            options, summary, per_layer = _allocate(reference, analysis, options, samples.inputs)
         with timed_pass("plan"):
             plan = make_plan(model, options, analysis, pw_plan)
         if summary is not None:
@@ -244,7 +239,7 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan
 
         with timed_pass("refit"):
             records = reconstruct(model, reference, analysis, plan.dw_layers, samples.inputs, calib.damp,
-                                  calib.saliency, _step(progress, "refit"))
+                                  calib.saliency)
         plan.calibration = {"images": [str(p) for p in samples.paths], "views": samples.views,
                             "samples": int(len(samples.inputs)), "preprocess": samples.preset,
                             "damp": calib.damp, "saliency": calib.saliency, "layers_refit": len(records)}
@@ -275,8 +270,3 @@ def _rewrite(model: onnx.ModelProto, plan: PruningPlan) -> tuple[onnx.ModelProto
                                        subgemm_channels=plan.subgemm_channels)
     return model, [record.to_dict() for record in records]
 
-
-def _step(progress: Callable[[str], None] | None, step: str) -> Callable[[str], None] | None:
-    if progress is None:
-        return None
-    return lambda layer: progress(f"{step}: {layer}")

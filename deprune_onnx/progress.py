@@ -1,10 +1,12 @@
-"""Progress bars for the long loops (analysis, masking, writing), shown only where a person is watching.
+"""Progress bars for the long loops (analysis, masking, refit, sensitivity, writing, evaluation, training), shown
+only where a person is watching: the one progress mechanism of the package and its commands.
 
 A bar appears when progress is enabled (the default when stderr is a terminal; ``--quiet`` turns it off) and
 the loop runs longer than half a second, so small models and scripts never see one. tqdm draws it on stderr.
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator, TypeVar
@@ -36,12 +38,19 @@ def progress(items: Iterable[T], description: str, total: int | None = None, uni
 
 
 @contextmanager
-def byte_progress(total_bytes: int, description: str) -> Iterator[Callable[[int], None]]:
-    """A callback ``advance(n_bytes)`` for writers; a bar in bytes when enabled, a no-op otherwise."""
+def count_progress(total: int, description: str, unit: str = "it") -> Iterator[Callable[[int], None]]:
+    """A callback ``advance(n)`` for loops that report counts (batches, steps); a bar of ``total`` when enabled,
+    a no-op otherwise. Nothing is drawn before the first ``advance`` after the delay, so an error raised before
+    the work starts stays a single line."""
     if not progress_enabled():
         yield lambda _: None
         return
     from tqdm import tqdm
-    with tqdm(total=total_bytes, desc=description, unit="B", unit_scale=True, unit_divisor=1024,
+    with tqdm(total=total, desc=description, unit=unit, unit_scale=unit == "B", unit_divisor=1024,
               delay=SHOW_AFTER_SECONDS, leave=False, file=sys.stderr, dynamic_ncols=True) as bar:
         yield bar.update
+
+
+def byte_progress(total_bytes: int, description: str) -> "contextlib.AbstractContextManager[Callable[[int], None]]":
+    """A callback ``advance(n_bytes)`` for writers; a bar in bytes when enabled, a no-op otherwise."""
+    return count_progress(total_bytes, description, unit="B")

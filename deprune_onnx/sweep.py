@@ -4,7 +4,8 @@ model on the evaluation images.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from itertools import product
+from typing import Any
 
 import numpy as np
 import onnx
@@ -13,36 +14,32 @@ from deprune_onnx.dw_planner import DWOptions
 from deprune_onnx.evaluation import ModelRunner, evaluate_outputs
 from deprune_onnx.evaluation.images import ImageSet
 from deprune_onnx.pipeline import CalibOptions, PruneOptions, prune_model
+from deprune_onnx.progress import progress
 
 
 def sweep(model: onnx.ModelProto, images: ImageSet, methods: list[str], ratios: list[float],
-          calib: CalibOptions | None = None, progress: Callable[[str], None] | None = None
-          ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+          calib: CalibOptions | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The unpruned model's own metrics and one row per (method, ratio, reconstruction) with agreement, KL,
     cosine and top-1 against the labels when the images have them."""
     reference_outputs = ModelRunner(model, "reference").run(images.inputs)
     baseline = evaluate_outputs(images, reference_outputs).to_dict()
     rows: list[dict[str, Any]] = []
-    for method in methods:
-        for ratio in ratios:
-            for calibration in ([None, calib] if calib is not None else [None]):
-                if progress is not None:
-                    progress(f"{method} {ratio}{' +calib' if calibration else ''}")
-                work = onnx.ModelProto()
-                work.CopyFrom(model)
-                result = prune_model(work, PruneOptions(dw=DWOptions(method=method, dw_ratio=ratio),
-                                                        calib=calibration))
-                outputs = ModelRunner(work, f"{method}@{ratio}").run(images.inputs)
-                evaluation = evaluate_outputs(images, outputs, reference_outputs)
-                agreement = evaluation.agreement
-                rows.append({
-                    "method": method, "ratio": ratio, "reconstruction": calibration is not None,
-                    "achieved_ratio": result.report["totals"]["dw_ratio_achieved"],
-                    "real_dw": result.report["totals"]["real_dw_min"],
-                    "agreement": agreement.agreement, "kl_mean": agreement.kl_mean,
-                    "cosine_mean": agreement.cosine_mean,
-                    "top1": evaluation.labels.top1 if evaluation.labels else None,
-                })
+    runs = list(product(methods, ratios, [None, calib] if calib is not None else [None]))
+    for method, ratio, calibration in progress(runs, "sweep", unit="run"):
+        work = onnx.ModelProto()
+        work.CopyFrom(model)
+        result = prune_model(work, PruneOptions(dw=DWOptions(method=method, dw_ratio=ratio), calib=calibration))
+        outputs = ModelRunner(work, f"{method}@{ratio}").run(images.inputs)
+        evaluation = evaluate_outputs(images, outputs, reference_outputs)
+        agreement = evaluation.agreement
+        rows.append({
+            "method": method, "ratio": ratio, "reconstruction": calibration is not None,
+            "achieved_ratio": result.report["totals"]["dw_ratio_achieved"],
+            "real_dw": result.report["totals"]["real_dw_min"],
+            "agreement": agreement.agreement, "kl_mean": agreement.kl_mean,
+            "cosine_mean": agreement.cosine_mean,
+            "top1": evaluation.labels.top1 if evaluation.labels else None,
+        })
     return baseline, rows
 
 

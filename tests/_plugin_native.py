@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper, shape_inference
 
+from deprune_onnx.op.activations import apply_activation
 from deprune_onnx.op.packing import PackedDR, pack_dr_weights, unpack_dr_weights
 from deprune_onnx.trt.native import SOURCE_ROOT, build_native, find_tensorrt_include
 
@@ -161,18 +162,6 @@ def op_fields(packed: PackedDR, *, channels: int, kernel: tuple[int, int], strid
     ]
 
 
-def activation_numpy(y: np.ndarray, activation: str, params: tuple[float, ...]) -> np.ndarray:
-    if activation == "relu":
-        return np.maximum(y, 0)
-    if activation == "clip":
-        return np.clip(y, params[0], params[1])
-    if activation == "hard_swish":
-        return y * np.clip(params[0] * y + params[1], 0, 1)
-    if activation == "silu":
-        return y / (1 + np.exp(-y))
-    return y
-
-
 def reference_dw_conv(x: np.ndarray, packed: PackedDR, *, c_out: int, kernel: tuple[int, int], strides, pads,
                       dilations, depth_multiplier: int = 1, activation: str = "none",
                       activation_params: tuple[float, ...] = (), k_tile: int = 32) -> np.ndarray:
@@ -193,7 +182,7 @@ def reference_dw_conv(x: np.ndarray, packed: PackedDR, *, c_out: int, kernel: tu
             cols = slice(kx * dilations[1], kx * dilations[1] + (wo - 1) * strides[1] + 1, strides[1])
             y += xp[:, :, rows, cols] * weight[None, :, ky, kx, None, None]
     y += bias.astype(np.float64)[None, :, None, None]
-    return activation_numpy(y, activation, activation_params)
+    return apply_activation(y, activation, activation_params)
 
 
 def run_tool(build_dir: Path, *args: str | os.PathLike[str]) -> subprocess.CompletedProcess:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -23,18 +24,27 @@ def max_rel_err(actual: np.ndarray, reference: np.ndarray) -> float:
     return float(np.abs(actual - reference).max() / scale)
 
 
-def run_ort(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+def run_ort(model: onnx.ModelProto | str | Path, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """Every output of ``model`` (a proto or a file) on ``feeds``, in ONNX Runtime on the CPU (two threads)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     return session.run(None, dict(feeds))
 
 
-def random_feeds(model: onnx.ModelProto, seed: int = 0, batch: int = 1) -> dict[str, np.ndarray]:
+def random_feeds(model: onnx.ModelProto, seed: int = 0, batch: int = 1,
+                 dynamic: int | None = None) -> dict[str, np.ndarray]:
+    """Standard normal values for every graph input that is not an initializer: a dynamic axis 0 gets ``batch``,
+    other dynamic axes ``dynamic`` (default: ``batch`` too)."""
     rng = np.random.default_rng(seed)
+    initializers = {t.name for t in model.graph.initializer}
     feeds = {}
     for value in model.graph.input:
-        dims = [d.dim_value if d.dim_value > 0 else batch for d in value.type.tensor_type.shape.dim]
+        if value.name in initializers:
+            continue
+        dims = [d.dim_value if d.dim_value > 0 else (batch if axis == 0 or dynamic is None else dynamic)
+                for axis, d in enumerate(value.type.tensor_type.shape.dim)]
         dtype = helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
         feeds[value.name] = rng.standard_normal(dims).astype(dtype)
     return feeds

@@ -26,6 +26,7 @@ from deprune_onnx.cli.main import main
 from deprune_onnx.op.lower import lower
 from deprune_onnx.graph import GraphIndex
 from deprune_onnx.plan import PruningPlan
+from op_testing import random_feeds
 
 PR_CAPBSET_DROP, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 24, 1, 2
 IS_ROOT = os.geteuid() == 0
@@ -53,21 +54,6 @@ def sidecars(output: Path) -> set[Path]:
     return {output, output.with_name(stem + ".report.json"), output.with_name(stem + ".plan.json")}
 
 
-def feeds_for(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    initializers = {t.name for t in model.graph.initializer}
-    feeds = {}
-    for value in model.graph.input:
-        if value.name in initializers:
-            continue
-        tensor_type = value.type.tensor_type
-        shape = [d.dim_value if d.HasField("dim_value") else (1 if axis == 0 else 10)
-                 for axis, d in enumerate(tensor_type.shape.dim)]
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
-        feeds[value.name] = rng.standard_normal(shape).astype(dtype)
-    return feeds
-
-
 def check_result(input_path: Path, output: Path) -> None:
     """The output is a valid model that runs, and its DW weights are exactly the input's under the masks.
 
@@ -76,7 +62,7 @@ def check_result(input_path: Path, output: Path) -> None:
     onnx.checker.check_model(str(output), full_check=True)
     pruned, original = lower(onnx.load(str(output))), onnx.load(str(input_path))
     session = ort.InferenceSession(pruned.SerializeToString(), providers=["CPUExecutionProvider"])
-    feeds = feeds_for(original)
+    feeds = random_feeds(original, dynamic=10)
     got = session.run(None, feeds)
     try:
         reference = ort.InferenceSession(str(input_path), providers=["CPUExecutionProvider"])

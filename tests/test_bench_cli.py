@@ -7,22 +7,15 @@ import types
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
+from cli_testing import assert_one_line_error, run_cli
 from conftest import SAMPLE_MODEL
-from deprune_onnx.cli.main import main
 from deprune_onnx.model_io import save_model
 from deprune_onnx.trt.bench_models import pruned_dw_layers_model
 
 
 def invoke(*args: str):
-    return CliRunner().invoke(main, ["bench", *args], env={"DEPRUNE_TRT_PLUGIN": ""})
-
-
-def assert_one_line_error(result, needle: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("deprune-onnx: error:") and needle in lines[0], result.output
+    return run_cli("bench", *args, env={"DEPRUNE_TRT_PLUGIN": ""})
 
 
 @pytest.fixture(scope="module")

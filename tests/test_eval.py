@@ -8,20 +8,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
 from onnx import TensorProto, helper
 from PIL import Image
 
+from cli_testing import run_cli
 from conftest import imagenet_samples, shared_model
-from deprune_onnx.cli.main import main
 from deprune_onnx.errors import DepruneError
-from deprune_onnx.evaluation.images import (PRESETS, find_images, image_labels, label_from_name, preprocess)
+from deprune_onnx.evaluation.images import (PRESETS, TrainingImages, find_images, fit_preset, image_labels,
+                                            label_from_name, preprocess)
 from deprune_onnx.evaluation.metrics import agreement_metrics, label_metrics, log_probabilities
 from deprune_onnx.evaluation.runner import ModelRunner
-
-
-def run_cli(*args: object):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def test_imagenet_preset_matches_torchvision_recipe_written_out() -> None:
@@ -121,3 +117,39 @@ def test_custom_op_models_need_the_lowering(tmp_path: Path, monkeypatch: pytest.
     result = run_cli("eval", path, "--images", imagenet_samples())
     assert result.exit_code == 2
     assert "deprune_onnx.op.lower is missing" in result.output
+
+
+def test_training_views_are_the_views_preprocess_makes() -> None:
+    """finetune's cached views (one decode and resize per image) equal eval's per-view pipeline, here fitted to a
+    160x160 input: centre = view 0, flipped corners = views 6-9."""
+    paths = find_images(imagenet_samples())[:2]
+    preset = fit_preset(PRESETS["pplcnet"], (1, 3, 160, 160))
+    training = TrainingImages.load(paths, preset)
+    views = np.stack([preprocess(p, preset, 10) for p in paths])
+    assert training.centre_views().shape == (2, 3, 160, 160)
+    np.testing.assert_array_equal(training.centre_views(), views[:, 0])
+    np.testing.assert_array_equal(training.corner_flip_views(), views[:, 6:10].reshape(8, 3, 160, 160))
+    batch, labels = training.random_views(np.random.default_rng(0), 5)
+    assert batch.shape == (5, 3, 160, 160) and set(labels) <= {label_from_name(p) for p in paths}
+
+
+def test_compare_images_use_the_guessed_preset_and_mean_std_override() -> None:
+    from dataclasses import replace
+
+    from deprune_onnx.compare import InputSpec, image_feeds
+
+    paths = find_images(imagenet_samples())[:2]
+    ocr = [InputSpec("x", (1, 3, 48, 192), np.dtype(np.float32))]
+    feeds = image_feeds(ocr, [str(p) for p in paths], 5)
+    assert len(feeds) == 2
+    np.testing.assert_array_equal(feeds[0]["x"], preprocess(paths[0], PRESETS["ppocr-cls"]))
+    override = image_feeds(ocr, paths, 1, "ppocr-cls", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    plain = replace(PRESETS["ppocr-cls"], mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    np.testing.assert_array_equal(override[0]["x"], preprocess(paths[0], plain))
+
+
+def test_cli_preset_names_are_the_presets() -> None:
+    from deprune_onnx.cli.image_options import PRESET_NAMES
+    from deprune_onnx.evaluation.images import PRESET_NAMES as MODULE_NAMES
+
+    assert PRESET_NAMES == MODULE_NAMES == tuple(PRESETS)

@@ -12,24 +12,23 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
-from click.testing import CliRunner
 from onnx import numpy_helper
 
+from cli_testing import run_cli
 from builders import dsconv_model
 from conftest import SHARED, shared_model
 from deprune_onnx.analysis import analyze
-from deprune_onnx.cli.main import main
 from deprune_onnx.dw_planner import DWOptions
+from deprune_onnx.evaluation.images import PRESETS, TrainingImages, find_images, fit_preset
 from deprune_onnx.finetune.convert import batchable, to_torch, write_back
 from deprune_onnx.finetune.distill import DistillOptions
-from deprune_onnx.finetune.images import ImageSet, find_images
 from deprune_onnx.finetune.run import finetune_model, input_shape
 from deprune_onnx.keep_zeros import plan_keep_zeros
 from deprune_onnx.masks import dcp_mask
 from deprune_onnx.pipeline import PruneOptions, prune_model
+from op_testing import run_ort
 
 IMAGES = SHARED / "data" / "imagenet_samples"
 # Two OpenMP threads beside ONNX Runtime's pool on a 2-core machine make small convs 10x slower (measured on
@@ -37,13 +36,14 @@ IMAGES = SHARED / "data" / "imagenet_samples"
 torch.set_num_threads(1)
 
 
-def run_cli(*args: object) -> "CliRunner.invoke":
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
 def ort_run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: x})[0]
+    """The first output of a single-input model on ``x``."""
+    return run_ort(model, {model.graph.input[0].name: x})[0]
+
+
+def imagenet_views(paths: list[Path], height: int, width: int) -> TrainingImages:
+    """The training views ``finetune`` makes for an ImageNet model of input H x W."""
+    return TrainingImages.load(paths, fit_preset(PRESETS["imagenet"], (1, 3, height, width)))
 
 
 def initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -59,7 +59,7 @@ def distilled() -> dict[str, object]:
     student = onnx.ModelProto()
     student.CopyFrom(pruned.model)
     paths = find_images(IMAGES)
-    train, held_out = ImageSet.load(paths[:7], 224, 224), ImageSet.load(paths[7:], 224, 224)
+    train, held_out = imagenet_views(paths[:7], 224, 224), imagenet_views(paths[7:], 224, 224)
     eval_sets = {"train": train.centre_views(), "held_out": held_out.centre_views(),
                  "held_out_flipped_corners": held_out.corner_flip_views()[::2]}
     result = finetune_model(student, teacher, train, DistillOptions(steps=24, batch=4), pruned.plan,
@@ -107,7 +107,7 @@ def test_finetuned_model_passes_the_mask_checks_and_runs_in_onnxruntime(distille
 
 def sample_batch() -> np.ndarray:
     """One ImageNet view: the shared MobileNetV2 has a static batch of 1."""
-    return ImageSet.load(find_images(IMAGES)[:1], 224, 224).centre_views().astype(np.float32)
+    return imagenet_views(find_images(IMAGES)[:1], 224, 224).centre_views().astype(np.float32)
 
 
 def test_finetuned_model_rewrites_to_plugin_and_lowers_back_exactly(distilled: dict, tmp_path: Path) -> None:
@@ -216,7 +216,7 @@ def test_fixed_batch_graph_trains_one_sample_at_a_time() -> None:
     w = numpy_helper.to_array(weight)
     weight.CopyFrom(numpy_helper.from_array(w * dcp_mask(w, 0.6), "w_dw"))
     assert to_torch(student, "student", (1, 3, 16, 16)).micro_batch == 1
-    images = ImageSet.load(find_images(IMAGES), 16, 16)
+    images = imagenet_views(find_images(IMAGES), 16, 16)
     result = finetune_model(student, teacher, images, DistillOptions(steps=4, batch=3, lr=1e-3), method="dcp")
     assert result.micro_batch == 1 and not result.labels_used  # 3 outputs: ImageNet labels unusable
     assert len(result.losses) == 4 and np.all(np.isfinite(result.losses))

@@ -6,23 +6,18 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
-from click.testing import CliRunner
 from onnx import numpy_helper
 
+from cli_testing import run_cli
 from builders import dsconv_model
 from conftest import shared_model
 from deprune_onnx.analysis import analyze
-from deprune_onnx.cli.main import main
 from deprune_onnx.keep_zeros import check_dw_structure, plan_keep_zeros
 from deprune_onnx.masks import bwt_mask, dcp_mask
 from deprune_onnx.masks_io import pytorch_parameter_name
 from deprune_onnx.plan import load_plan
-
-
-def run_cli(*args: object) -> "CliRunner.invoke":
-    return CliRunner().invoke(main, [str(a) for a in args])
+from op_testing import run_ort
 
 
 def scale_kept_weights(model: onnx.ModelProto, masks: dict[str, np.ndarray], seed: int = 0) -> None:
@@ -140,8 +135,7 @@ def test_keep_zeros_single_misaligned_layer_is_under_aligned_exactly(tmp_path: P
     report = json.loads(result.output)
     assert report["options"]["keep_zeros"]["layers_with_violations"] == ["dw"]
     feeds = {"input": np.random.default_rng(0).standard_normal((1, 40, 12, 12)).astype(np.float32)}
-    before = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
-    after = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    before, after = run_ort(source, feeds)[0], run_ort(out, feeds)[0]
     np.testing.assert_array_equal(before, after)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from _plugin_native import build_test_native, has_nvcc
+from deprune_onnx.trt.layer_bench import Problem  # the kernel ABI struct the benchmark passes, checked here too
 from deprune_onnx.trt.native import KERNEL_C_ABI, LIBRARY_FILES, find_tensorrt_include, tensorrt_header_version
 
 needs_nvcc = pytest.mark.skipif(not has_nvcc(), reason="nvcc not found: the CUDA kernel library is not built")
@@ -28,13 +29,6 @@ def exported(library: Path) -> set[str]:
         pytest.skip("nm (binutils) not installed")
     out = subprocess.run(["nm", "-D", "--defined-only", str(library)], capture_output=True, text=True, check=True)
     return {line.split()[-1] for line in out.stdout.splitlines() if line.strip()}
-
-
-class Problem(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_int32) for name in (
-        "batch", "channels", "depthMultiplier", "inH", "inW", "outH", "outW", "kernelH", "kernelW", "strideH",
-        "strideW", "dilationH", "dilationW", "padTop", "padLeft", "subgemmChannels", "activation")] + [
-        ("actAlpha", ctypes.c_float), ("actBeta", ctypes.c_float)]
 
 
 class Plan(ctypes.Structure):

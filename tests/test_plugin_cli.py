@@ -7,24 +7,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
 from onnx import TensorProto, helper
 
-from deprune_onnx.cli.main import main
+from cli_testing import assert_one_line_error, run_cli as invoke
 from deprune_onnx.errors import DepruneError
 from deprune_onnx.trt import engine
 
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "mobilenet_v2_torchvision.onnx"
-
-
-def invoke(*args: str, env: dict[str, str] | None = None):
-    return CliRunner().invoke(main, list(args), env=env)
-
-
-def assert_one_line_error(result, needle: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("deprune-onnx: error:") and needle in lines[0], result.output
 
 
 def test_help_texts_have_examples() -> None:

@@ -46,3 +46,22 @@ def test_bars_only_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     progress_module.configure_progress(False)
     assert progress_module.progress(items, "x") is items
     progress_module.configure_progress(None)
+
+
+def test_calibration_and_allocation_report_through_the_progress_bars(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """--calib --allocate: the sensitivity and refit loops draw tqdm bars on a terminal, nothing with -q (off a
+    terminal progress_enabled() is False: test_bars_only_on_a_terminal)."""
+    from conftest import imagenet_samples
+
+    args = ["prune", str(SAMPLE_MODEL), str(tmp_path / "c.onnx"), "--dw-ratio", "0.5", "--calib",
+            str(imagenet_samples()), "--calib-n", "2", "--calib-crops", "1", "--allocate", "kl",
+            "--allocate-samples", "2", "--allocate-ratios", "0.75"]
+    # as on a terminal: on unless a command turned bars off (--quiet)
+    monkeypatch.setattr(progress_module, "progress_enabled", lambda: progress_module._enabled is not False)
+    monkeypatch.setattr(progress_module, "SHOW_AFTER_SECONDS", 0)
+    shown = CliRunner().invoke(main, args)
+    assert shown.exit_code == 0, shown.output
+    assert "sensitivity" in shown.stderr and "refit" in shown.stderr and "\033[K" not in shown.stderr
+    quiet = CliRunner().invoke(main, args + ["-q"])
+    assert quiet.exit_code == 0 and quiet.stderr == ""

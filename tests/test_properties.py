@@ -12,7 +12,6 @@ import io
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from onnx import numpy_helper
@@ -25,6 +24,7 @@ from deprune_onnx.op.lower import lower
 from deprune_onnx.op.rewrite import rewrite_to_plugin
 from deprune_onnx.pipeline import PruneOptions, prune_model
 from deprune_onnx.proto_stream import write_model
+from op_testing import run_ort
 
 PROPERTY_SETTINGS = settings(max_examples=25, deadline=None, derandomize=True, database=None,
                              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -62,11 +62,6 @@ options_strategy = st.builds(
     DWOptions, method=st.sampled_from(["dcp", "b", "bh"]),
     dw_ratio=st.one_of(st.just(0.0), st.floats(0.0, 0.95, allow_nan=False)),
     tile=st.sampled_from([4, 8, 16, 32]))
-
-
-def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> np.ndarray:
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, feeds)[0]
 
 
 def _check_structure(method: str, ratio: float, tile: int, keep: np.ndarray) -> None:
@@ -120,7 +115,7 @@ def test_pruned_dense_model_is_valid_exact_and_structured(blocks: list[BlockSpec
 
     feeds = {"input": np.random.default_rng(seed).standard_normal((1, blocks[0].channels, SIZE, SIZE))
              .astype(np.float32)}
-    np.testing.assert_array_equal(_run(written, feeds), _run(reference, feeds))
+    np.testing.assert_array_equal(run_ort(written, feeds)[0], run_ort(reference, feeds)[0])
 
 
 @PROPERTY_SETTINGS
@@ -135,6 +130,6 @@ def test_lowered_rewrite_equals_the_dense_model(blocks: list[BlockSpec], options
     onnx.checker.check_model(lowered)
     feeds = {"input": np.random.default_rng(seed).standard_normal((1, blocks[0].channels, SIZE, SIZE))
              .astype(np.float32)}
-    want, got = _run(dense, feeds), _run(lowered, feeds)
+    want, got = run_ort(dense, feeds)[0], run_ort(lowered, feeds)[0]
     scale = max(float(np.abs(want).max()), 1e-6)
     assert float(np.abs(got - want).max()) / scale <= 1e-5

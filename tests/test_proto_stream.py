@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 
 from conftest import shared_model
 from deprune_onnx import model_io
 from deprune_onnx.proto_stream import EXTERNAL_ALIGNMENT, write_model
+from op_testing import run_ort
 
 
 def test_inline_write_parses_to_the_same_model(any_shared_model: Path) -> None:
@@ -39,8 +39,7 @@ def test_save_model_with_external_data_round_trips_and_runs(tmp_path: Path,
         assert got.name == want.name
         np.testing.assert_array_equal(onnx.numpy_helper.to_array(got), onnx.numpy_helper.to_array(want))
     feeds = {"input": np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)}
-    want = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
-    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    want, got = run_ort(source, feeds)[0], run_ort(out, feeds)[0]
     np.testing.assert_array_equal(got, want)
 
 

@@ -11,17 +11,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
 from onnx import numpy_helper
 
+from cli_testing import run_cli
 from builders import dsconv_model
 from conftest import SAMPLE_MODEL, shared_model
-from deprune_onnx.cli.main import main
 from op_testing import random_feeds, run_ort
-
-
-def run_cli(*args: str) -> "CliRunner.invoke":
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def ort_outputs(model: onnx.ModelProto | Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -4,16 +4,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-from click.testing import CliRunner
 
+from cli_testing import run_cli
 from conftest import imagenet_samples, shared_model
-from deprune_onnx.cli.main import main
 from deprune_onnx.plots import have_matplotlib
-
-
-def run_cli(*args: object):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def test_sweep_table_json_and_overlap_warning(tmp_path: Path) -> None:

@@ -16,6 +16,13 @@ standard view; views 1-4 move the crop window to the four corners, views 5-9 are
 0-4, and views 10+ use a smaller source window (scale 0.8, 0.65, ...) at the same ten positions. For
 ``ppocr-cls`` the window is a sub-rectangle of the text line (90% of it from view 1 on). All deterministic.
 
+A model whose input is not the preset's size gets the preset fitted to it (``fit_preset``): the same family,
+the model's H x W, and for ``short-crop`` the same 224/256 ratio (the image is resized to cover H x W / 0.875).
+
+Training (``TrainingImages``, used by ``finetune``): every image is decoded and brought to the preset's scale
+once, and each view is a numpy slice of it: the fixed views above (centre, flipped corners) and random windows
+in the slack with random horizontal flips. A slice equals the view ``preprocess`` makes at the same position.
+
 Labels: the last number of the file name (``imagenet_00_243.jpg`` -> 243), or a labels file whose lines are
 ``file-name label`` (whitespace or comma separated; ``#`` comments).
 """
@@ -23,13 +30,16 @@ from __future__ import annotations
 
 import glob
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
 from deprune_onnx.errors import DepruneError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
 MAX_CROPS = 40
@@ -48,17 +58,18 @@ class Preset:
     mode: str                          # "short-crop" | "text-line"
     height: int
     width: int
-    resize_short: int                  # short-crop only
+    crop_fraction: float               # short-crop only: the crop's share of the resized image (224/256)
     bgr: bool
     mean: tuple[float, float, float]   # applied to x/255
     std: tuple[float, float, float]
 
 
 PRESETS: dict[str, Preset] = {
-    "imagenet": Preset("imagenet", "short-crop", 224, 224, 256, False, _IMAGENET_MEAN, _IMAGENET_STD),
-    "pplcnet": Preset("pplcnet", "short-crop", 224, 224, 256, True, _IMAGENET_MEAN, _IMAGENET_STD),
-    "ppocr-cls": Preset("ppocr-cls", "text-line", 48, 192, 0, True, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "imagenet": Preset("imagenet", "short-crop", 224, 224, 224 / 256, False, _IMAGENET_MEAN, _IMAGENET_STD),
+    "pplcnet": Preset("pplcnet", "short-crop", 224, 224, 224 / 256, True, _IMAGENET_MEAN, _IMAGENET_STD),
+    "ppocr-cls": Preset("ppocr-cls", "text-line", 48, 192, 1.0, True, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
 }
+PRESET_NAMES = tuple(PRESETS)
 
 
 def guess_preset(input_shape: Sequence[int | str | None]) -> str:
@@ -73,8 +84,24 @@ def get_preset(name: str) -> Preset:
     return PRESETS[name]
 
 
-def find_images(sources: Iterable[str | Path], option: str = "--images") -> list[Path]:
+def fit_preset(preset: Preset, input_shape: Sequence[int | str | None]) -> Preset:
+    """``preset`` for a model whose input is ``input_shape`` [N, C, H, W]: its static H x W replace the preset's."""
+    spatial = tuple(input_shape[2:4]) if len(input_shape) == 4 else ()
+    if len(spatial) != 2 or not all(isinstance(d, int) and d > 0 for d in spatial):
+        return preset
+    return replace(preset, height=int(spatial[0]), width=int(spatial[1]))
+
+
+def resolve_preset(name: str | None, input_shape: Sequence[int | str | None]) -> Preset:
+    """The named preset (or the one ``guess_preset`` picks when ``name`` is None), fitted to ``input_shape``."""
+    return fit_preset(get_preset(name or guess_preset(input_shape)), input_shape)
+
+
+def find_images(sources: str | Path | Iterable[str | Path], option: str = "--images") -> list[Path]:
     """Image files from directories (not recursive), files or glob patterns; sorted, duplicates dropped."""
+    if isinstance(sources, (str, Path)):
+        sources = [sources]
+    sources = list(sources)
     found: dict[Path, None] = {}
     for source in sources:
         text = str(source)
@@ -151,43 +178,39 @@ def _window(size: tuple[int, int], out: tuple[int, int], fx: float, fy: float) -
     return left, top, left + out[0], top + out[1]
 
 
-def _short_crop(image: "Image.Image", preset: Preset, view: int) -> np.ndarray:
+def _resized(image: "Image.Image", preset: Preset) -> np.ndarray:
+    """The image at the preset's scale, float32 RGB [h, w, 3]: short-crop covers H x W / crop_fraction (for 224:
+    the short side resized to 256); text-line is H high, at most W wide, aspect ratio kept."""
     from PIL import Image
 
-    fx, fy, flipped, scale = _view(view)
     width, height = image.size
-    if scale < 1.0:  # a smaller source window, then the standard pipeline on it
-        box = _window(image.size, (max(1, round(width * scale)), max(1, round(height * scale))), fx, fy)
-        image = image.crop(box)
-        width, height = image.size
-    short = preset.resize_short
-    if width <= height:
-        size = (short, max(short, int(round(height * short / width))))
+    if preset.mode == "short-crop":
+        scale = max(preset.height / height, preset.width / width) / preset.crop_fraction
+        size = (max(preset.width, round(width * scale)), max(preset.height, round(height * scale)))
     else:
-        size = (max(short, int(round(width * short / height))), short)
-    image = image.resize(size, Image.BILINEAR)
-    image = image.crop(_window(image.size, (preset.width, preset.height), fx, fy))
-    if flipped:
-        image = image.transpose(Image.FLIP_LEFT_RIGHT)
-    return np.asarray(image, dtype=np.float32)
+        size = (min(preset.width, max(1, int(np.ceil(preset.height * width / height)))), preset.height)
+    return np.asarray(image.resize(size, Image.BILINEAR), dtype=np.float32)
 
 
-def _text_line(image: "Image.Image", preset: Preset, view: int) -> np.ndarray:
-    """The resized line before padding: [48, w <= 192, 3]."""
-    from PIL import Image
+def _place(pixels: np.ndarray, preset: Preset, fx: float, fy: float, flipped: bool) -> np.ndarray:
+    """The preset's H x W window (or the whole line where it is narrower) at fractional position (fx, fy) of the
+    slack, flipped if asked, normalised to [3, H, W]."""
+    out = (min(pixels.shape[1], preset.width), min(pixels.shape[0], preset.height))
+    left, top, right, bottom = _window((pixels.shape[1], pixels.shape[0]), out, fx, fy)
+    window = pixels[top:bottom, left:right]
+    return _normalise(window[:, ::-1] if flipped else window, preset)
 
+
+def _view_pixels(image: "Image.Image", preset: Preset, view: int) -> np.ndarray:
+    """View ``view`` of one decoded image, normalised [3, H, W] (see the module docstring)."""
     fx, fy, flipped, scale = _view(view)
-    if view > 0:  # a sub-rectangle of the line: 90% (then less) of each side, at the view's position
+    if preset.mode == "text-line" and view > 0:  # a sub-rectangle of the line: 90% (then less) of each side
         scale = 0.9 * scale
-        box = _window(image.size, (max(1, round(image.size[0] * scale)), max(1, round(image.size[1] * scale))),
-                      fx, fy)
-        image = image.crop(box)
-    width, height = image.size
-    new_width = min(preset.width, max(1, int(np.ceil(preset.height * width / height))))
-    image = image.resize((new_width, preset.height), Image.BILINEAR)
-    if flipped:
-        image = image.transpose(Image.FLIP_LEFT_RIGHT)
-    return np.asarray(image, dtype=np.float32)
+    if scale < 1.0:  # a smaller source window, then the standard pipeline on it
+        width, height = image.size
+        image = image.crop(_window(image.size, (max(1, round(width * scale)), max(1, round(height * scale))),
+                                   fx, fy))
+    return _place(_resized(image, preset), preset, fx, fy, flipped)
 
 
 def _normalise(pixels: np.ndarray, preset: Preset) -> np.ndarray:
@@ -202,19 +225,22 @@ def _normalise(pixels: np.ndarray, preset: Preset) -> np.ndarray:
     return canvas.transpose(2, 0, 1)
 
 
-def preprocess(path: Path, preset: Preset, views: int = 1) -> np.ndarray:
-    """``views`` input tensors [views, 3, H, W] float32 of one image, by the preset (see the module docstring)."""
+def _decode(path: Path) -> "Image.Image":
     from PIL import Image, UnidentifiedImageError
 
-    if not 1 <= views <= MAX_CROPS:
-        raise DepruneError(f"--crops {views}: must be between 1 and {MAX_CROPS}")
     try:
         with Image.open(path) as handle:
-            image = handle.convert("RGB")
+            return handle.convert("RGB")
     except (OSError, UnidentifiedImageError) as exc:
         raise DepruneError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from None
-    shape = _short_crop if preset.mode == "short-crop" else _text_line
-    return np.stack([_normalise(shape(image, preset, view), preset) for view in range(views)]).astype(np.float32)
+
+
+def preprocess(path: Path, preset: Preset, views: int = 1) -> np.ndarray:
+    """``views`` input tensors [views, 3, H, W] float32 of one image, by the preset (see the module docstring)."""
+    if not 1 <= views <= MAX_CROPS:
+        raise DepruneError(f"--crops {views}: must be between 1 and {MAX_CROPS}")
+    image = _decode(path)
+    return np.stack([_view_pixels(image, preset, view) for view in range(views)]).astype(np.float32)
 
 
 @dataclass
@@ -243,3 +269,47 @@ def load_image_set(paths: Sequence[Path], preset: Preset, views: int = 1,
     index = np.repeat(np.arange(len(paths)), views)
     return ImageSet(list(paths), inputs, index, list(labels) if labels is not None else [None] * len(paths),
                     views, preset.name)
+
+
+@dataclass
+class TrainingImages:
+    """Images decoded and brought to the preset's scale once (``pixels``); every view is a slice of them."""
+
+    paths: list[Path]
+    pixels: list[np.ndarray]     # float32 RGB [h, w, 3] at the preset's scale (``_resized``)
+    labels: list[int | None]
+    preset: Preset
+
+    @classmethod
+    def load(cls, paths: Sequence[Path], preset: Preset,
+             labels: Sequence[int | None] | None = None) -> "TrainingImages":
+        """Decode and resize every image; labels from the file names unless given."""
+        return cls(list(paths), [_resized(_decode(p), preset) for p in paths],
+                   list(labels) if labels is not None else [label_from_name(p) for p in paths], preset)
+
+    def _views(self, picks: Iterable[int], positions: Iterable[tuple[float, float]],
+               flips: Iterable[bool]) -> np.ndarray:
+        return np.stack([_place(self.pixels[i], self.preset, fx, fy, flip)
+                         for i, (fx, fy), flip in zip(picks, positions, flips)]).astype(np.float32)
+
+    def centre_views(self) -> np.ndarray:
+        """[N, 3, H, W]: the standard view of every image (view 0 of ``preprocess``)."""
+        count = len(self.pixels)
+        return self._views(range(count), [_POSITIONS[0]] * count, [False] * count)
+
+    def corner_flip_views(self) -> np.ndarray:
+        """[4N, 3, H, W]: the four corner windows, horizontally flipped, of every image (for short-crop presets
+        views 6-9 of ``preprocess``; never the centre view; random training draws come from the same distribution, but hit
+        these exact windows with probability zero)."""
+        corners = _POSITIONS[1:]
+        picks = [i for i in range(len(self.pixels)) for _ in corners]
+        return self._views(picks, corners * len(self.pixels), [True] * len(picks))
+
+    def random_views(self, rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """[count, 3, H, W] random windows and flips of random images, and their labels (-1 where unknown)."""
+        picks = rng.integers(0, len(self.pixels), count)
+        positions = rng.random((count, 2))
+        flips = rng.random(count) < 0.5
+        views = self._views((int(i) for i in picks), (tuple(p) for p in positions), (bool(f) for f in flips))
+        labels = np.array([-1 if self.labels[i] is None else self.labels[i] for i in picks], dtype=np.int64)
+        return views, labels

@@ -8,12 +8,15 @@ holds deprune's custom op is lowered to standard ops first, when this installati
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import onnx
 
 from deprune_onnx.errors import DepruneError
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 CUSTOM_DOMAIN = "deprune"
 DEFAULT_BATCH = 16

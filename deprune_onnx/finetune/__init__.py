@@ -4,7 +4,7 @@ Importing this package needs nothing beyond the base install; its modules need P
 (``pip install 'deprune-onnx[finetune]'``). Call ``require_torch()`` first: it turns a missing dependency into
 one DepruneError line that says how to install it.
 
-Modules: ``images`` (ImageNet views), ``convert`` (onnx2torch, parameter bindings, write-back),
+Modules (training views: ``deprune_onnx.evaluation.images.TrainingImages``): ``convert`` (onnx2torch, parameter bindings, write-back),
 ``fixed_masks`` (zeros kept exactly), ``distill`` (loss and training loop), ``run`` (``finetune_model``).
 """
 from __future__ import annotations

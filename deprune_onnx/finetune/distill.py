@@ -21,9 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from deprune_onnx.evaluation.images import TrainingImages
 from deprune_onnx.finetune.convert import TorchModel
 from deprune_onnx.finetune.fixed_masks import FixedMasks
-from deprune_onnx.finetune.images import ImageSet
 
 
 OPTIMIZERS = ("adam", "sgd")
@@ -94,7 +94,7 @@ def make_optimizer(parameters: list[torch.nn.Parameter], options: DistillOptions
     return torch.optim.Adam(parameters, lr=lr)
 
 
-def distill(student: TorchModel, teacher: TorchModel, images: ImageSet, masks: FixedMasks, kind: str,
+def distill(student: TorchModel, teacher: TorchModel, images: TrainingImages, masks: FixedMasks, kind: str,
             use_labels: bool, options: DistillOptions,
             on_step: Callable[[int, float], None] | None = None) -> list[float]:
     """Train ``student`` for ``options.steps`` steps; returns the loss of every step."""

@@ -18,10 +18,10 @@ from deprune_onnx.analysis import analyze
 from deprune_onnx.apply import apply_dw_masks
 from deprune_onnx.dw_planner import DWOptions
 from deprune_onnx.errors import CheckFailed, DepruneError
+from deprune_onnx.evaluation.images import TrainingImages
 from deprune_onnx.finetune.convert import to_torch, write_back
 from deprune_onnx.finetune.distill import DistillOptions, distill, mean_kl, predict
 from deprune_onnx.finetune.fixed_masks import FixedMasks
-from deprune_onnx.finetune.images import ImageSet
 from deprune_onnx.graph import ensure_unique_node_names
 from deprune_onnx.pipeline import PruneOptions, make_keep_zeros_plan
 from deprune_onnx.plan import PruningPlan
@@ -79,11 +79,11 @@ def resolve_plan(student: onnx.ModelProto, plan: PruningPlan | None, method: str
     return make_keep_zeros_plan(student, options, analyze(student))
 
 
-def _labels_usable(images: ImageSet, classes: int) -> bool:
+def _labels_usable(images: TrainingImages, classes: int) -> bool:
     return all(label is not None and 0 <= label < classes for label in images.labels)
 
 
-def finetune_model(student: onnx.ModelProto, teacher: onnx.ModelProto, images: ImageSet, options: DistillOptions,
+def finetune_model(student: onnx.ModelProto, teacher: onnx.ModelProto, images: TrainingImages, options: DistillOptions,
                    plan: PruningPlan | None = None, method: str = "bh", tile: int = 32,
                    eval_sets: dict[str, np.ndarray] | None = None,
                    on_step: Callable[[int, float], None] | None = None) -> FinetuneResult:
