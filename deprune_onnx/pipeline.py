@@ -267,6 +267,6 @@ def _rewrite(model: onnx.ModelProto, plan: PruningPlan) -> tuple[onnx.ModelProto
 
     keep_masks = {layer.name: layer.keep_mask() for layer in plan.dw_layers if layer.method != "none"}
     model, records = rewrite_to_plugin(model, keep_masks, k_tile=plan.tile,
-                                       subgemm_channels=plan.subgemm_channels)
+                                       subgemm_channels=plan.subgemm_channels, in_place=True)
     return model, [record.to_dict() for record in records]
 

@@ -6,7 +6,7 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 from op_testing import (conv_weights_by_node, custom_nodes, dangling_nodes, dw_model, is_toposorted, max_rel_err,
-                        orphan_initializers, run_ort)
+                        orphan_initializers, random_feeds, random_masks, run_ort)
 
 from deprune_onnx.errors import DepruneError
 from deprune_onnx.op.activations import HARD_SWISH_PARAMS
@@ -151,3 +151,27 @@ def test_float16_model_rewrites_with_float16_taps():
     assert numpy_helper.to_array(attrs["tap_values"]).dtype == np.float16
     x16 = {"X": X["X"].astype(np.float16)}
     assert np.array_equal(run_ort(lower(rewritten), x16)[0], run_ort(model, x16)[0])
+
+
+def test_in_place_rewrite_equals_the_copying_rewrite_without_copying_big_weights(monkeypatch) -> None:
+    """in_place=True (what prune uses) gives the same model as the default, and the big initializers it keeps
+    are never rebuilt: their bytes stay in the original message."""
+    from conftest import SAMPLE_MODEL
+    from deprune_onnx.op import graphs
+
+    monkeypatch.setattr(graphs, "STUB_BYTES", 64 * 1024)  # stub MobileNetV2's larger PW weights too
+    model = onnx.load(str(SAMPLE_MODEL))
+    masks = random_masks(model, keep=0.5, seed=7)
+    copied, copied_records = rewrite_to_plugin(model, masks)
+    target = onnx.load(str(SAMPLE_MODEL))
+    big = {t.name: t.raw_data for t in target.graph.initializer if len(t.raw_data) >= 64 * 1024}
+    assert big
+    in_place, records = rewrite_to_plugin(target, masks, in_place=True)
+    assert in_place is target and records == copied_records
+    assert [(n.name, n.op_type) for n in in_place.graph.node] == [(n.name, n.op_type) for n in copied.graph.node]
+    assert {t.name: t.SerializeToString() for t in in_place.graph.initializer} == \
+        {t.name: t.SerializeToString() for t in copied.graph.initializer}
+    assert all(t.raw_data == big[t.name] for t in in_place.graph.initializer if t.name in big)
+    onnx.checker.check_model(in_place, full_check=True)
+    feeds = random_feeds(model, seed=2)
+    np.testing.assert_array_equal(run_ort(lower(in_place), feeds)[0], run_ort(lower(copied), feeds)[0])

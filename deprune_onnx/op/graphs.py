@@ -6,12 +6,13 @@ import the ``deprune`` domain exactly when the graph uses the custom op.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import onnx
 import onnx_graphsurgeon as gs
 
 from deprune_onnx.op import spec
+from deprune_onnx.proto_stream import tensor_nbytes
 
 
 def uses_custom_op(graph: gs.Graph) -> bool:
@@ -50,3 +51,44 @@ def name_factory(graph: gs.Graph) -> Callable[[str], str]:
         return name
 
     return fresh
+
+
+# Initializers at least this big travel through an in-place rewrite as data-less stubs.
+STUB_BYTES = 1 << 20
+
+
+def stubbed_copy(model: onnx.ModelProto, keep: Collection[str]) -> onnx.ModelProto:
+    """A copy of ``model``'s opsets and graph in which every initializer of STUB_BYTES or more that is not in
+    ``keep`` is a data-less stub (name, type, dims). Graph surgery on it costs kilobytes, not the model size."""
+    copy = onnx.ModelProto(ir_version=model.ir_version)
+    copy.opset_import.extend(model.opset_import)
+    graph, target = model.graph, copy.graph
+    target.name = graph.name
+    for field in ("node", "input", "output", "value_info"):
+        getattr(target, field).extend(getattr(graph, field))
+    for tensor in graph.initializer:
+        if tensor.name in keep or tensor_nbytes(tensor) < STUB_BYTES:
+            target.initializer.append(tensor)
+        else:
+            target.initializer.append(onnx.TensorProto(name=tensor.name, data_type=tensor.data_type,
+                                                       dims=tensor.dims))
+    return copy
+
+
+def adopt_structure(model: onnx.ModelProto, rewritten: onnx.ModelProto) -> onnx.ModelProto:
+    """Give ``model`` the nodes, I/O, value_info and opsets of ``rewritten`` (made from its stubbed_copy):
+    initializers ``rewritten`` no longer uses are deleted, new ones added, and the big ones stay where they
+    are, never copied."""
+    graph = model.graph
+    for field in ("node", "input", "output", "value_info"):
+        del getattr(graph, field)[:]
+        getattr(graph, field).extend(getattr(rewritten.graph, field))
+    del model.opset_import[:]
+    model.opset_import.extend(rewritten.opset_import)
+    wanted = {tensor.name for tensor in rewritten.graph.initializer}
+    for position in reversed(range(len(graph.initializer))):
+        if graph.initializer[position].name not in wanted:
+            del graph.initializer[position]
+    present = {tensor.name for tensor in graph.initializer}
+    graph.initializer.extend(t for t in rewritten.graph.initializer if t.name not in present)
+    return model

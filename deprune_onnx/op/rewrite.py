@@ -23,7 +23,7 @@ from deprune_onnx.errors import DepruneError
 from deprune_onnx.op import spec
 from deprune_onnx.op.attributes import FLOAT_DTYPES, DRConvParams, encode_attributes
 from deprune_onnx.op.fusion import FusedActivation, match_activation
-from deprune_onnx.op.graphs import export_like, name_factory
+from deprune_onnx.op.graphs import adopt_structure, export_like, name_factory, stubbed_copy
 from deprune_onnx.op.packing import PackedDR, pack_dr_weights, subgemm_count
 
 TENSOR_ATTRIBUTES = ("kept_counts", "tap_indices", "tap_values", "bias")
@@ -128,7 +128,7 @@ def _replace(graph: gs.Graph, node: gs.Node, params: DRConvParams, packed: Packe
 
 def rewrite_to_plugin(model: onnx.ModelProto, keep_masks: Mapping[str, np.ndarray] | None = None, *,
                       k_tile: int = spec.DEFAULT_K_TILE,
-                      subgemm_channels: int = spec.DEFAULT_SUBGEMM_CHANNELS
+                      subgemm_channels: int = spec.DEFAULT_SUBGEMM_CHANNELS, in_place: bool = False
                       ) -> tuple[onnx.ModelProto, list[RewriteRecord]]:
     """Replace DW convs by DRSparseDepthwiseConv; returns the new model and one record per DW layer considered.
 
@@ -136,10 +136,15 @@ def rewrite_to_plugin(model: onnx.ModelProto, keep_masks: Mapping[str, np.ndarra
     rewritten, keeping the masked taps (a kept weight that is exactly zero stays a kept tap, so HSR's tile
     alignment survives). Without it every DW conv is rewritten with its non-zero pattern. A name that is not a
     node of the model, or a mask of the wrong shape, is a DepruneError.
+
+    ``in_place=True`` rewrites ``model`` itself and returns it: the surgery runs on a stubbed copy (big
+    initializers other than DW weights and biases are data-less) whose structure is then adopted, so a
+    multi-GB model is never copied; graphsurgeon's export would otherwise hold it three times over.
     """
     if k_tile < 1 or subgemm_channels < 1:
         raise DepruneError(f"k_tile ({k_tile}) and subgemm_channels ({subgemm_channels}) must be >= 1")
-    graph = gs.import_onnx(model)
+    source = stubbed_copy(model, _grouped_conv_inputs(model)) if in_place else model
+    graph = gs.import_onnx(source)
     fresh = name_factory(graph)
     by_name = {node.name: node for node in graph.nodes if node.name}
     if keep_masks is not None:
@@ -175,4 +180,13 @@ def rewrite_to_plugin(model: onnx.ModelProto, keep_masks: Mapping[str, np.ndarra
             subgemms=subgemm_count(params.out_channels, subgemm_channels)))
         _replace(graph, node, params, packed, fused)
     graph.cleanup().toposort()
-    return export_like(graph, model), records
+    rewritten = export_like(graph, source)
+    if in_place:
+        return adopt_structure(model, rewritten), records
+    return rewritten, records
+
+
+def _grouped_conv_inputs(model: onnx.ModelProto) -> set[str]:
+    """Weights and biases of grouped convs (DW convs among them): the rewrite packs their values."""
+    return {name for node in model.graph.node if node.op_type == "Conv"
+            and any(a.name == "group" and a.i > 1 for a in node.attribute) for name in node.input[1:]}
