@@ -127,7 +127,8 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, lay
     from deprune_onnx.logging_utils import QUIET, configure, timed_pass
     from deprune_onnx.model_io import check_output_path, save_model, write_json_atomic
     from deprune_onnx.errors import DepruneError
-    from deprune_onnx.pipeline import CalibOptions, PruneOptions, PWOptions, prune_model
+    from deprune_onnx.pipeline import PruneOptions, PWOptions, prune_model
+    from deprune_onnx.recovery import CalibOptions
     from deprune_onnx.plan import load_plan
     from deprune_onnx.progress import configure_progress
     from deprune_onnx.report import format_calibration, format_report_table

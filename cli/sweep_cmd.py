@@ -45,7 +45,7 @@ def command(model_path: str, images: tuple[str, ...], preprocess: str | None, cr
     from deprune_onnx.evaluation.images import find_images
     from deprune_onnx.evaluation.runner import ModelRunner
     from deprune_onnx.model_io import load_model, write_bytes_atomic, write_json_atomic, write_text_atomic
-    from deprune_onnx.pipeline import CalibOptions
+    from deprune_onnx.recovery import CalibOptions
     from deprune_onnx.plots import have_matplotlib
     from deprune_onnx.progress import configure_progress
     from deprune_onnx.sweep import format_sweep_table, plot_sweep, sweep

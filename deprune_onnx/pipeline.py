@@ -6,16 +6,14 @@ touched).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
 import onnx
 
 from deprune_onnx.analysis import ModelAnalysis, analyze
 from deprune_onnx.apply import apply_dw_masks
-from deprune_onnx.dw_planner import DWOptions, plan_dw_layers, resolve_layer_ratios
+from deprune_onnx.dw_planner import DWOptions, plan_dw_layers
 from deprune_onnx.errors import DepruneError
 from deprune_onnx.graph import ensure_unique_node_names
 from deprune_onnx.keep_zeros import plan_keep_zeros
@@ -23,15 +21,11 @@ from deprune_onnx.logging_utils import timed_pass
 from deprune_onnx.masks import SUBGEMM_CHANNELS
 from deprune_onnx.plan import PruningPlan
 from deprune_onnx.pw import PWPlan, apply_nm24, apply_pw_plan, plan_pw_pruning, pw_report, summarize_model
+from deprune_onnx.recovery import CalibOptions, allocate_layer_ratios, calibration_set
 from deprune_onnx.report import build_report
-
-if TYPE_CHECKING:
-    from deprune_onnx.evaluation.images import ImageSet
 
 OUTPUT_FORMATS = ("dense", "plugin")
 DTYPES = ("float32", "float16")
-
-
 PW_METHODS = ("l2", "nm24")
 
 
@@ -43,29 +37,6 @@ class PWOptions:
     align: int = 32
     scope: str = "project"
     method: str = "l2"
-
-
-# Without --calib-crops, every calibration image gives enough views for this many samples (at most 10 each).
-CALIB_TARGET_SAMPLES = 64
-CALIB_MAX_AUTO_VIEWS = 10
-# --allocate measures sensitivity on at most this many of the calibration samples (evenly spaced).
-DEFAULT_ALLOCATE_SAMPLES = 16
-
-
-@dataclass
-class CalibOptions:
-    """--calib and friends: calibration images, and what to do with them (refit, allocation)."""
-
-    sources: list[str]
-    n: int | None = None               # use the first N images (sorted by name)
-    preprocess: str | None = None      # preset name; None = guess from the input shape
-    crops: int | None = None           # views per image; None = enough for CALIB_TARGET_SAMPLES
-    damp: float = 0.01
-    saliency: bool = False
-    refit: bool = True
-    allocate: str | None = None        # "kl": sensitivity-aware per-layer ratios
-    allocate_ratios: tuple[float, ...] = (0.25, 0.5, 0.75, 0.9)
-    allocate_samples: int = DEFAULT_ALLOCATE_SAMPLES
 
 
 @dataclass
@@ -138,60 +109,6 @@ def _pw_structural(model: onnx.ModelProto, options: PWOptions, plan: PruningPlan
     return pw_plan, pw_report(pw_plan, before, model)
 
 
-def calibration_set(model: onnx.ModelProto, calib: CalibOptions) -> "ImageSet":
-    """The preprocessed calibration samples: the first ``n`` images, ``crops`` views each."""
-    from deprune_onnx.evaluation.images import find_images, load_image_set, resolve_preset
-    from deprune_onnx.evaluation.runner import ModelRunner
-
-    paths = find_images(calib.sources, "--calib")
-    if calib.n is not None:
-        if calib.n < 1:
-            raise DepruneError(f"--calib-n {calib.n}: must be at least 1")
-        paths = paths[: calib.n]
-    views = calib.crops or min(CALIB_MAX_AUTO_VIEWS, math.ceil(CALIB_TARGET_SAMPLES / len(paths)))
-    return load_image_set(paths, resolve_preset(calib.preprocess, ModelRunner.image_input_shape(model)), views)
-
-
-def _evenly(inputs: np.ndarray, count: int) -> np.ndarray:
-    if len(inputs) <= count:
-        return inputs
-    return inputs[np.linspace(0, len(inputs) - 1, count).round().astype(int)]
-
-
-def _allocate(model: onnx.ModelProto, analysis: ModelAnalysis, options: PruneOptions, samples: np.ndarray
-              ) -> tuple[PruneOptions, dict[str, Any], dict[str, dict]]:
-    """Per-layer ratios from measured sensitivity; returns the options to plan with and what to record."""
-    from deprune_onnx.allocation import ALLOCATORS, allocate_ratios, measure_sensitivity
-
-    calib = options.calib
-    assert calib is not None and calib.allocate is not None
-    if calib.allocate not in ALLOCATORS:
-        raise DepruneError(f"--allocate '{calib.allocate}': expected one of {', '.join(ALLOCATORS)}")
-    if options.dw.method == "global":
-        raise DepruneError("--allocate: not available with --method global (that ranking sets every ratio)")
-    if options.dw.layer_ratios:
-        raise DepruneError("--allocate: chooses every layer's ratio itself; drop --layer-ratio (use --exclude "
-                           "to keep layers dense)")
-    excluded = {name for name, ratio in resolve_layer_ratios([l.name for l in analysis.dw_layers],
-                                                              options.dw).items() if ratio is None}
-    names = [layer.name for layer in analysis.dw_layers if layer.name not in excluded]
-    inputs = _evenly(samples, calib.allocate_samples)
-    curves = measure_sensitivity(model, analysis, options.dw.method, inputs, calib.allocate_ratios,
-                                 refit=calib.refit, damp=calib.damp, tile=options.dw.tile, layers=names)
-    shapes = {layer.name: (layer.out_channels, 1, *layer.kernel) for layer in analysis.dw_layers}
-    allocation = allocate_ratios(curves, shapes, options.dw.dw_ratio, options.dw.method, options.dw.tile)
-    why = (f"least total predicted KL (sum over layers, measured alone{' with refit' if calib.refit else ''} "
-           f"on {len(inputs)} calibration samples) meeting model-wide DW ratio {options.dw.dw_ratio}")
-    per_layer = {curve.name: {"measured_ratios": curve.ratios, "measured_kl": curve.kl,
-                              "chosen_ratio": allocation.ratios[curve.name],
-                              "predicted_kl": allocation.predicted[curve.name], "why": why} for curve in curves}
-    summary = {"method": calib.allocate, "target_ratio": options.dw.dw_ratio,
-               "allocated_ratio": allocation.achieved_ratio, "predicted_kl_sum": allocation.predicted_total,
-               "samples": int(len(inputs)), "refit": calib.refit, "measured_ratios": list(calib.allocate_ratios)}
-    dw = replace(options.dw, layer_ratios=list(allocation.ratios.items()))
-    return replace(options, dw=dw), summary, per_layer
-
-
 def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan | None = None) -> PruneResult:
     """Prune ``model`` (in place) by ``options``, or re-apply a saved ``plan`` when one is given.
 
@@ -223,7 +140,9 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan
     if plan is None:
         summary = per_layer = None
         if calib is not None and calib.allocate:
-            options, summary, per_layer = _allocate(reference, analysis, options, samples.inputs)
+            layer_ratios, summary, per_layer = allocate_layer_ratios(reference, analysis, options.dw, calib,
+                                                                     samples.inputs)
+            options = replace(options, dw=replace(options.dw, layer_ratios=layer_ratios))
         with timed_pass("plan"):
             plan = make_plan(model, options, analysis, pw_plan)
         if summary is not None:

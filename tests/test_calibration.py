@@ -22,7 +22,8 @@ from deprune_onnx.evaluation import ModelRunner
 from deprune_onnx.evaluation.images import PRESETS, find_images, load_image_set
 from deprune_onnx.evaluation.metrics import agreement_metrics
 from deprune_onnx.graph import GraphIndex
-from deprune_onnx.pipeline import CalibOptions, PruneOptions, prune_model
+from deprune_onnx.pipeline import PruneOptions, prune_model
+from deprune_onnx.recovery import CalibOptions
 from mask_checks import assert_bh_structure, subgemm_slices
 
 CALIB_IMAGES = "imagenet_0[0-4]_*.jpg"

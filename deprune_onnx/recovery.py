@@ -1,0 +1,96 @@
+"""Accuracy recovery without training, the pipeline's optional step (``prune --calib``, ``--allocate``).
+
+The calibration images, and the sensitivity-aware choice of per-layer DW ratios. The refit itself lives in
+calibration.py, the sensitivity measurement and the allocation programme in allocation.py; this module only
+turns the CLI's options into their inputs, so pipeline.py stays a chain of steps.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import onnx
+
+from deprune_onnx.analysis import ModelAnalysis
+from deprune_onnx.dw_planner import DWOptions, resolve_layer_ratios
+from deprune_onnx.errors import DepruneError
+
+if TYPE_CHECKING:
+    from deprune_onnx.evaluation.images import ImageSet
+
+# Without --calib-crops, every calibration image gives enough views for this many samples (at most 10 each).
+CALIB_TARGET_SAMPLES = 64
+CALIB_MAX_AUTO_VIEWS = 10
+# --allocate measures sensitivity on at most this many of the calibration samples (evenly spaced).
+DEFAULT_ALLOCATE_SAMPLES = 16
+
+
+@dataclass
+class CalibOptions:
+    """--calib and friends: calibration images, and what to do with them (refit, allocation)."""
+
+    sources: list[str]
+    n: int | None = None               # use the first N images (sorted by name)
+    preprocess: str | None = None      # preset name; None = guess from the input shape
+    crops: int | None = None           # views per image; None = enough for CALIB_TARGET_SAMPLES
+    damp: float = 0.01
+    saliency: bool = False
+    refit: bool = True
+    allocate: str | None = None        # "kl": sensitivity-aware per-layer ratios
+    allocate_ratios: tuple[float, ...] = (0.25, 0.5, 0.75, 0.9)
+    allocate_samples: int = DEFAULT_ALLOCATE_SAMPLES
+
+
+def calibration_set(model: onnx.ModelProto, calib: CalibOptions) -> "ImageSet":
+    """The preprocessed calibration samples: the first ``n`` images, ``crops`` views each."""
+    from deprune_onnx.evaluation.images import find_images, load_image_set, resolve_preset
+    from deprune_onnx.evaluation.runner import ModelRunner
+
+    paths = find_images(calib.sources, "--calib")
+    if calib.n is not None:
+        if calib.n < 1:
+            raise DepruneError(f"--calib-n {calib.n}: must be at least 1")
+        paths = paths[: calib.n]
+    views = calib.crops or min(CALIB_MAX_AUTO_VIEWS, math.ceil(CALIB_TARGET_SAMPLES / len(paths)))
+    return load_image_set(paths, resolve_preset(calib.preprocess, ModelRunner.image_input_shape(model)), views)
+
+
+def _evenly(inputs: np.ndarray, count: int) -> np.ndarray:
+    if len(inputs) <= count:
+        return inputs
+    return inputs[np.linspace(0, len(inputs) - 1, count).round().astype(int)]
+
+
+def allocate_layer_ratios(model: onnx.ModelProto, analysis: ModelAnalysis, dw: DWOptions, calib: CalibOptions,
+                          samples: np.ndarray) -> tuple[list[tuple[str, float]], dict[str, Any], dict[str, dict]]:
+    """Per-layer ratios from measured sensitivity (``--allocate``): the ratios to plan with, the summary for
+    the plan, and each layer's measured curve and choice."""
+    from deprune_onnx.allocation import ALLOCATORS, allocate_ratios, measure_sensitivity
+
+    assert calib.allocate is not None
+    if calib.allocate not in ALLOCATORS:
+        raise DepruneError(f"--allocate '{calib.allocate}': expected one of {', '.join(ALLOCATORS)}")
+    if dw.method == "global":
+        raise DepruneError("--allocate: not available with --method global (that ranking sets every ratio)")
+    if dw.layer_ratios:
+        raise DepruneError("--allocate: chooses every layer's ratio itself; drop --layer-ratio (use --exclude "
+                           "to keep layers dense)")
+    excluded = {name for name, ratio in resolve_layer_ratios([layer.name for layer in analysis.dw_layers],
+                                                              dw).items() if ratio is None}
+    names = [layer.name for layer in analysis.dw_layers if layer.name not in excluded]
+    inputs = _evenly(samples, calib.allocate_samples)
+    curves = measure_sensitivity(model, analysis, dw.method, inputs, calib.allocate_ratios,
+                                 refit=calib.refit, damp=calib.damp, tile=dw.tile, layers=names)
+    shapes = {layer.name: (layer.out_channels, 1, *layer.kernel) for layer in analysis.dw_layers}
+    allocation = allocate_ratios(curves, shapes, dw.dw_ratio, dw.method, dw.tile)
+    why = (f"least total predicted KL (sum over layers, measured alone{' with refit' if calib.refit else ''} "
+           f"on {len(inputs)} calibration samples) meeting model-wide DW ratio {dw.dw_ratio}")
+    per_layer = {curve.name: {"measured_ratios": curve.ratios, "measured_kl": curve.kl,
+                              "chosen_ratio": allocation.ratios[curve.name],
+                              "predicted_kl": allocation.predicted[curve.name], "why": why} for curve in curves}
+    summary = {"method": calib.allocate, "target_ratio": dw.dw_ratio,
+               "allocated_ratio": allocation.achieved_ratio, "predicted_kl_sum": allocation.predicted_total,
+               "samples": int(len(inputs)), "refit": calib.refit, "measured_ratios": list(calib.allocate_ratios)}
+    return list(allocation.ratios.items()), summary, per_layer
