@@ -180,5 +180,7 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, lay
             click.echo(format_calibration(result.report))
         elif not keep_zeros:
             click.echo("note: one-shot DW pruning costs accuracy (MobileNetV2, BWT at DW PR 0.3: 40-65 top-1 "
-                       "points without recovery); recover most of it with --calib DIR (and --allocate kl), and "
-                       "measure it with 'deprune-onnx eval OUT.onnx --reference IN.onnx --images DIR'.")
+                       "points without recovery); recover part of it without training with --calib DIR (and "
+                       "--allocate kl), the rest by fine-tuning with the masks fixed ('deprune-onnx finetune', "
+                       "or export-masks for your own training code); measure it with "
+                       "'deprune-onnx eval OUT.onnx --reference IN.onnx --images DIR'.")
