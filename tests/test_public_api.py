@@ -1,0 +1,26 @@
+"""The flat public API of deprune_onnx resolves every name it promises, and importing it stays light."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import deprune_onnx
+from conftest import SAMPLE_MODEL
+
+
+def test_every_exported_name_resolves() -> None:
+    for name in deprune_onnx.__all__:
+        assert getattr(deprune_onnx, name) is not None, name
+
+
+def test_import_does_not_load_onnx() -> None:
+    code = "import sys, deprune_onnx, deprune_onnx.cli.main; print('onnx' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_docstring_example_prunes_the_sample(tmp_path) -> None:
+    from deprune_onnx import DWOptions, PruneOptions, load_model, prune_model, save_model
+
+    result = prune_model(load_model(SAMPLE_MODEL), PruneOptions(dw=DWOptions(method="bh", dw_ratio=0.5)))
+    save_model(result.model, tmp_path / "pruned.onnx")
+    assert (tmp_path / "pruned.onnx").stat().st_size > 0 and result.plan.dw_pattern_string() == "9u8o"
