@@ -91,14 +91,15 @@ def make_keep_zeros_plan(model: onnx.ModelProto, options: PruneOptions, analysis
                                 "dw": {"method": options.dw.method, "tile": options.dw.tile}})
 
 
-def _pw_structural(model: onnx.ModelProto, options: PWOptions, plan: PruningPlan | None
-                   ) -> tuple[PWPlan | None, dict[str, Any] | None]:
+def _pw_structural(model: onnx.ModelProto, options: PWOptions, plan: PruningPlan | None,
+                   analysis: ModelAnalysis) -> tuple[PWPlan | None, dict[str, Any] | None]:
     """Remove PW channels from ``model`` in place, first (a saved plan's groups, or l2 filter pruning); the DW
     masks are decided afterwards on the reduced model. Returns the PW plan and its report section."""
     if plan is not None:
         pw_plan = PWPlan.from_dict(plan.pw) if plan.pw else None
     elif options.method == "l2" and options.ratio > 0:
-        pw_plan = plan_pw_pruning(model, ratio=options.ratio, align=options.align, scope=options.scope)
+        pw_plan = plan_pw_pruning(model, ratio=options.ratio, align=options.align, scope=options.scope,
+                                  analysis=analysis)
     else:
         pw_plan = None
     if pw_plan is None:
@@ -122,14 +123,16 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan
         raise DepruneError(f"--dtype '{options.dtype}': expected one of {', '.join(DTYPES)}")
     if options.pw.method not in PW_METHODS:
         raise DepruneError(f"--pw-method '{options.pw.method}': expected one of {', '.join(PW_METHODS)}")
-    if plan is not None:
-        options.pw = PWOptions(**plan.options.get("pw", {})) if plan.options.get("pw") else PWOptions()
+    if plan is not None:  # a saved plan brings its own PW options (nm24 is re-applied, not recorded as groups)
+        options = replace(options, pw=PWOptions(**plan.options["pw"]) if plan.options.get("pw") else PWOptions())
     ensure_unique_node_names(model)
     with timed_pass("analyze"):
-        _require_dw_layers(analyze(model))
-    with timed_pass("pw"):
-        pw_plan, pw_section = _pw_structural(model, options.pw, plan)
         analysis = analyze(model)
+    _require_dw_layers(analysis)
+    with timed_pass("pw"):
+        pw_plan, pw_section = _pw_structural(model, options.pw, plan, analysis)
+        if pw_plan is not None and pw_plan.groups:
+            analysis = analyze(model)  # channels were removed: DW masks are planned on the reduced model
     calib = options.calib
     reference = samples = None
     if calib is not None:
@@ -157,11 +160,11 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan
         from deprune_onnx.calibration import reconstruct
 
         with timed_pass("refit"):
-            records = reconstruct(model, reference, analysis, plan.dw_layers, samples.inputs, calib.damp,
-                                  calib.saliency)
+            refits = reconstruct(model, reference, analysis, plan.dw_layers, samples.inputs, calib.damp,
+                                 calib.saliency)
         plan.calibration = {"images": [str(p) for p in samples.paths], "views": samples.views,
                             "samples": int(len(samples.inputs)), "preprocess": samples.preset,
-                            "damp": calib.damp, "saliency": calib.saliency, "layers_refit": len(records)}
+                            "damp": calib.damp, "saliency": calib.saliency, "layers_refit": len(refits)}
     extra: dict[str, Any] = {"format": options.output_format, "dtype": options.dtype}
     if pw_section is not None:
         extra["pw"] = pw_section
