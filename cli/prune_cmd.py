@@ -161,8 +161,8 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, lay
     pw_options = PWOptions(ratio=pw_ratio, align=pw_align, scope=pw_scope, method=pw_method)
     options = PruneOptions(dw=dw_options, pw=pw_options, output_format=output_format, dtype=dtype, calib=calib,
                            keep_zeros=keep_zeros)
-    # The loaded model goes straight into the pipeline: no reference is kept here, so the pipeline can drop the
-    # original as soon as it has rewritten it (peak memory of a multi-GB model stays near two copies).
+    # The loaded model goes straight into the pipeline and no reference is kept here: with PW removal and the
+    # rewrite working in place, a multi-GB model is held about once (bench/results/prune_speed.md).
     result = prune_model(_load(input_path), options, plan)
 
     with timed_pass("save"):
