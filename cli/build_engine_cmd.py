@@ -29,7 +29,7 @@ def command(model: Path, output: Path, plugin: Path | None, workspace: int | Non
       deprune-onnx build-engine pruned.onnx -o pruned.engine --workspace 1024 \\
           --min-shapes input:1x3x224x224 --opt-shapes input:8x3x224x224 --max-shapes input:32x3x224x224
     """
-    from deprune_onnx.model_io import check_output_path
+    from deprune_onnx.onnx_io.load_save import check_output_path
     from deprune_onnx.trt.engine import build_engine, parse_shapes
 
     if not model.is_file():

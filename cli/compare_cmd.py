@@ -57,9 +57,9 @@ def command(original_path: str, pruned_path: str, images: tuple[str, ...], prepr
       deprune-onnx compare model.onnx pruned.onnx --images imgs/ --min-agreement 0.9
       deprune-onnx compare model.onnx pruned_fp16.onnx --rtol 1e-2 --atol 1e-2 --json
     """
-    from deprune_onnx.compare import compare_models, format_report
+    from deprune_onnx.evaluation.compare import compare_models, format_report
     from deprune_onnx.errors import CheckFailed
-    from deprune_onnx.model_io import load_model
+    from deprune_onnx.onnx_io.load_save import load_model
 
     original = load_model(original_path)
     pruned = load_model(pruned_path)

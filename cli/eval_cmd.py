@@ -38,7 +38,7 @@ def command(model_path: str, reference_path: str | None, images: tuple[str, ...]
     """
     from deprune_onnx.errors import CheckFailed, DepruneError
     from deprune_onnx.evaluation import ModelRunner, evaluate
-    from deprune_onnx.model_io import load_model
+    from deprune_onnx.onnx_io.load_save import load_model
     from deprune_onnx.progress import configure_progress, count_progress
 
     if batch_size < 1:

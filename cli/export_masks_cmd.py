@@ -23,8 +23,8 @@ def command(plan_path: str, output_path: str, quiet: bool) -> None:
       deprune-onnx export-masks pruned.plan.json masks.npz
       python -c "import numpy as np; print(list(np.load('masks.npz')))"
     """
-    from deprune_onnx.masks_io import plan_mask_arrays, save_masks
-    from deprune_onnx.model_io import check_output_path
+    from deprune_onnx.report.masks_export import plan_mask_arrays, save_masks
+    from deprune_onnx.onnx_io.load_save import check_output_path
     from deprune_onnx.plan import load_plan
 
     output = check_output_path(output_path, plan_path)

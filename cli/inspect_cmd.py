@@ -45,8 +45,8 @@ def command(model_path: str, as_json: bool) -> None:
       deprune-onnx inspect model.onnx --json | jq '.dw_layers[].name'
     """
     from deprune_onnx.analysis import analyze
-    from deprune_onnx.graph import ensure_unique_node_names
-    from deprune_onnx.model_io import load_model
+    from deprune_onnx.onnx_io.graph import ensure_unique_node_names
+    from deprune_onnx.onnx_io.load_save import load_model
 
     model = load_model(model_path)
     ensure_unique_node_names(model)

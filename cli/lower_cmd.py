@@ -20,7 +20,7 @@ def command(input_path: str, output_path: str) -> None:
     import onnx
 
     from deprune_onnx.errors import DepruneError
-    from deprune_onnx.model_io import check_output_path, load_model, save_model
+    from deprune_onnx.onnx_io.load_save import check_output_path, load_model, save_model
     from deprune_onnx.op import spec
     from deprune_onnx.op.lower import lower
 

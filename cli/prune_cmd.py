@@ -22,7 +22,7 @@ def sidecar_path(output: Path, suffix: str) -> Path:
 
 def _load(input_path: str) -> onnx.ModelProto:
     from deprune_onnx.logging_utils import timed_pass
-    from deprune_onnx.model_io import load_model
+    from deprune_onnx.onnx_io.load_save import load_model
 
     with timed_pass("load"):
         return load_model(input_path)
@@ -123,15 +123,15 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, lay
     layers (stride-2 ones, usually) lower ratios. Both keep every DCP/BWT/HSR rule and are recorded in
     the plan and the report.
     """
-    from deprune_onnx.dw_planner import DWOptions, check_ratio, load_hsr_timings
+    from deprune_onnx.dw.planner import DWOptions, check_ratio, load_hsr_timings
     from deprune_onnx.logging_utils import QUIET, configure, timed_pass
-    from deprune_onnx.model_io import check_output_path, save_model, write_json_atomic
+    from deprune_onnx.onnx_io.load_save import check_output_path, save_model, write_json_atomic
     from deprune_onnx.errors import DepruneError
     from deprune_onnx.pipeline import PruneOptions, PWOptions, prune_model
-    from deprune_onnx.recovery import CalibOptions
+    from deprune_onnx.recovery.calibration import CalibOptions
     from deprune_onnx.plan import load_plan
     from deprune_onnx.progress import configure_progress
-    from deprune_onnx.report import format_calibration, format_report_table
+    from deprune_onnx.report.build import format_calibration, format_report_table
 
     configure(QUIET if quiet else verbose)
     configure_progress(False if quiet else None)

@@ -25,9 +25,9 @@ def command(report_path: str, output_path: str, no_plot: bool) -> None:
       deprune-onnx report out.report.json -o report.html
     """
     from deprune_onnx.errors import DepruneError
-    from deprune_onnx.html_report import layer_plot, render_html, sensitivity_plot
-    from deprune_onnx.model_io import check_output_path, write_bytes_atomic, write_text_atomic
-    from deprune_onnx.plots import have_matplotlib
+    from deprune_onnx.report.html import layer_plot, render_html, sensitivity_plot
+    from deprune_onnx.onnx_io.load_save import check_output_path, write_bytes_atomic, write_text_atomic
+    from deprune_onnx.report.plots import have_matplotlib
 
     source = Path(report_path)
     try:

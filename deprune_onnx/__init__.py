@@ -13,15 +13,15 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "load_model": "deprune_onnx.model_io",
-    "save_model": "deprune_onnx.model_io",
+    "load_model": "deprune_onnx.onnx_io.load_save",
+    "save_model": "deprune_onnx.onnx_io.load_save",
     "analyze": "deprune_onnx.analysis",
-    "DWOptions": "deprune_onnx.dw_planner",
+    "DWOptions": "deprune_onnx.dw.planner",
     "PWOptions": "deprune_onnx.pipeline",
     "PruneOptions": "deprune_onnx.pipeline",
     "PruneResult": "deprune_onnx.pipeline",
     "prune_model": "deprune_onnx.pipeline",
-    "CalibOptions": "deprune_onnx.recovery",
+    "CalibOptions": "deprune_onnx.recovery.calibration",
     "PruningPlan": "deprune_onnx.plan",
     "load_plan": "deprune_onnx.plan",
     "rewrite_to_plugin": "deprune_onnx.op.rewrite",

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import onnx
 
-from deprune_onnx.graph import GraphIndex, node_attributes
+from deprune_onnx.onnx_io.graph import GraphIndex, node_attributes
 from deprune_onnx.progress import progress
-from deprune_onnx.shapes import Shape, concrete, infer_tensor_shapes
+from deprune_onnx.onnx_io.shapes import Shape, concrete, infer_tensor_shapes
 
 SUBGEMM_CHANNELS = 32
 

@@ -12,17 +12,17 @@ from typing import Any
 import onnx
 
 from deprune_onnx.analysis import ModelAnalysis, analyze
-from deprune_onnx.apply import apply_dw_masks
-from deprune_onnx.dw_planner import DWOptions, plan_dw_layers
+from deprune_onnx.dw.apply import apply_dw_masks
+from deprune_onnx.dw.planner import DWOptions, plan_dw_layers
 from deprune_onnx.errors import DepruneError
-from deprune_onnx.graph import ensure_unique_node_names
-from deprune_onnx.keep_zeros import plan_keep_zeros
+from deprune_onnx.onnx_io.graph import ensure_unique_node_names
+from deprune_onnx.dw.keep_zeros import plan_keep_zeros
 from deprune_onnx.logging_utils import timed_pass
-from deprune_onnx.masks import SUBGEMM_CHANNELS
+from deprune_onnx.dw.masks import SUBGEMM_CHANNELS
 from deprune_onnx.plan import PruningPlan
 from deprune_onnx.pw import PWPlan, apply_nm24, apply_pw_plan, plan_pw_pruning, pw_report, summarize_model
-from deprune_onnx.recovery import CalibOptions, allocate_layer_ratios, calibration_set
-from deprune_onnx.report import build_report
+from deprune_onnx.recovery.calibration import CalibOptions, allocate_layer_ratios, calibration_set
+from deprune_onnx.report.build import build_report
 
 OUTPUT_FORMATS = ("dense", "plugin")
 DTYPES = ("float32", "float16")
@@ -157,7 +157,7 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan
     with timed_pass("apply"):
         apply_dw_masks(model, plan.dw_layers)
     if calib is not None and calib.refit:
-        from deprune_onnx.calibration import reconstruct
+        from deprune_onnx.recovery.refit import reconstruct
 
         with timed_pass("refit"):
             refits = reconstruct(model, reference, analysis, plan.dw_layers, samples.inputs, calib.damp,
@@ -175,7 +175,7 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan
             model, records = _rewrite(model, plan)
         extra["rewrite"] = records
     if options.dtype == "float16":
-        from deprune_onnx.precision import convert_to_float16
+        from deprune_onnx.onnx_io.float16 import convert_to_float16
 
         with timed_pass("float16"):
             model = convert_to_float16(model)

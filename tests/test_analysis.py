@@ -7,18 +7,18 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from builders import dsconv_model
-from conftest import shared_model
+from support.builders import dsconv_model
+from support.samples import sample_model
 from deprune_onnx.analysis import analyze
 from deprune_onnx.cli.main import main
 
-# DW / PW / SE-1x1 conv counts as documented in ../shared/models/README.md.
+# DW / PW / SE-1x1 conv counts as documented in samples/README.md (from the models' provenance notes).
 EXPECTED_COUNTS = {"mobilenet_v2": (17, 34, 0), "mobilenet_v3_small": (11, 23, 18), "pplcnet": (13, 13, 5)}
 
 
 @pytest.mark.parametrize("key", sorted(EXPECTED_COUNTS))
 def test_real_models_have_the_documented_layer_counts(key: str) -> None:
-    analysis = analyze(onnx.load(str(shared_model(key))))
+    analysis = analyze(onnx.load(str(sample_model(key))))
     assert (len(analysis.dw_layers), len(analysis.pw_layers), len(analysis.se_convs)) == EXPECTED_COUNTS[key]
     assert not analysis.skipped
     for layer in analysis.dw_layers:
@@ -30,7 +30,7 @@ def test_real_models_have_the_documented_layer_counts(key: str) -> None:
 
 
 def test_mobilenet_v2_blocks_have_projection_and_ten_residual_adds() -> None:
-    analysis = analyze(onnx.load(str(shared_model("mobilenet_v2"))))
+    analysis = analyze(onnx.load(str(sample_model("mobilenet_v2"))))
     assert all(block.project_pw for block in analysis.blocks)
     assert sum(block.expand_pw is None for block in analysis.blocks) == 1  # the first block has no expansion
     assert sum(block.residual_add is not None for block in analysis.blocks) == 10
@@ -38,7 +38,7 @@ def test_mobilenet_v2_blocks_have_projection_and_ten_residual_adds() -> None:
 
 @pytest.mark.parametrize("key,se_blocks", [("mobilenet_v3_small", 9), ("pplcnet", 2)])
 def test_se_blocks_are_found_between_dw_and_projection(key: str, se_blocks: int) -> None:
-    analysis = analyze(onnx.load(str(shared_model(key))))
+    analysis = analyze(onnx.load(str(sample_model(key))))
     assert all(block.project_pw for block in analysis.blocks)
     with_se = [block for block in analysis.blocks if block.se_convs]
     assert len(with_se) == se_blocks
@@ -65,9 +65,9 @@ def test_non_constant_dw_weight_is_skipped_with_reason() -> None:
 
 
 def test_inspect_cli_json_lists_layers() -> None:
-    result = CliRunner().invoke(main, ["inspect", str(shared_model("mobilenet_v3_small")), "--json"])
+    result = CliRunner().invoke(main, ["inspect", str(sample_model("mobilenet_v3_small")), "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert len(data["dw_layers"]) == 11 and data["dw_layers"][0]["strides"] == [2, 1]
-    table = CliRunner().invoke(main, ["inspect", str(shared_model("mobilenet_v2"))])
+    table = CliRunner().invoke(main, ["inspect", str(sample_model("mobilenet_v2"))])
     assert table.exit_code == 0 and "17 DW, 34 PW" in table.stdout

@@ -20,13 +20,13 @@ import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 
-from bad_inputs import CASES, OK, Case
-from conftest import SAMPLE_MODEL
+from support.bad_inputs import CASES, OK, Case
+from support.samples import SAMPLE_MODEL
 from deprune_onnx.cli.main import main
 from deprune_onnx.op.lower import lower
-from deprune_onnx.graph import GraphIndex
+from deprune_onnx.onnx_io.graph import GraphIndex
 from deprune_onnx.plan import PruningPlan
-from op_testing import random_feeds
+from support.op_testing import random_feeds
 
 PR_CAPBSET_DROP, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 24, 1, 2
 IS_ROOT = os.geteuid() == 0

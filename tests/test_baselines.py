@@ -7,11 +7,11 @@ import numpy as np
 import onnx
 import pytest
 
-from conftest import shared_model
+from support.samples import sample_model
 from deprune_onnx.analysis import analyze
-from deprune_onnx.dw_planner import DWOptions, plan_dw_layers
+from deprune_onnx.dw.planner import DWOptions, plan_dw_layers
 from deprune_onnx.errors import DepruneError
-from deprune_onnx.masks import channel_mask, global_masks
+from deprune_onnx.dw.masks import channel_mask, global_masks
 from test_masks import plans_for
 
 
@@ -51,6 +51,6 @@ def test_baselines_meet_the_model_wide_ratio_on_mobilenet_v2(method: str) -> Non
 
 
 def test_global_refuses_per_layer_ratios() -> None:
-    model = onnx.load(str(shared_model("mobilenet_v3_small")))
+    model = onnx.load(str(sample_model("mobilenet_v3_small")))
     with pytest.raises(DepruneError, match="--layer-ratio"):
         plan_dw_layers(model, analyze(model), DWOptions(method="global", layer_ratios=[("*", 0.3)]))

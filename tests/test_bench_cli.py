@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from cli_testing import assert_one_line_error, run_cli
-from conftest import SAMPLE_MODEL
-from deprune_onnx.model_io import save_model
+from support.cli_testing import assert_one_line_error, run_cli
+from support.samples import SAMPLE_MODEL
+from deprune_onnx.onnx_io.load_save import save_model
 from deprune_onnx.trt.bench_models import pruned_dw_layers_model
 
 

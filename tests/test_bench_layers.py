@@ -11,11 +11,11 @@ import numpy as np
 import onnx
 import pytest
 
-from _plugin_native import build_test_native, has_nvcc, real_dw_layers
-from conftest import SAMPLE_MODEL
-from deprune_onnx.dw_planner import DWOptions
+from support.plugin_native import build_test_native, has_nvcc, real_dw_layers
+from support.samples import SAMPLE_MODEL
+from deprune_onnx.dw.planner import DWOptions
 from deprune_onnx.errors import DepruneError
-from deprune_onnx.model_io import load_model
+from deprune_onnx.onnx_io.load_save import load_model
 from deprune_onnx.op.attributes import DRConvParams
 from deprune_onnx.op.packing import pack_dr_weights, unpack_dr_weights
 from deprune_onnx.pipeline import PruneOptions, prune_model

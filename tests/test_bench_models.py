@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from _plugin_native import real_dw_layers
-from deprune_onnx.masks import subgemm_vectors
+from support.plugin_native import real_dw_layers
+from deprune_onnx.dw.masks import subgemm_vectors
 from deprune_onnx.trt.bench_models import ARCHITECTURES, LAYER_SHAPES, architecture_layers, pruned_dw_layers_model
 from deprune_onnx.trt.layer_bench import layers_from_model
 

@@ -12,19 +12,19 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from builders import dsconv_model
-from conftest import imagenet_samples, shared_model
-from deprune_onnx.allocation import LayerSensitivity, allocate_ratios
+from support.builders import dsconv_model
+from support.samples import imagenet_samples, sample_model
+from deprune_onnx.recovery.allocation import LayerSensitivity, allocate_ratios
 from deprune_onnx.analysis import analyze
-from deprune_onnx.calibration import PatchStats, patch_stats, refit_channels, stacked
-from deprune_onnx.dw_planner import DWOptions
+from deprune_onnx.recovery.refit import PatchStats, patch_stats, refit_channels, stacked
+from deprune_onnx.dw.planner import DWOptions
 from deprune_onnx.evaluation import ModelRunner
 from deprune_onnx.evaluation.images import PRESETS, find_images, load_image_set
 from deprune_onnx.evaluation.metrics import agreement_metrics
-from deprune_onnx.graph import GraphIndex
+from deprune_onnx.onnx_io.graph import GraphIndex
 from deprune_onnx.pipeline import PruneOptions, prune_model
-from deprune_onnx.recovery import CalibOptions
-from mask_checks import assert_bh_structure, subgemm_slices
+from deprune_onnx.recovery.calibration import CalibOptions
+from support.mask_checks import assert_bh_structure, subgemm_slices
 
 CALIB_IMAGES = "imagenet_0[0-4]_*.jpg"
 EVAL_IMAGES = "imagenet_0[5-9]_*.jpg"
@@ -32,7 +32,7 @@ EVAL_IMAGES = "imagenet_0[5-9]_*.jpg"
 
 @pytest.fixture(scope="module")
 def mobilenet() -> dict:
-    source = onnx.load(str(shared_model("mobilenet_v2")))
+    source = onnx.load(str(sample_model("mobilenet_v2")))
     images = load_image_set(find_images([str(imagenet_samples() / EVAL_IMAGES)]), PRESETS["imagenet"], 2)
     return {"source": source, "images": images.inputs, "reference": ModelRunner(source).run(images.inputs)}
 

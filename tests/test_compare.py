@@ -6,8 +6,8 @@ import json
 import numpy as np
 import onnx
 import pytest
-from cli_testing import run_cli as _invoke
-from op_testing import IMAGES_DIR, MODELS_DIR, custom_nodes, dense_masked, dw_model, random_masks, run_ort
+from support.cli_testing import run_cli as _invoke
+from support.op_testing import MODELS_DIR, imagenet_samples, custom_nodes, dense_masked, dw_model, random_masks, run_ort
 
 from deprune_onnx.op.rewrite import rewrite_to_plugin
 
@@ -68,7 +68,7 @@ def test_min_agreement_alone_replaces_the_tolerance_check(tmp_path):
 
 def test_float16_pruned_model_is_fed_float16(tiny, tmp_path):
     pytest.importorskip("onnxconverter_common", reason="float16 conversion needs onnxconverter-common")
-    from deprune_onnx.precision import convert_to_float16
+    from deprune_onnx.onnx_io.float16 import convert_to_float16
 
     _, dense, plugin = tiny
     half = _save(convert_to_float16(onnx.load(plugin)), tmp_path / "half.onnx")
@@ -80,7 +80,7 @@ def test_real_model_with_images(tmp_path):
     model = onnx.load(str(PPOCR))
     masks = random_masks(model, keep=0.9, seed=4)
     plugin, _ = rewrite_to_plugin(dense_masked(model, masks), masks)
-    result = _invoke("compare", PPOCR, _save(plugin, tmp_path / "p.onnx"), "--images", IMAGES_DIR, "--n", "3",
+    result = _invoke("compare", PPOCR, _save(plugin, tmp_path / "p.onnx"), "--images", imagenet_samples(), "--n", "3",
                      "--min-agreement", "0", "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)

@@ -11,9 +11,9 @@ from pathlib import Path
 import onnx
 import pytest
 
-from conftest import shared_model
-from dsconv_graphs import BlockSpec, dsconv_network
-from deprune_onnx import model_io
+from support.samples import sample_model
+from support.dsconv_graphs import BlockSpec, dsconv_network
+from deprune_onnx.onnx_io import load_save as model_io
 
 
 def _digests(output: Path) -> list[str]:
@@ -23,7 +23,7 @@ def _digests(output: Path) -> list[str]:
 
 
 def test_outputs_are_byte_identical_across_processes_and_hash_seeds(tmp_path: Path) -> None:
-    source = shared_model("mobilenet_v3_small")  # SE blocks, hard-swish, partial sub-GEMMs
+    source = sample_model("mobilenet_v3_small")  # SE blocks, hard-swish, partial sub-GEMMs
     digests = []
     for seed in ("0", "1", "4242"):
         out = tmp_path / seed / "out.onnx"

@@ -11,8 +11,8 @@ import pytest
 from onnx import TensorProto, helper
 from PIL import Image
 
-from cli_testing import run_cli
-from conftest import imagenet_samples, shared_model
+from support.cli_testing import run_cli
+from support.samples import imagenet_samples, sample_model
 from deprune_onnx.errors import DepruneError
 from deprune_onnx.evaluation.images import (PRESETS, TrainingImages, find_images, fit_preset, image_labels,
                                             label_from_name, preprocess)
@@ -74,7 +74,7 @@ def test_metrics_on_known_values() -> None:
 
 
 def test_eval_mobilenet_v2_top1_and_full_agreement_with_itself() -> None:
-    model = shared_model("mobilenet_v2")
+    model = sample_model("mobilenet_v2")
     result = run_cli("eval", model, "--images", imagenet_samples(), "--reference", model, "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
@@ -87,7 +87,7 @@ def test_eval_mobilenet_v2_top1_and_full_agreement_with_itself() -> None:
 
 
 def test_eval_of_a_pruned_model_reports_the_loss_and_checks_thresholds(tmp_path: Path) -> None:
-    source = shared_model("mobilenet_v3_small")
+    source = sample_model("mobilenet_v3_small")
     pruned = tmp_path / "pruned.onnx"
     assert run_cli("prune", source, pruned, "--method", "b", "--dw-ratio", "0.5", "-q").exit_code == 0
     images = imagenet_samples() / "imagenet_0[0-3]_*.jpg"
@@ -101,7 +101,7 @@ def test_eval_of_a_pruned_model_reports_the_loss_and_checks_thresholds(tmp_path:
 
 
 def test_batch_one_graphs_fall_back_to_single_samples() -> None:
-    runner = ModelRunner(onnx.load(str(shared_model("pplcnet"))), "pplcnet", batch_size=4)
+    runner = ModelRunner(onnx.load(str(sample_model("pplcnet"))), "pplcnet", batch_size=4)
     outputs = runner.run(np.zeros((3, 3, 224, 224), np.float32))
     assert outputs.shape == (3, 4) and runner.batch_size == 1
 
@@ -136,7 +136,7 @@ def test_training_views_are_the_views_preprocess_makes() -> None:
 def test_compare_images_use_the_guessed_preset_and_mean_std_override() -> None:
     from dataclasses import replace
 
-    from deprune_onnx.compare import InputSpec, image_feeds
+    from deprune_onnx.evaluation.compare import InputSpec, image_feeds
 
     paths = find_images(imagenet_samples())[:2]
     ocr = [InputSpec("x", (1, 3, 48, 192), np.dtype(np.float32))]

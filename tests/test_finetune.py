@@ -16,21 +16,21 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from cli_testing import run_cli
-from builders import dsconv_model
-from conftest import SHARED, shared_model
+from support.cli_testing import run_cli
+from support.builders import dsconv_model
+from support.samples import imagenet_samples, sample_model
 from deprune_onnx.analysis import analyze
-from deprune_onnx.dw_planner import DWOptions
+from deprune_onnx.dw.planner import DWOptions
 from deprune_onnx.evaluation.images import PRESETS, TrainingImages, find_images, fit_preset
 from deprune_onnx.finetune.convert import batchable, to_torch, write_back
 from deprune_onnx.finetune.distill import DistillOptions
 from deprune_onnx.finetune.run import finetune_model, input_shape
-from deprune_onnx.keep_zeros import plan_keep_zeros
-from deprune_onnx.masks import dcp_mask
+from deprune_onnx.dw.keep_zeros import plan_keep_zeros
+from deprune_onnx.dw.masks import dcp_mask
 from deprune_onnx.pipeline import PruneOptions, prune_model
-from op_testing import run_ort
+from support.op_testing import run_ort
 
-IMAGES = SHARED / "data" / "imagenet_samples"
+IMAGES = imagenet_samples()
 # Two OpenMP threads beside ONNX Runtime's pool on a 2-core machine make small convs 10x slower (measured on
 # the MobileNetV3-Small classifier: 0.14 s vs 1.7 s per batch of 32); one thread keeps these tests fast.
 torch.set_num_threads(1)
@@ -53,8 +53,8 @@ def initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def distilled() -> dict[str, object]:
     """MobileNetV2 pruned (bh, DW PR 0.3), distilled 24 steps of 4 views from 7 images; 3 images held out."""
-    teacher = onnx.load(str(shared_model("mobilenet_v2")))
-    pruned = prune_model(onnx.load(str(shared_model("mobilenet_v2"))),
+    teacher = onnx.load(str(sample_model("mobilenet_v2")))
+    pruned = prune_model(onnx.load(str(sample_model("mobilenet_v2"))),
                          PruneOptions(dw=DWOptions(method="bh", dw_ratio=0.3), output_format="dense"))
     student = onnx.ModelProto()
     student.CopyFrom(pruned.model)
@@ -129,7 +129,7 @@ def test_finetuned_model_rewrites_to_plugin_and_lowers_back_exactly(distilled: d
 
 @pytest.mark.parametrize("key", ["mobilenet_v2", "mobilenet_v3_small", "pplcnet"])
 def test_conversion_binds_every_weight_and_writes_back_bit_exactly(key: str) -> None:
-    model = onnx.load(str(shared_model(key)))
+    model = onnx.load(str(sample_model(key)))
     converted = to_torch(model, key, input_shape(model))
     assert converted.micro_batch is None  # pplcnet's Reshape [1, -1] made batchable
     assert not converted.frozen
@@ -143,7 +143,7 @@ def test_conversion_binds_every_weight_and_writes_back_bit_exactly(key: str) -> 
 
 
 def test_batchable_copy_computes_the_same_per_sample() -> None:
-    model = onnx.load(str(shared_model("pplcnet")))
+    model = onnx.load(str(sample_model("pplcnet")))
     x = np.random.default_rng(1).standard_normal((3, 3, 224, 224)).astype(np.float32)
     batched = ort_run(batchable(model), x)
     singles = np.concatenate([ort_run(model, x[i:i + 1]) for i in range(3)])
@@ -154,7 +154,7 @@ def test_batchable_copy_computes_the_same_per_sample() -> None:
 def test_finetune_cli_on_a_softmax_model_without_plan(tmp_path: Path) -> None:
     """MobileNetV3-Small text classifier: Softmax output, 2 classes (the image names' labels are unusable),
     masks from the zero pattern (no --plan); writes model, plan and report; pruned weights stay zero."""
-    source = shared_model("mobilenet_v3_small")
+    source = sample_model("mobilenet_v3_small")
     pruned = tmp_path / "pruned.onnx"
     assert run_cli("prune", source, pruned, "--method", "b", "--dw-ratio", "0.6", "--format", "dense",
                    "-q").exit_code == 0
@@ -193,7 +193,7 @@ def test_finetune_without_torch_says_how_to_install(monkeypatch: pytest.MonkeyPa
 def test_finetune_rejects_a_teacher_that_does_not_match(tmp_path: Path, student: str, teacher: str,
                                                         message: str) -> None:
     """One line naming --teacher, exit 2, no output file."""
-    result = run_cli("finetune", shared_model(student), tmp_path / "o.onnx", "--teacher", shared_model(teacher),
+    result = run_cli("finetune", sample_model(student), tmp_path / "o.onnx", "--teacher", sample_model(teacher),
                      "--images", IMAGES, "--steps", "1")
     assert result.exit_code == 2
     assert message in result.output

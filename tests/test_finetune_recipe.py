@@ -11,7 +11,7 @@ import torch
 import torchvision
 from click.testing import CliRunner
 
-from conftest import REPO, shared_model
+from support.samples import REPO, sample_model
 from deprune_onnx.cli.main import main
 from deprune_onnx.plan import load_plan
 
@@ -30,7 +30,7 @@ def recipe_helpers() -> dict[str, object]:
 def test_docs_recipe_round_trip_through_pytorch_training_code(tmp_path: Path) -> None:
     runner = CliRunner()
     pruned = tmp_path / "pruned.onnx"
-    assert runner.invoke(main, ["prune", str(shared_model("mobilenet_v2")), str(pruned), "--method", "bh",
+    assert runner.invoke(main, ["prune", str(sample_model("mobilenet_v2")), str(pruned), "--method", "bh",
                                 "--dw-ratio", "0.5", "--format", "dense", "-q"]).exit_code == 0
     assert runner.invoke(main, ["export-masks", str(tmp_path / "pruned.plan.json"), str(tmp_path / "m.npz"),
                                 "-q"]).exit_code == 0

@@ -9,15 +9,15 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from cli_testing import run_cli
-from builders import dsconv_model
-from conftest import shared_model
+from support.cli_testing import run_cli
+from support.builders import dsconv_model
+from support.samples import sample_model
 from deprune_onnx.analysis import analyze
-from deprune_onnx.keep_zeros import check_dw_structure, plan_keep_zeros
-from deprune_onnx.masks import bwt_mask, dcp_mask
-from deprune_onnx.masks_io import pytorch_parameter_name
+from deprune_onnx.dw.keep_zeros import check_dw_structure, plan_keep_zeros
+from deprune_onnx.dw.masks import bwt_mask, dcp_mask
+from deprune_onnx.report.masks_export import pytorch_parameter_name
 from deprune_onnx.plan import load_plan
-from op_testing import run_ort
+from support.op_testing import run_ort
 
 
 def scale_kept_weights(model: onnx.ModelProto, masks: dict[str, np.ndarray], seed: int = 0) -> None:
@@ -45,7 +45,7 @@ def test_pytorch_parameter_name_rule(node: str, initializer: str, expected: str 
 
 
 def test_export_masks_keys_match_the_pytorch_state_dict_names(tmp_path: Path) -> None:
-    source = shared_model("mobilenet_v2")
+    source = sample_model("mobilenet_v2")
     out = tmp_path / "pruned.onnx"
     assert run_cli("prune", source, out, "--dw-ratio", "0.6", "--format", "dense", "-q").exit_code == 0
     result = run_cli("export-masks", tmp_path / "pruned.plan.json", tmp_path / "masks.npz")
@@ -65,7 +65,7 @@ def test_export_masks_keys_match_the_pytorch_state_dict_names(tmp_path: Path) ->
 
 def test_export_masks_then_keep_zeros_reproduces_the_plan(tmp_path: Path) -> None:
     """Prune -> export masks -> 'fine-tune' (kept weights rescaled, zeros kept) -> --keep-zeros: same masks."""
-    source = shared_model("mobilenet_v3_small")
+    source = sample_model("mobilenet_v3_small")
     pruned = tmp_path / "pruned.onnx"
     assert run_cli("prune", source, pruned, "--method", "bh", "--dw-ratio", "0.7", "--format", "dense",
                    "-q").exit_code == 0
@@ -140,7 +140,7 @@ def test_keep_zeros_single_misaligned_layer_is_under_aligned_exactly(tmp_path: P
 
 
 def test_keep_zeros_over_aligned_layers_drop_their_smallest_kept_weights() -> None:
-    model = onnx.load(str(shared_model("mobilenet_v3_small")))
+    model = onnx.load(str(sample_model("mobilenet_v3_small")))
     analysis = analyze(model)
     originals = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     for tensor in model.graph.initializer:

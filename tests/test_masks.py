@@ -11,17 +11,17 @@ import numpy as np
 import onnx
 import pytest
 
-from conftest import shared_model
+from support.samples import sample_model
 from deprune_onnx.analysis import analyze
-from deprune_onnx.dw_planner import DWOptions, plan_dw_layers
-from deprune_onnx.graph import GraphIndex
-from deprune_onnx.masks import (align_subgemms, bwt_mask, choose_hsr_patterns, dcp_mask, misalignment)
-from mask_checks import T, assert_bh_structure, assert_largest_kept, subgemm_slices
+from deprune_onnx.dw.planner import DWOptions, plan_dw_layers
+from deprune_onnx.onnx_io.graph import GraphIndex
+from deprune_onnx.dw.masks import (align_subgemms, bwt_mask, choose_hsr_patterns, dcp_mask, misalignment)
+from support.mask_checks import T, assert_bh_structure, assert_largest_kept, subgemm_slices
 
 
 
 def plans_for(key: str, method: str, ratio: float):
-    model = onnx.load(str(shared_model(key)))
+    model = onnx.load(str(sample_model(key)))
     analysis = analyze(model)
     plans = plan_dw_layers(model, analysis, DWOptions(method=method, dw_ratio=ratio))
     index = GraphIndex(model.graph)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from op_testing import (MODEL_PATHS, conv_weights_by_node, custom_nodes, dangling_nodes, dense_masked, dw_convs,
+from support.op_testing import (MODEL_PATHS, conv_weights_by_node, custom_nodes, dangling_nodes, dense_masked, dw_convs,
                         is_toposorted, max_rel_err, orphan_initializers, random_feeds, random_masks, run_ort)
 
 from deprune_onnx.op.attributes import node_attributes
@@ -12,9 +12,9 @@ from deprune_onnx.op.lower import lower
 from deprune_onnx.op.oracle import run_dr_sparse_dwconv
 from deprune_onnx.op.rewrite import rewrite_to_plugin
 
-assert MODEL_PATHS, "the shared models (../shared/models) are missing beside the checkout"
+assert len(MODEL_PATHS) == 3, "the three sample models are missing from samples/"
 
-# Activations each model's DW convs are followed by (see ../shared/models/README.md).
+# Activations each model's DW convs are followed by (see samples/README.md).
 EXPECTED_ACTIVATIONS = {
     "mobilenet_v2_torchvision": {"clip"},                       # Relu6 as Clip(0, 6)
     "ppocr_mobile_v2_cls_mobilenetv3_small": {"relu", "hard_swish"},  # hard-swish decomposed by Paddle

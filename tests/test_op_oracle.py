@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from op_testing import dw_model, max_rel_err, run_ort
+from support.op_testing import dw_model, max_rel_err, run_ort
 
 from deprune_onnx.errors import DepruneError
 from deprune_onnx.op.activations import HARD_SWISH_PARAMS

@@ -5,7 +5,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import helper, numpy_helper
-from op_testing import (conv_weights_by_node, custom_nodes, dangling_nodes, dw_model, is_toposorted, max_rel_err,
+from support.op_testing import (conv_weights_by_node, custom_nodes, dangling_nodes, dw_model, is_toposorted, max_rel_err,
                         orphan_initializers, random_feeds, random_masks, run_ort)
 
 from deprune_onnx.errors import DepruneError
@@ -156,7 +156,7 @@ def test_float16_model_rewrites_with_float16_taps():
 def test_in_place_rewrite_equals_the_copying_rewrite_without_copying_big_weights(monkeypatch) -> None:
     """in_place=True (what prune uses) gives the same model as the default, and the big initializers it keeps
     are never rebuilt: their bytes stay in the original message."""
-    from conftest import SAMPLE_MODEL
+    from support.samples import SAMPLE_MODEL
     from deprune_onnx.op import graphs
 
     monkeypatch.setattr(graphs, "STUB_BYTES", 64 * 1024)  # stub MobileNetV2's larger PW weights too

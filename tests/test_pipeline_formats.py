@@ -9,10 +9,10 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from conftest import SHARED_MODELS, shared_model
+from support.samples import SAMPLE_MODELS, sample_model
 from deprune_onnx.cli.main import main
 from deprune_onnx.op.lower import lower
-from op_testing import conv_weights_by_node, custom_nodes, max_rel_err, random_feeds, run_ort
+from support.op_testing import conv_weights_by_node, custom_nodes, max_rel_err, random_feeds, run_ort
 
 # Small projections (MobileNetV3-Small x0.35 has 8-48 channels) need a finer PW alignment than 32.
 PW_ALIGN = {"mobilenet_v2": "32", "mobilenet_v3_small": "8", "pplcnet": "32"}
@@ -24,10 +24,10 @@ def prune(source: Path, out: Path, *args: str) -> onnx.ModelProto:
     return onnx.load(str(out))
 
 
-@pytest.mark.parametrize("key", sorted(SHARED_MODELS))
+@pytest.mark.parametrize("key", sorted(SAMPLE_MODELS))
 @pytest.mark.parametrize("method", ["dcp", "b", "bh"])
 def test_plugin_output_lowers_to_the_dense_masked_model(tmp_path: Path, key: str, method: str) -> None:
-    source = shared_model(key)
+    source = sample_model(key)
     args = ["--method", method, "--dw-ratio", "0.6"]
     plugin = prune(source, tmp_path / "plugin.onnx", *args)
     dense = prune(source, tmp_path / "dense.onnx", *args, "--format", "dense")
@@ -44,9 +44,9 @@ def test_plugin_output_lowers_to_the_dense_masked_model(tmp_path: Path, key: str
         assert max_rel_err(got, want) <= 1e-5
 
 
-@pytest.mark.parametrize("key", sorted(SHARED_MODELS))
+@pytest.mark.parametrize("key", sorted(SAMPLE_MODELS))
 def test_pw_removal_with_dw_masks_in_both_formats(tmp_path: Path, key: str) -> None:
-    source = shared_model(key)
+    source = sample_model(key)
     args = ["--dw-ratio", "0.5", "--pw-ratio", "0.5", "--pw-align", PW_ALIGN[key]]
     dense = prune(source, tmp_path / "dense.onnx", *args, "--format", "dense")
     plugin = prune(source, tmp_path / "plugin.onnx", *args)
@@ -60,7 +60,7 @@ def test_pw_removal_with_dw_masks_in_both_formats(tmp_path: Path, key: str) -> N
 
 
 def test_float16_output_stays_within_fp16_tolerance(tmp_path: Path) -> None:
-    source = shared_model("mobilenet_v2")
+    source = sample_model("mobilenet_v2")
     dense = prune(source, tmp_path / "dense.onnx", "--format", "dense", "--dw-ratio", "0.3")
     half = prune(source, tmp_path / "half.onnx", "--dtype", "float16", "--dw-ratio", "0.3")
     assert half.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from _plugin_native import build_test_native, has_nvcc
+from support.plugin_native import build_test_native, has_nvcc
 from deprune_onnx.trt.layer_bench import Problem  # the kernel ABI struct the benchmark passes, checked here too
 from deprune_onnx.trt.native import KERNEL_C_ABI, LIBRARY_FILES, find_tensorrt_include, tensorrt_header_version
 

@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from cli_testing import assert_one_line_error, run_cli as invoke
+from support.cli_testing import assert_one_line_error, run_cli as invoke
 from deprune_onnx.errors import DepruneError
 from deprune_onnx.trt import engine
 

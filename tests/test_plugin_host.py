@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _plugin_native import (build_test_native, op_fields, pack_layer, random_keep_mask, read_field_file,
+from support.plugin_native import (build_test_native, op_fields, pack_layer, random_keep_mask, read_field_file,
                             real_dw_layers, run_tool, write_field_file)
 
 

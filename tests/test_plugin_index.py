@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _plugin_native import (build_test_native, op_fields, pack_layer, random_keep_mask, real_dw_layers,
+from support.plugin_native import (build_test_native, op_fields, pack_layer, random_keep_mask, real_dw_layers,
                             reference_dw_conv, run_tool, write_field_file)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conftest import SAMPLE_MODEL
+from support.samples import SAMPLE_MODEL
 from deprune_onnx import progress as progress_module
 from deprune_onnx.cli.main import main
 

@@ -16,15 +16,15 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from onnx import numpy_helper
 
-from dsconv_graphs import ACTIVATIONS, BlockSpec, dsconv_network
-from deprune_onnx.dw_planner import DWOptions
-from deprune_onnx.graph import GraphIndex
-from deprune_onnx.masks import SUBGEMM_CHANNELS, round_half_up, subgemm_vectors
+from support.dsconv_graphs import ACTIVATIONS, BlockSpec, dsconv_network
+from deprune_onnx.dw.planner import DWOptions
+from deprune_onnx.onnx_io.graph import GraphIndex
+from deprune_onnx.dw.masks import SUBGEMM_CHANNELS, round_half_up, subgemm_vectors
 from deprune_onnx.op.lower import lower
 from deprune_onnx.op.rewrite import rewrite_to_plugin
 from deprune_onnx.pipeline import PruneOptions, prune_model
-from deprune_onnx.proto_stream import write_model
-from op_testing import run_ort
+from deprune_onnx.onnx_io.proto_stream import write_model
+from support.op_testing import run_ort
 
 PROPERTY_SETTINGS = settings(max_examples=25, deadline=None, derandomize=True, database=None,
                              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -8,14 +8,14 @@ import numpy as np
 import onnx
 import pytest
 
-from conftest import shared_model
-from deprune_onnx import model_io
-from deprune_onnx.proto_stream import EXTERNAL_ALIGNMENT, write_model
-from op_testing import run_ort
+from support.samples import sample_model
+from deprune_onnx.onnx_io import load_save as model_io
+from deprune_onnx.onnx_io.proto_stream import EXTERNAL_ALIGNMENT, write_model
+from support.op_testing import run_ort
 
 
-def test_inline_write_parses_to_the_same_model(any_shared_model: Path) -> None:
-    model = onnx.load(str(any_shared_model))
+def test_inline_write_parses_to_the_same_model(any_sample_model: Path) -> None:
+    model = onnx.load(str(any_sample_model))
     buffer = io.BytesIO()
     write_model(model, buffer)
     again = onnx.load_from_string(buffer.getvalue())
@@ -25,7 +25,7 @@ def test_inline_write_parses_to_the_same_model(any_shared_model: Path) -> None:
 def test_save_model_with_external_data_round_trips_and_runs(tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """Forced external: every tensor >= 1 KiB lands, page-aligned, in out.onnx.data; load_model reads it back."""
-    source = shared_model("mobilenet_v2")
+    source = sample_model("mobilenet_v2")
     model = onnx.load(str(source))
     monkeypatch.setattr(model_io, "EXTERNAL_DATA_THRESHOLD_BYTES", 0)
     out = model_io.save_model(model, tmp_path / "out.onnx")
@@ -49,5 +49,5 @@ def test_write_failure_is_one_error_and_leaves_nothing(tmp_path: Path, monkeypat
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(model_io, "write_model", disk_full)
     with pytest.raises(model_io.DepruneError, match="out.onnx: cannot write .No space left on device"):
-        model_io.save_model(onnx.load(str(shared_model("mobilenet_v2"))), tmp_path / "out.onnx")
+        model_io.save_model(onnx.load(str(sample_model("mobilenet_v2"))), tmp_path / "out.onnx")
     assert list(tmp_path.iterdir()) == []

@@ -13,10 +13,10 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from cli_testing import run_cli
-from builders import dsconv_model
-from conftest import SAMPLE_MODEL, shared_model
-from op_testing import random_feeds, run_ort
+from support.cli_testing import run_cli
+from support.builders import dsconv_model
+from support.samples import SAMPLE_MODEL, sample_model
+from support.op_testing import random_feeds, run_ort
 
 
 def ort_outputs(model: onnx.ModelProto | Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -37,7 +37,7 @@ def independent_bwt(weight: np.ndarray, ratio: float) -> np.ndarray:
 
 
 def test_dense_output_equals_independently_masked_conv(tmp_path: Path) -> None:
-    source = shared_model("mobilenet_v3_small")
+    source = sample_model("mobilenet_v3_small")
     out = tmp_path / "pruned.onnx"
     result = run_cli("prune", source, out, "--method", "b", "--dw-ratio", "0.5", "--format", "dense", "-q")
     assert result.exit_code == 0, result.output
@@ -58,11 +58,11 @@ def test_dense_output_equals_independently_masked_conv(tmp_path: Path) -> None:
     assert not np.allclose(ort_outputs(original, feeds)[0], ort_outputs(pruned, feeds)[0])
 
 
-def test_ratio_zero_output_is_bit_identical(tmp_path: Path, any_shared_model: Path) -> None:
+def test_ratio_zero_output_is_bit_identical(tmp_path: Path, any_sample_model: Path) -> None:
     out = tmp_path / "same.onnx"
-    result = run_cli("prune", any_shared_model, out, "--dw-ratio", "0", "--format", "dense", "-q")
+    result = run_cli("prune", any_sample_model, out, "--dw-ratio", "0", "--format", "dense", "-q")
     assert result.exit_code == 0, result.output
-    model = onnx.load(str(any_shared_model))
+    model = onnx.load(str(any_sample_model))
     feeds = random_feeds(model, seed=1)
     for got, want in zip(ort_outputs(out, feeds), ort_outputs(model, feeds)):
         assert got.tobytes() == want.tobytes()

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import deprune_onnx
-from conftest import SAMPLE_MODEL
+from support.samples import SAMPLE_MODEL
 
 
 def test_every_exported_name_resolves() -> None:

@@ -6,7 +6,7 @@ import onnx
 import pytest
 
 from deprune_onnx.pw import build_dependency_graph, plan_pw_pruning
-from pw_graphs import GraphBuilder, assert_exact_pruning, weight
+from support.pw_graphs import GraphBuilder, assert_exact_pruning, weight
 
 C, CLASSES = 64, 10
 

@@ -5,7 +5,7 @@ import numpy as np
 import onnx
 
 from deprune_onnx.pw import build_dependency_graph
-from pw_graphs import GraphBuilder, assert_exact_pruning, weight
+from support.pw_graphs import GraphBuilder, assert_exact_pruning, weight
 
 A, B = 16, 24
 

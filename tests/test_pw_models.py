@@ -1,4 +1,4 @@
-"""The real models in ../shared/models: MobileNetV2 (residual Adds), MobileNetV3-Small and PP-LCNet (SE,
+"""The real sample models in samples/: MobileNetV2 (residual Adds), MobileNetV3-Small and PP-LCNet (SE,
 hard-swish), at ratio 0.5 with scope project and scope all."""
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import numpy as np
 import onnx
 import pytest
 
-from conftest import SHARED
+from support.samples import SAMPLES_DIR
 from deprune_onnx.pw import apply_nm24, count_macs, count_params, pw_report, summarize_model
-from deprune_onnx.shapes import infer_tensor_shapes
-from pw_graphs import assert_exact_pruning, random_feeds, run
+from deprune_onnx.onnx_io.shapes import infer_tensor_shapes
+from support.pw_graphs import assert_exact_pruning, random_feeds, run
 
-MODELS = SHARED / "models"
+MODELS = SAMPLES_DIR
 # MobileNetV3-Small x0.35 has 8..48-channel projections: only an 8-channel tile can cut them.
 ALIGN = {"mobilenet_v2_torchvision": 32, "pplcnet_x1_0_doc_orientation_rapid": 32,
          "ppocr_mobile_v2_cls_mobilenetv3_small": 8}
@@ -20,7 +20,6 @@ ALIGN = {"mobilenet_v2_torchvision": 32, "pplcnet_x1_0_doc_orientation_rapid": 3
 
 def _load(name: str) -> onnx.ModelProto:
     path = MODELS / f"{name}.onnx"
-    assert path.exists(), f"{path} missing: tests need ../shared/models beside the checkout"
     return onnx.load(str(path))
 
 

@@ -6,7 +6,7 @@ import onnx
 
 from deprune_onnx.pw import apply_nm24
 from deprune_onnx.pw.nm24 import mask_2_of_4
-from pw_graphs import GraphBuilder, random_feeds, run, weight
+from support.pw_graphs import GraphBuilder, random_feeds, run, weight
 
 
 def test_mask_keeps_the_two_largest_of_every_four_with_ties_to_the_lower_index():

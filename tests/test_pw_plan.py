@@ -10,7 +10,7 @@ from hypothesis import given, strategies as st
 
 from deprune_onnx.errors import DepruneError
 from deprune_onnx.pw import PWPlan, aligned_kept_count, apply_pw_plan, plan_pw_pruning, select_removed
-from pw_graphs import GraphBuilder, random_feeds, run
+from support.pw_graphs import GraphBuilder, random_feeds, run
 from test_pw_residual import residual_chain
 
 

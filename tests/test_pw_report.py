@@ -5,7 +5,7 @@ import numpy as np
 
 from deprune_onnx.pw import (apply_pw_plan, count_macs, count_params, plan_pw_pruning, pw_report,
                              summarize_model)
-from pw_graphs import GraphBuilder
+from support.pw_graphs import GraphBuilder
 
 
 def test_params_and_macs_by_hand():

@@ -6,7 +6,7 @@ import onnx
 
 from deprune_onnx.pw import apply_pw_plan, build_dependency_graph, plan_pw_pruning
 from deprune_onnx.pw.importance import group_importance
-from pw_graphs import GraphBuilder, assert_exact_pruning, weight
+from support.pw_graphs import GraphBuilder, assert_exact_pruning, weight
 
 WIDTH, HIDDEN = 32, 64
 

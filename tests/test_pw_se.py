@@ -5,7 +5,7 @@ import numpy as np
 import onnx
 
 from deprune_onnx.pw import build_dependency_graph, plan_pw_pruning
-from pw_graphs import GraphBuilder, assert_exact_pruning, weight
+from support.pw_graphs import GraphBuilder, assert_exact_pruning, weight
 
 C_IN, HIDDEN, SQUEEZE, C_OUT = 16, 48, 8, 24
 

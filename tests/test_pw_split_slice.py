@@ -5,8 +5,8 @@ import numpy as np
 import onnx
 import pytest
 
-from deprune_onnx.graph import GraphIndex
-from pw_graphs import GraphBuilder, assert_exact_pruning, run, random_feeds
+from deprune_onnx.onnx_io.graph import GraphIndex
+from support.pw_graphs import GraphBuilder, assert_exact_pruning, run, random_feeds
 
 C = 32
 

@@ -5,7 +5,7 @@ import onnx
 import pytest
 
 from deprune_onnx.pw import apply_pw_plan, build_dependency_graph, plan_pw_pruning
-from pw_graphs import GraphBuilder, random_feeds, run, weight
+from support.pw_graphs import GraphBuilder, random_feeds, run, weight
 
 C = 32
 

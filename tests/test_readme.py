@@ -5,8 +5,8 @@ import re
 import shlex
 from pathlib import Path
 
-from cli_testing import run_cli
-from conftest import REPO
+from support.cli_testing import run_cli
+from support.samples import REPO
 
 
 def _bash_blocks() -> list[str]:

@@ -5,14 +5,14 @@ import json
 from pathlib import Path
 
 
-from cli_testing import run_cli
-from conftest import imagenet_samples, shared_model
-from deprune_onnx.plots import have_matplotlib
+from support.cli_testing import run_cli
+from support.samples import imagenet_samples, sample_model
+from deprune_onnx.report.plots import have_matplotlib
 
 
 def test_sweep_table_json_and_overlap_warning(tmp_path: Path) -> None:
     images = imagenet_samples() / "imagenet_0[0-3]_*.jpg"
-    result = run_cli("sweep", shared_model("mobilenet_v3_small"), "--images", images, "--ratios", "0,0.5",
+    result = run_cli("sweep", sample_model("mobilenet_v3_small"), "--images", images, "--ratios", "0,0.5",
                      "--methods", "b,channel", "--calib", imagenet_samples() / "imagenet_00_*.jpg",
                      "--calib-crops", "2", "-o", tmp_path, "--no-plot")
     assert result.exit_code == 0, result.output
@@ -29,7 +29,7 @@ def test_sweep_table_json_and_overlap_warning(tmp_path: Path) -> None:
 
 def test_report_renders_every_layer(tmp_path: Path) -> None:
     out = tmp_path / "p.onnx"
-    assert run_cli("prune", shared_model("mobilenet_v2"), out, "--dw-ratio", "0.5", "-q").exit_code == 0
+    assert run_cli("prune", sample_model("mobilenet_v2"), out, "--dw-ratio", "0.5", "-q").exit_code == 0
     page = tmp_path / "report.html"
     plot = have_matplotlib()
     result = run_cli("report", tmp_path / "p.report.json", "-o", page, *([] if plot else ["--no-plot"]))
@@ -45,7 +45,7 @@ def test_report_renders_every_layer(tmp_path: Path) -> None:
 
 
 def test_sweep_plot_is_a_png(tmp_path: Path) -> None:
-    result = run_cli("sweep", shared_model("mobilenet_v3_small"), "--images", imagenet_samples() / "imagenet_00_*.jpg",
+    result = run_cli("sweep", sample_model("mobilenet_v3_small"), "--images", imagenet_samples() / "imagenet_00_*.jpg",
                      "--ratios", "0.3", "--methods", "b", "-o", tmp_path)
     assert result.exit_code == 0, result.output
     assert (tmp_path / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -70,7 +70,7 @@ def run_check(args: argparse.Namespace) -> int:
     except lb.DepruneError as exc:
         print(f"dr_dwconv_check: {exc}", file=sys.stderr)
         return 2
-    from deprune_onnx.model_io import write_json_atomic  # noqa: PLC0415
+    from deprune_onnx.onnx_io.load_save import write_json_atomic  # noqa: PLC0415
     from deprune_onnx.trt.native import build_native  # noqa: PLC0415
 
     torch.backends.cudnn.benchmark = True

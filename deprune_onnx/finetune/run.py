@@ -15,14 +15,14 @@ import numpy as np
 import onnx
 
 from deprune_onnx.analysis import analyze
-from deprune_onnx.apply import apply_dw_masks
-from deprune_onnx.dw_planner import DWOptions
+from deprune_onnx.dw.apply import apply_dw_masks
+from deprune_onnx.dw.planner import DWOptions
 from deprune_onnx.errors import CheckFailed, DepruneError
 from deprune_onnx.evaluation.images import TrainingImages
 from deprune_onnx.finetune.convert import to_torch, write_back
 from deprune_onnx.finetune.distill import DistillOptions, distill, mean_kl, predict
 from deprune_onnx.finetune.fixed_masks import FixedMasks
-from deprune_onnx.graph import ensure_unique_node_names
+from deprune_onnx.onnx_io.graph import ensure_unique_node_names
 from deprune_onnx.pipeline import PruneOptions, make_keep_zeros_plan
 from deprune_onnx.plan import PruningPlan
 

@@ -12,7 +12,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from deprune_onnx.op import spec
-from deprune_onnx.proto_stream import tensor_nbytes
+from deprune_onnx.onnx_io.proto_stream import tensor_nbytes
 
 
 def uses_custom_op(graph: gs.Graph) -> bool:

@@ -14,7 +14,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from deprune_onnx.errors import DepruneError
-from deprune_onnx.model_io import default_opset
+from deprune_onnx.onnx_io.load_save import default_opset
 from deprune_onnx.op import spec
 from deprune_onnx.op.activations import lower_activation
 from deprune_onnx.op.attributes import decode_attributes

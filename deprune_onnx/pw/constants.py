@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from deprune_onnx.graph import FOLDABLE_OPS
+from deprune_onnx.onnx_io.graph import FOLDABLE_OPS
 
 
 class ConstantWriter:

@@ -31,8 +31,8 @@ from typing import Any, Callable
 import numpy as np
 import onnx
 
-from deprune_onnx.graph import GraphIndex, node_attributes
-from deprune_onnx.shapes import Shape, infer_tensor_shapes
+from deprune_onnx.onnx_io.graph import GraphIndex, node_attributes
+from deprune_onnx.onnx_io.shapes import Shape, infer_tensor_shapes
 
 CHANNEL_AXIS = 1
 

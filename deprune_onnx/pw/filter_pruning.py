@@ -14,11 +14,11 @@ import onnx
 
 from deprune_onnx.analysis import ModelAnalysis, analyze
 from deprune_onnx.errors import DepruneError
-from deprune_onnx.graph import GraphIndex
+from deprune_onnx.onnx_io.graph import GraphIndex
 from deprune_onnx.pw.dependency import ChannelGroup, build_dependency_graph
 from deprune_onnx.pw.importance import group_importance
 from deprune_onnx.pw.plan import SCOPES, PWGroupPlan, PWPlan
-from deprune_onnx.shapes import infer_tensor_shapes
+from deprune_onnx.onnx_io.shapes import infer_tensor_shapes
 
 
 def aligned_kept_count(channels: int, ratio: float, align: int) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from deprune_onnx.graph import GraphIndex, node_attributes
+from deprune_onnx.onnx_io.graph import GraphIndex, node_attributes
 from deprune_onnx.pw.dependency import ChannelGroup, DependencyGraph
 
 

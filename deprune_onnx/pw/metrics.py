@@ -13,9 +13,9 @@ import numpy as np
 import onnx
 
 from deprune_onnx.analysis import analyze
-from deprune_onnx.graph import node_attributes
+from deprune_onnx.onnx_io.graph import node_attributes
 from deprune_onnx.pw.plan import PWGroupPlan, PWPlan
-from deprune_onnx.shapes import Shape, concrete, infer_tensor_shapes
+from deprune_onnx.onnx_io.shapes import Shape, concrete, infer_tensor_shapes
 
 
 def count_params(model: onnx.ModelProto) -> int:

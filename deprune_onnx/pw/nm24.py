@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 
 from deprune_onnx.analysis import ModelAnalysis, analyze
-from deprune_onnx.graph import GraphIndex
+from deprune_onnx.onnx_io.graph import GraphIndex
 from deprune_onnx.pw.constants import ConstantWriter
 
 GROUP = 4

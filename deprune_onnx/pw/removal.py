@@ -13,13 +13,13 @@ import onnx
 from onnx import shape_inference
 
 from deprune_onnx.errors import DepruneError
-from deprune_onnx.graph import GraphIndex
-from deprune_onnx.model_io import default_opset
+from deprune_onnx.onnx_io.graph import GraphIndex
+from deprune_onnx.onnx_io.load_save import default_opset
 from deprune_onnx.pw.constants import ConstantWriter
 from deprune_onnx.pw.dependency import (DependencyGraph, RewriteSlice, RewriteSplit, SetGroupAttribute,
                                         SetShapeEntry, SliceConstant, build_dependency_graph)
 from deprune_onnx.pw.plan import PWPlan
-from deprune_onnx.shapes import _weightless_copy
+from deprune_onnx.onnx_io.shapes import _weightless_copy
 
 
 def _removed_channels(graph: DependencyGraph, plan: PWPlan) -> dict[str, np.ndarray]:

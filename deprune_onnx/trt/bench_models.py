@@ -130,7 +130,7 @@ def dw_layers_model(model: str, seed: int = 0) -> onnx.ModelProto:
 
 def pruned_dw_layers_model(model: str, ratio: float, seed: int = 0, dtype: str = "float32") -> onnx.ModelProto:
     """``dw_layers_model`` pruned by the real pipeline: method bh at DW ratio ``ratio``, written as the custom op."""
-    from deprune_onnx.dw_planner import DWOptions  # noqa: PLC0415 - the pipeline is heavy; only the check needs it
+    from deprune_onnx.dw.planner import DWOptions  # noqa: PLC0415 - the pipeline is heavy; only the check needs it
     from deprune_onnx.pipeline import PruneOptions, prune_model  # noqa: PLC0415
 
     options = PruneOptions(dw=DWOptions(method="bh", dw_ratio=ratio), output_format="plugin", dtype=dtype)

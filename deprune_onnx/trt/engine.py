@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from deprune_onnx.errors import DepruneError
-from deprune_onnx.model_io import write_bytes_atomic
+from deprune_onnx.onnx_io.load_save import write_bytes_atomic
 from deprune_onnx.op.spec import DOMAIN, OP_TYPE, PLUGIN_NAMESPACE, PLUGIN_VERSION
 
 Shape = tuple[int, ...]

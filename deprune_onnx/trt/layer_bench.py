@@ -120,7 +120,7 @@ def _custom_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
 def layers_from_model(model: onnx.ModelProto, group: str = "") -> list[BenchLayer]:
     """Every DRSparseDepthwiseConv node of ``model`` with its input H/W; raises DepruneError naming the node."""
     from deprune_onnx.op.lower import lower  # noqa: PLC0415 - graphsurgeon import only when layers are read
-    from deprune_onnx.shapes import infer_tensor_shapes  # noqa: PLC0415
+    from deprune_onnx.onnx_io.shapes import infer_tensor_shapes  # noqa: PLC0415
 
     nodes = _custom_nodes(model)
     shapes = infer_tensor_shapes(lower(model)) if nodes else {}
@@ -140,7 +140,7 @@ def layers_from_model(model: onnx.ModelProto, group: str = "") -> list[BenchLaye
 
 def load_bench_layers(path: str | Path) -> list[BenchLayer]:
     """The custom layers of a pruned model file; one-line DepruneError for a bad file or a model without any."""
-    from deprune_onnx.model_io import load_model  # noqa: PLC0415
+    from deprune_onnx.onnx_io.load_save import load_model  # noqa: PLC0415
 
     path = Path(path)
     layers = layers_from_model(load_model(path), group=path.stem)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import onnx
 from onnx import shape_inference
 
-from deprune_onnx.proto_stream import tensor_nbytes
+from deprune_onnx.onnx_io.proto_stream import tensor_nbytes
 
 # Small initializers keep their data: Reshape targets and similar shape constants need their values.
 _KEEP_DATA_BELOW_BYTES = 4096

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from deprune_onnx.report import _kept_summary
+from deprune_onnx.report.build import _kept_summary
 
 _STYLE = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;font-size:13px}
 th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}th{background:#f2f2f2}td.name{text-align:left;
@@ -92,7 +92,7 @@ def render_html(report: dict[str, Any], images: list[str], title: str) -> str:
 
 def layer_plot(report: dict[str, Any]) -> bytes:
     """Per-layer achieved PR (bars) and tile-model speedup (line)."""
-    from deprune_onnx.plots import figure_png, pyplot
+    from deprune_onnx.report.plots import figure_png, pyplot
 
     plt = pyplot()
     rows = report["dw_layers"]
@@ -117,7 +117,7 @@ def sensitivity_plot(report: dict[str, Any]) -> bytes | None:
     rows = [r for r in report["dw_layers"] if r.get("sensitivity")]
     if not rows:
         return None
-    from deprune_onnx.plots import figure_png, pyplot
+    from deprune_onnx.report.plots import figure_png, pyplot
 
     plt = pyplot()
     figure, axis = plt.subplots(figsize=(7, 4))

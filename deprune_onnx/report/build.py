@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from deprune_onnx.analysis import ConvLayer, ModelAnalysis
-from deprune_onnx.masks import tile_time
+from deprune_onnx.dw.masks import tile_time
 from deprune_onnx.plan import DWLayerPlan, PruningPlan
 
 

@@ -16,8 +16,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import SAMPLE_MODEL
-from dsconv_graphs import BlockSpec, dsconv_network, two_block_model
+from support.samples import SAMPLE_MODEL
+from support.dsconv_graphs import BlockSpec, dsconv_network, two_block_model
 
 OK = "ok"
 OUT = "out.onnx"
@@ -434,7 +434,7 @@ def _options(*extra: str) -> Callable[[Path], list[str]]:
 def _plan_of_another_model(folder: Path) -> list[str]:
     other = dsconv_network([BlockSpec(8, 8, expand=4)], size=8)
     from deprune_onnx.pipeline import PruneOptions, prune_model
-    from deprune_onnx.model_io import write_json_atomic
+    from deprune_onnx.onnx_io.load_save import write_json_atomic
     write_json_atomic(folder / "other.plan.json", prune_model(other, PruneOptions()).plan.to_dict())
     return [_save(_one_block(), folder), str(folder / OUT), "--plan", str(folder / "other.plan.json")]
 

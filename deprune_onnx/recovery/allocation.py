@@ -25,14 +25,14 @@ import numpy as np
 import onnx
 
 from deprune_onnx.analysis import ModelAnalysis
-from deprune_onnx.calibration import (DEFAULT_DAMP, ParameterWriter, analysis_input, reference_stats, refit_channels,
+from deprune_onnx.recovery.refit import (DEFAULT_DAMP, ParameterWriter, analysis_input, reference_stats, refit_channels,
                                       stacked)
-from deprune_onnx.dw_planner import layer_mask
+from deprune_onnx.dw.planner import layer_mask
 from deprune_onnx.errors import DepruneError
 from deprune_onnx.evaluation.metrics import kl_divergence, log_probabilities
-from deprune_onnx.graph import GraphIndex
+from deprune_onnx.onnx_io.graph import GraphIndex
 from deprune_onnx.progress import progress
-from deprune_onnx.staged import StagedForward
+from deprune_onnx.recovery.staged import StagedForward
 
 ALLOCATORS = ("kl",)
 DEFAULT_MEASURED_RATIOS = (0.25, 0.5, 0.75, 0.9)

@@ -10,7 +10,7 @@ import onnx
 from onnx import numpy_helper
 
 from deprune_onnx.errors import DepruneError
-from deprune_onnx.graph import GraphIndex, node_attributes, remove_unused
+from deprune_onnx.onnx_io.graph import GraphIndex, node_attributes, remove_unused
 from deprune_onnx.plan import DWLayerPlan
 from deprune_onnx.progress import progress
 

@@ -20,8 +20,8 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from deprune_onnx.errors import DepruneError
-from deprune_onnx.graph import check_graph
-from deprune_onnx.proto_stream import tensor_nbytes, write_model
+from deprune_onnx.onnx_io.graph import check_graph
+from deprune_onnx.onnx_io.proto_stream import tensor_nbytes, write_model
 
 MIN_OPSET = 11
 # protobuf cannot serialise a message of 2 GiB or more; stay clearly below it.

@@ -20,10 +20,9 @@ from onnx import numpy_helper, shape_inference
 
 from deprune_onnx.op.activations import apply_activation
 from deprune_onnx.op.packing import PackedDR, pack_dr_weights, unpack_dr_weights
+from support.samples import SAMPLES_DIR
 from deprune_onnx.trt.native import SOURCE_ROOT, build_native, find_tensorrt_include
 
-MODELS_DIR = Path("/work/shared/models") if Path("/work/shared/models").is_dir() else \
-    SOURCE_ROOT.parent / "shared" / "models"
 TEST_BUILD_DIR = SOURCE_ROOT / "build" / "test-native"
 # Static input sizes of the real models (the PP-OCR classifier's graph leaves H/W symbolic).
 MODEL_INPUTS = {
@@ -73,10 +72,10 @@ def _with_static_input(model: onnx.ModelProto, shape: tuple[int, ...]) -> onnx.M
 
 
 def real_dw_layers() -> list[DwLayer]:
-    """Every DW conv (group == C_in, weight [C_out, 1, kh, kw]) of the shared real models."""
+    """Every DW conv (group == C_in, weight [C_out, 1, kh, kw]) of the real sample models."""
     layers = []
     for file_name, input_shape in MODEL_INPUTS.items():
-        model = _with_static_input(onnx.load(str(MODELS_DIR / file_name)), input_shape)
+        model = _with_static_input(onnx.load(str(SAMPLES_DIR / file_name)), input_shape)
         inits = {t.name: t for t in model.graph.initializer}
         shapes = {v.name: tuple(d.dim_value for d in v.type.tensor_type.shape.dim)
                   for v in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)}

@@ -30,11 +30,11 @@ from onnx import numpy_helper
 
 from deprune_onnx.analysis import ConvLayer, ModelAnalysis, conv_output_hw
 from deprune_onnx.errors import DepruneError
-from deprune_onnx.graph import GraphIndex
-from deprune_onnx.masks import keep_top_per_subgemm
+from deprune_onnx.onnx_io.graph import GraphIndex
+from deprune_onnx.dw.masks import keep_top_per_subgemm
 from deprune_onnx.plan import DWLayerPlan, encode_mask
 from deprune_onnx.progress import progress
-from deprune_onnx.staged import StagedForward
+from deprune_onnx.recovery.staged import StagedForward
 
 DEFAULT_DAMP = 0.01
 # Patch matrices are built in pieces of about this many float32 values, to bound memory.

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from deprune_onnx.errors import DepruneError
-from deprune_onnx.model_io import write_bytes_atomic
+from deprune_onnx.onnx_io.load_save import write_bytes_atomic
 from deprune_onnx.plan import PruningPlan
 
 # A PyTorch state-dict key of a conv weight: dotted identifiers / indices ending in ".weight".

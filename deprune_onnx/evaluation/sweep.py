@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from deprune_onnx.dw_planner import DWOptions
+from deprune_onnx.dw.planner import DWOptions
 from deprune_onnx.evaluation import ModelRunner, evaluate_outputs
 from deprune_onnx.evaluation.images import ImageSet
 from deprune_onnx.pipeline import CalibOptions, PruneOptions, prune_model
@@ -69,7 +69,7 @@ def format_sweep_table(rows: list[dict[str, Any]]) -> str:
 
 def plot_sweep(rows: list[dict[str, Any]]) -> bytes:
     """PNG of agreement and KL against the achieved DW ratio, one colour per method, dashed = reconstructed."""
-    from deprune_onnx.plots import figure_png, pyplot
+    from deprune_onnx.report.plots import figure_png, pyplot
 
     plt = pyplot()
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))

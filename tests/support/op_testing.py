@@ -10,11 +10,7 @@ import onnx_graphsurgeon as gs
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
-from conftest import SHARED
-
-MODELS_DIR = SHARED / "models"
-MODEL_PATHS = sorted(MODELS_DIR.glob("*.onnx"))
-IMAGES_DIR = SHARED / "data" / "imagenet_samples"
+from support.samples import SAMPLE_MODEL_PATHS as MODEL_PATHS, SAMPLES_DIR as MODELS_DIR, imagenet_samples
 
 
 def max_rel_err(actual: np.ndarray, reference: np.ndarray) -> float:

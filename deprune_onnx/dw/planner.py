@@ -17,8 +17,8 @@ import onnx
 
 from deprune_onnx.analysis import ConvLayer, ModelAnalysis
 from deprune_onnx.errors import DepruneError
-from deprune_onnx.graph import GraphIndex
-from deprune_onnx.masks import (SUBGEMM_CHANNELS, Misalignment, align_subgemms, bwt_mask, channel_mask,
+from deprune_onnx.onnx_io.graph import GraphIndex
+from deprune_onnx.dw.masks import (SUBGEMM_CHANNELS, Misalignment, align_subgemms, bwt_mask, channel_mask,
                                 choose_hsr_patterns, dcp_mask, global_masks, kept_per_subgemm, misalignment,
                                 subgemm_vectors)
 from deprune_onnx.plan import DWLayerPlan, encode_mask

@@ -10,8 +10,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from deprune_onnx.graph import GraphIndex
-from op_testing import random_feeds, run_ort as run
+from deprune_onnx.onnx_io.graph import GraphIndex
+from support.op_testing import random_feeds, run_ort as run
 from deprune_onnx.pw import PWPlan, apply_pw_plan, build_dependency_graph, plan_pw_pruning
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 
 from deprune_onnx.analysis import ModelAnalysis
-from deprune_onnx.dw_planner import DWOptions, resolve_layer_ratios
+from deprune_onnx.dw.planner import DWOptions, resolve_layer_ratios
 from deprune_onnx.errors import DepruneError
 
 if TYPE_CHECKING:
@@ -67,7 +67,7 @@ def allocate_layer_ratios(model: onnx.ModelProto, analysis: ModelAnalysis, dw: D
                           samples: np.ndarray) -> tuple[list[tuple[str, float]], dict[str, Any], dict[str, dict]]:
     """Per-layer ratios from measured sensitivity (``--allocate``): the ratios to plan with, the summary for
     the plan, and each layer's measured curve and choice."""
-    from deprune_onnx.allocation import ALLOCATORS, allocate_ratios, measure_sensitivity
+    from deprune_onnx.recovery.allocation import ALLOCATORS, allocate_ratios, measure_sensitivity
 
     assert calib.allocate is not None
     if calib.allocate not in ALLOCATORS:

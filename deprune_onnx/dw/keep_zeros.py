@@ -28,10 +28,10 @@ import numpy as np
 import onnx
 
 from deprune_onnx.analysis import ModelAnalysis
-from deprune_onnx.dw_planner import DW_METHODS
+from deprune_onnx.dw.planner import DW_METHODS
 from deprune_onnx.errors import DepruneError
-from deprune_onnx.graph import GraphIndex
-from deprune_onnx.masks import (SUBGEMM_CHANNELS, Misalignment, align_subgemms, choose_hsr_patterns,
+from deprune_onnx.onnx_io.graph import GraphIndex
+from deprune_onnx.dw.masks import (SUBGEMM_CHANNELS, Misalignment, align_subgemms, choose_hsr_patterns,
                                 kept_per_subgemm, misalignment, subgemm_sizes, subgemm_vectors)
 from deprune_onnx.plan import DWLayerPlan, encode_mask
 

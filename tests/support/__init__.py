@@ -1,0 +1,1 @@
+"""Helpers shared by the tests: generated graphs, ORT runners, CLI runners, mask checks, the sample models."""
