@@ -52,7 +52,7 @@ def test_calibration_and_allocation_report_through_the_progress_bars(tmp_path: P
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """--calib --allocate: the sensitivity and refit loops draw tqdm bars on a terminal, nothing with -q (off a
     terminal progress_enabled() is False: test_bars_only_on_a_terminal)."""
-    from conftest import imagenet_samples
+    from support.samples import imagenet_samples
 
     args = ["prune", str(SAMPLE_MODEL), str(tmp_path / "c.onnx"), "--dw-ratio", "0.5", "--calib",
             str(imagenet_samples()), "--calib-n", "2", "--calib-crops", "1", "--allocate", "kl",
