@@ -28,6 +28,16 @@ def _load(input_path: str) -> onnx.ModelProto:
         return load_model(input_path)
 
 
+def _parse_damp(value: str) -> float | None:
+    """--calib-damp: a number, or 'auto' (None: cross-validated per layer)."""
+    if value.strip().lower() == "auto":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise click.BadParameter(f"'{value}': expected a number or auto", param_hint="'--calib-damp'") from None
+
+
 @click.command("prune")
 @click.argument("input_path", metavar="IN.onnx", type=click.Path(dir_okay=True))
 @click.argument("output_path", metavar="OUT.onnx", type=click.Path(dir_okay=True))
@@ -45,6 +55,10 @@ def _load(input_path: str) -> onnx.ModelProto:
 @click.option("--tile", type=int, default=32, show_default=True, help="GPU tile T along K for HSR alignment.")
 @click.option("--hsr-timings", type=click.Path(dir_okay=False),
               help="JSON of measured per-layer HSR speedups (alpha) replacing the tile cost model.")
+@click.option("--hsr-rank", type=click.Choice(["beta", "damage"]), default="beta", show_default=True,
+              help="How bh picks over-/under-aligned layers: beta = the paper's alpha/eps; damage = speed gained "
+                   "per unit of expected damage (measured KL with --calib, relative weight energy removed "
+                   "without), so sensitive layers are under-aligned.")
 @click.option("--plan", "plan_path", type=click.Path(dir_okay=True),
               help="Re-apply a saved plan instead of computing masks (method and ratio options are ignored).")
 @click.option("--keep-zeros", is_flag=True,
@@ -78,8 +92,10 @@ def _load(input_path: str) -> onnx.ModelProto:
               help="Preprocessing preset of the calibration images [default: guessed from the input shape].")
 @click.option("--calib-crops", type=int, metavar="V",
               help="Views per calibration image (crops, flips) [default: enough for 64 samples, at most 10].")
-@click.option("--calib-damp", type=float, default=0.01, show_default=True,
-              help="Ridge damping of the refit, relative to each channel's mean input energy.")
+@click.option("--calib-damp", default="0.01", show_default=True, metavar="X|auto",
+              help="Ridge damping of the refit, relative to each channel's mean input energy; auto = chosen per "
+                   "layer by cross-validation over held-out calibration images, and a layer whose held-out "
+                   "residual the refit does not lower keeps its unrefitted weights.")
 @click.option("--calib-saliency", is_flag=True,
               help="Choose the kept taps by second-order saliency w^2/[H^-1]_pp instead of |w| (same K per "
                    "sub-GEMM, so the DR/tile structure is unchanged).")
@@ -96,11 +112,11 @@ def _load(input_path: str) -> onnx.ModelProto:
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors (no progress bars).")
 @click.option("--verbose", "-v", count=True, help="Log each pass with its time and peak memory; -vv for debug.")
 def command(input_path: str, output_path: str, method: str, dw_ratio: float, layer_ratios: tuple[str, ...],
-            exclude: tuple[str, ...], tile: int, hsr_timings: str | None, pw_ratio: float, pw_align: int,
+            exclude: tuple[str, ...], tile: int, hsr_timings: str | None, hsr_rank: str, pw_ratio: float, pw_align: int,
             pw_scope: str, pw_method: str, plan_path: str | None, keep_zeros: bool,
             plan_out: str | None, report_path: str | None,
             output_format: str, dtype: str, calib_sources: tuple[str, ...], calib_n: int | None,
-            calib_preprocess: str | None, calib_crops: int | None, calib_damp: float, calib_saliency: bool,
+            calib_preprocess: str | None, calib_crops: int | None, calib_damp: str, calib_saliency: bool,
             refit: bool, allocate: str | None, allocate_ratios: str, allocate_samples: int, as_json: bool,
             quiet: bool, verbose: int) -> None:
     """Prune the depthwise convs of IN.onnx the DEPrune way and write OUT.onnx.
@@ -144,11 +160,11 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, lay
     plan_file = check_output_path(plan_out or sidecar_path(output, ".plan.json"), input_path)
     dw_options = DWOptions(method=method, dw_ratio=dw_ratio, layer_ratios=parse_layer_ratios(layer_ratios),
                            exclude=list(exclude), tile=tile,
-                           hsr_alphas=load_hsr_timings(hsr_timings) if hsr_timings else {})
+                           hsr_alphas=load_hsr_timings(hsr_timings) if hsr_timings else {}, hsr_rank=hsr_rank)
     calib = None
     if calib_sources:
         calib = CalibOptions(sources=list(calib_sources), n=calib_n, preprocess=calib_preprocess,
-                             crops=calib_crops, damp=calib_damp, saliency=calib_saliency, refit=refit,
+                             crops=calib_crops, damp=_parse_damp(calib_damp), saliency=calib_saliency, refit=refit,
                              allocate=allocate, allocate_ratios=parse_ratio_list(allocate_ratios, "--allocate-ratios"),
                              allocate_samples=allocate_samples)
     elif allocate:

@@ -13,7 +13,7 @@ import onnx
 
 from deprune_onnx.analysis import ModelAnalysis, analyze
 from deprune_onnx.dw.apply import apply_dw_masks
-from deprune_onnx.dw.planner import DWOptions, plan_dw_layers
+from deprune_onnx.dw.planner import DamageMeasure, DWOptions, plan_dw_layers
 from deprune_onnx.errors import DepruneError
 from deprune_onnx.onnx_io.graph import ensure_unique_node_names
 from deprune_onnx.dw.keep_zeros import plan_keep_zeros
@@ -21,7 +21,8 @@ from deprune_onnx.logging_utils import timed_pass
 from deprune_onnx.dw.masks import SUBGEMM_CHANNELS
 from deprune_onnx.plan import PruningPlan
 from deprune_onnx.pw import PWPlan, apply_nm24, apply_pw_plan, plan_pw_pruning, pw_report, summarize_model
-from deprune_onnx.recovery.calibration import CalibOptions, allocate_layer_ratios, calibration_set
+from deprune_onnx.recovery.calibration import (CalibOptions, allocate_layer_ratios, calibration_set,
+                                               hsr_damage_measure)
 from deprune_onnx.report.build import build_report
 
 OUTPUT_FORMATS = ("dense", "plugin")
@@ -66,15 +67,16 @@ def _require_dw_layers(analysis: ModelAnalysis) -> None:
 
 
 def make_plan(model: onnx.ModelProto, options: PruneOptions, analysis: ModelAnalysis,
-              pw_plan: PWPlan | None) -> PruningPlan:
-    """Decide every DW mask (on the model after PW removal); pure with respect to the model."""
+              pw_plan: PWPlan | None, damage: DamageMeasure | None = None) -> PruningPlan:
+    """Decide every DW mask (on the model after PW removal); pure with respect to the model. ``damage``: the
+    measured damage of candidate masks for ``--hsr-rank damage`` (with --calib)."""
     if options.keep_zeros:
         plan = make_keep_zeros_plan(model, options, analysis)
         plan.pw = pw_plan.to_dict() if pw_plan else None
         plan.options["pw"] = asdict(options.pw)
         return plan
     return PruningPlan(method=options.dw.method, dw_ratio=options.dw.dw_ratio, tile=options.dw.tile,
-                       subgemm_channels=SUBGEMM_CHANNELS, dw_layers=plan_dw_layers(model, analysis, options.dw),
+                       subgemm_channels=SUBGEMM_CHANNELS, dw_layers=plan_dw_layers(model, analysis, options.dw, damage),
                        pw=pw_plan.to_dict() if pw_plan else None,
                        options={"dw": asdict(options.dw), "pw": asdict(options.pw)})
 
@@ -146,8 +148,11 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan
             layer_ratios, summary, per_layer = allocate_layer_ratios(reference, analysis, options.dw, calib,
                                                                      samples.inputs)
             options = replace(options, dw=replace(options.dw, layer_ratios=layer_ratios))
+        damage = None
+        if calib is not None and options.dw.method == "bh" and options.dw.hsr_rank == "damage":
+            damage = hsr_damage_measure(reference, analysis, calib, samples.inputs)
         with timed_pass("plan"):
-            plan = make_plan(model, options, analysis, pw_plan)
+            plan = make_plan(model, options, analysis, pw_plan, damage)
         if summary is not None:
             plan.allocation = summary
             for layer in plan.dw_layers:
@@ -161,10 +166,12 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan
 
         with timed_pass("refit"):
             refits = reconstruct(model, reference, analysis, plan.dw_layers, samples.inputs, calib.damp,
-                                 calib.saliency)
+                                 calib.saliency, groups=samples.image_index)
         plan.calibration = {"images": [str(p) for p in samples.paths], "views": samples.views,
                             "samples": int(len(samples.inputs)), "preprocess": samples.preset,
-                            "damp": calib.damp, "saliency": calib.saliency, "layers_refit": len(refits)}
+                            "damp": "auto" if calib.damp is None else calib.damp, "saliency": calib.saliency,
+                            "layers_refit": sum(bool(r["refit"]) for r in refits),
+                            "layers_kept_unrefitted": [r["layer"] for r in refits if not r["refit"]]}
     extra: dict[str, Any] = {"format": options.output_format, "dtype": options.dtype}
     if pw_section is not None:
         extra["pw"] = pw_section

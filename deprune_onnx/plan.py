@@ -49,6 +49,8 @@ class DWLayerPlan:
     alpha_source: str | None = None  # tile-model | measured
     eps: int | None = None
     beta: float | None = None
+    hsr_rank: str | None = None  # bh: the rule that chose o/u (beta | damage)
+    hsr_damage: dict[str, Any] | None = None  # damage rank: expected damage of each candidate alignment, source
     note: str = ""
     calibration: dict[str, Any] | None = None   # what --calib did: residual before/after, samples, damping
     sensitivity: dict[str, Any] | None = None   # what --allocate measured and chose for this layer

@@ -10,7 +10,7 @@ import fnmatch
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import onnx
@@ -18,13 +18,18 @@ import onnx
 from deprune_onnx.analysis import ConvLayer, ModelAnalysis
 from deprune_onnx.errors import DepruneError
 from deprune_onnx.onnx_io.graph import GraphIndex
-from deprune_onnx.dw.masks import (SUBGEMM_CHANNELS, Misalignment, align_subgemms, bwt_mask, channel_mask,
-                                choose_hsr_patterns, dcp_mask, global_masks, kept_per_subgemm, misalignment,
-                                subgemm_vectors)
+from deprune_onnx.dw.masks import (HSR_RANKS, SUBGEMM_CHANNELS, Misalignment, align_subgemms, bwt_mask,
+                                channel_mask, choose_hsr_patterns, dcp_mask, energy_damage, global_masks,
+                                kept_per_subgemm, misalignment, subgemm_vectors)
 from deprune_onnx.plan import DWLayerPlan, encode_mask
 from deprune_onnx.progress import progress
 
 DW_METHODS = ("dcp", "b", "bh", "channel", "global")
+# Measures expected damage for candidate masks: {layer: [keep, ...]} -> {layer: [damage, ...]} (e.g. the KL
+# of the model's output with that layer alone pruned, recovery/allocation.py measure_masks).
+DamageMeasure = Callable[[dict[str, list[np.ndarray]]], dict[str, list[float]]]
+# The candidate alignments of a bh layer whose damage --hsr-rank damage weighs: (pattern, extra tiles).
+HSR_CANDIDATES = (("u", 0), ("o", 0), ("u", 1), ("o", 1))
 
 
 @dataclass
@@ -35,6 +40,7 @@ class DWOptions:
     exclude: list[str] = field(default_factory=list)                     # globs of layers left dense
     tile: int = 32
     hsr_alphas: dict[str, float] = field(default_factory=dict)           # measured alpha per layer
+    hsr_rank: str = "beta"                                               # HSR_RANKS: beta | damage
 
 
 def check_ratio(value: float, option: str) -> float:
@@ -102,10 +108,16 @@ def layer_mask(weight: np.ndarray, method: str, ratio: float) -> np.ndarray:
     return bwt_mask(weight, ratio, SUBGEMM_CHANNELS)
 
 
-def plan_dw_layers(model: onnx.ModelProto, analysis: ModelAnalysis, options: DWOptions) -> list[DWLayerPlan]:
-    """One DWLayerPlan per DW layer of ``analysis`` (excluded layers too, with method 'none')."""
+def plan_dw_layers(model: onnx.ModelProto, analysis: ModelAnalysis, options: DWOptions,
+                   damage: DamageMeasure | None = None) -> list[DWLayerPlan]:
+    """One DWLayerPlan per DW layer of ``analysis`` (excluded layers too, with method 'none').
+
+    ``damage`` (bh with ``hsr_rank`` 'damage' only): measures the expected damage of candidate masks, e.g. KL
+    on calibration images; without it the data-free proxy ``energy_damage`` is used."""
     if options.method not in DW_METHODS:
         raise DepruneError(f"--method '{options.method}': expected one of {', '.join(DW_METHODS)}")
+    if options.hsr_rank not in HSR_RANKS:
+        raise DepruneError(f"--hsr-rank '{options.hsr_rank}': expected one of {', '.join(HSR_RANKS)}")
     check_ratio(options.dw_ratio, "--dw-ratio")
     for _, ratio in options.layer_ratios:
         check_ratio(ratio, "--layer-ratio")
@@ -134,9 +146,22 @@ def plan_dw_layers(model: onnx.ModelProto, analysis: ModelAnalysis, options: DWO
     if options.method == "global":
         _apply_global(plans, weights, options.dw_ratio)
     if options.method == "bh":
-        base_masks = _apply_hsr(plans, weights, options)
-        _balance_hsr(plans, weights, base_masks, options)
+        damages = _hsr_damages(plans, weights, options, damage) if options.hsr_rank == "damage" else None
+        source = "measured KL" if damage is not None else "weight energy"
+        base_masks = _apply_hsr(plans, weights, options, damages, source)
+        _balance_hsr(plans, weights, base_masks, options, damages)
     return plans
+
+
+def _hsr_damages(plans: list[DWLayerPlan], weights: Mapping[str, np.ndarray], options: DWOptions,
+                 damage: DamageMeasure | None) -> dict[str, list[float]]:
+    """Expected damage of every HSR_CANDIDATES alignment of every pruned bh layer, measured or proxied."""
+    requests = {plan.name: [align_subgemms(weights[plan.name], plan.keep_mask(), pattern, options.tile,
+                                           extra_tiles=extra) for pattern, extra in HSR_CANDIDATES]
+                for plan in plans if plan.method == "bh" and plan.target_ratio > 0.0}
+    if damage is not None:
+        return damage(requests)
+    return {name: energy_damage(weights[name], keeps) for name, keeps in requests.items()}
 
 
 def _apply_global(plans: list[DWLayerPlan], weights: Mapping[str, np.ndarray], ratio: float) -> None:
@@ -157,9 +182,10 @@ def _layer_plan(layer: ConvLayer, method: str, ratio: float, keep: np.ndarray) -
         vectors_per_subgemm=[int(v) for v in subgemm_vectors(shape)])
 
 
-def _apply_hsr(plans: list[DWLayerPlan], weights: Mapping[str, np.ndarray], options: DWOptions
-               ) -> dict[str, np.ndarray]:
-    """Rank the pruned layers by beta and over-/under-align each one's sub-GEMMs to the tile.
+def _apply_hsr(plans: list[DWLayerPlan], weights: Mapping[str, np.ndarray], options: DWOptions,
+               damages: Mapping[str, list[float]] | None = None, source: str = "") -> dict[str, np.ndarray]:
+    """Rank the pruned layers (by beta, or with ``damages`` by speed per unit of damage) and over-/under-align
+    each one's sub-GEMMs to the tile.
 
     Returns the BWT masks before alignment, which the balance step starts from again.
     """
@@ -172,8 +198,16 @@ def _apply_hsr(plans: list[DWLayerPlan], weights: Mapping[str, np.ndarray], opti
     for plan in candidates:
         info = misalignment(np.array(plan.kept_per_subgemm), np.array(plan.vectors_per_subgemm), options.tile)
         infos.append((info, options.hsr_alphas.get(plan.name)))
-    patterns = choose_hsr_patterns(infos)
+    gaps = None
+    if damages is not None:
+        gaps = [damages[plan.name][1] - damages[plan.name][0] for plan in candidates]
+    patterns = choose_hsr_patterns(infos, gaps)
     for plan, (info, measured), pattern in zip(candidates, infos, patterns):
+        plan.hsr_rank = options.hsr_rank
+        if damages is not None:
+            under, over, under_more, over_more = damages[plan.name]
+            plan.hsr_damage = {"source": source, "under": under, "over": over,
+                               "under_one_more_tile": under_more, "over_one_more_tile": over_more}
         plan.eps = info.eps
         plan.alpha = measured if measured is not None else info.alpha
         plan.alpha_source = "measured" if measured is not None else "tile-model"
@@ -197,7 +231,8 @@ HSR_BALANCE_TOLERANCE = 0.005
 
 
 def _balance_hsr(plans: list[DWLayerPlan], weights: Mapping[str, np.ndarray],
-                 base_masks: Mapping[str, np.ndarray], options: DWOptions) -> None:
+                 base_masks: Mapping[str, np.ndarray], options: DWOptions,
+                 damages: Mapping[str, list[float]] | None = None) -> None:
     """Bring the model-wide DW ratio back near the target after HSR, keeping every K_g tile-aligned.
 
     DECISION (the paper is silent): the half/half split keeps the model-wide ratio near the target only when the
@@ -210,6 +245,10 @@ def _balance_hsr(plans: list[DWLayerPlan], weights: Mapping[str, np.ndarray],
     one layer reached the target at 0.3 by pruning two MobileNetV2 layers at 89%, which costs far more
     accuracy than the small miss it fixes. Patterns and the u/o split do not change; the plan records the extra
     tile per layer, and the report shows any remaining gap (achieved vs target ratio).
+
+    With ``damages`` (``--hsr-rank damage``) the move is chosen among those that bring the ratio closer to the
+    target by expected damage per moved weight instead: the restore that removes the most damage per restored
+    weight, or the extra pruning that adds the least damage per pruned weight.
     """
     aligned = [p for p in plans if p.pattern in ("o", "u")]
     pruned = [p for p in plans if p.method != "none"]
@@ -234,11 +273,19 @@ def _balance_hsr(plans: list[DWLayerPlan], weights: Mapping[str, np.ndarray],
             change = int(keep.sum()) - sum(plan.kept_per_subgemm)
             if change == 0:
                 continue
-            beta = plan.beta if plan.beta is not None else 0.0
-            key = (abs(current - change / total - target), beta if direction == "u" else -beta, position)
+            distance = abs(current - change / total - target)
+            if damages is not None:
+                if distance >= abs(current - target):
+                    continue
+                d = damages[plan.name]  # HSR_CANDIDATES order: u, o, u+1, o+1
+                per_weight = (d[2] - d[0] if direction == "u" else d[3] - d[1]) / abs(change)
+                key = (per_weight, 0.0, position)
+            else:
+                beta = plan.beta if plan.beta is not None else 0.0
+                key = (distance, beta if direction == "u" else -beta, position)
             if best is None or key < best[0]:
                 best = (key, plan, keep)
-        if best is None or best[0][0] >= abs(current - target):
+        if best is None or (damages is None and best[0][0] >= abs(current - target)):
             return
         _, plan, keep = best
         extra[plan.name] += 1

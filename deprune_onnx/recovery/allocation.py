@@ -66,10 +66,31 @@ def measure_sensitivity(model: onnx.ModelProto, analysis: ModelAnalysis, method:
     """KL of the model's outputs with one DW layer pruned (and refit) at each ratio, every other layer dense."""
     if not ratios or any(not 0.0 < r < 1.0 for r in ratios):
         raise DepruneError(f"--allocate-ratios {list(ratios)}: every measured ratio must be in (0, 1)")
+    index = GraphIndex(model.graph)
+    chosen = [layer for layer in analysis.dw_layers if layers is None or layer.name in layers]
+    masks: dict[str, list[np.ndarray]] = {}
+    for layer in chosen:
+        weight = index.constant(layer.weight)
+        masks[layer.name] = [layer_mask(weight, "b" if method == "bh" else method,
+                                        _aligned(ratio, weight.shape, method, tile)) for ratio in ratios]
+    kls = measure_masks(model, analysis, inputs, masks, refit, damp, "sensitivity")
+    return [LayerSensitivity(layer.name, int(masks[layer.name][0].size),
+                             [0.0] + [float(1.0 - keep.mean()) for keep in masks[layer.name]],
+                             [0.0] + kls[layer.name]) for layer in chosen]
+
+
+def measure_masks(model: onnx.ModelProto, analysis: ModelAnalysis, inputs: np.ndarray,
+                  masks: dict[str, list[np.ndarray]], refit: bool = True, damp: float = DEFAULT_DAMP,
+                  label: str = "sensitivity") -> dict[str, list[float]]:
+    """Mean KL(unpruned || pruned) over ``inputs`` of the model's output for every candidate keep mask of every
+    DW layer named in ``masks`` (layer name -> masks of its weight's shape), that layer alone pruned (and, with
+    ``refit``, its kept weights refit by least squares on its unpruned input), every other layer dense.
+
+    The unpruned model runs once, in pieces; each layer's candidates run only the rest of the graph from it."""
     work = onnx.ModelProto()
     work.CopyFrom(model)
     index = GraphIndex(work.graph)
-    chosen = [layer for layer in analysis.dw_layers if layers is None or layer.name in layers]
+    chosen = [layer for layer in analysis.dw_layers if layer.name in masks]
     params = {}
     writer = ParameterWriter(work)
     for layer in chosen:  # every DW weight and bias its own initializer, so a branch can feed candidates
@@ -83,19 +104,17 @@ def measure_sensitivity(model: onnx.ModelProto, analysis: ModelAnalysis, method:
     reference_out = _log_probs(_reference_outputs(work, input_name, inputs, output))
     staged = StagedForward(work, {input_name: inputs})
     nodes = {node.name: node for node in work.graph.node}
-    results: list[LayerSensitivity] = []
-    for layer in progress(chosen, "sensitivity", unit="layer"):
+    results: dict[str, list[float]] = {}
+    for layer in progress(chosen, label, unit="layer"):
         weight, bias = params[layer.name]
         node = nodes[layer.name]
         x = staged.advance([layer.input])[layer.input]
         branch = staged.branch([output], [node.input[1], node.input[2]])
         w0 = stacked(weight, bias)
         stats = reference_stats(x, layer, w0) if refit else None
-        kls, measured = [0.0], [0.0]
-        for ratio in ratios:
-            keep = layer_mask(weight, "b" if method == "bh" else method, _aligned(ratio, weight.shape, method, tile))
+        kls = []
+        for keep in masks[layer.name]:
             flat = keep.reshape(weight.shape[0], -1)
-            measured.append(float(1.0 - flat.mean()))
             if stats is not None:
                 fitted = refit_channels(stats, w0, flat, damp)
             else:
@@ -103,7 +122,7 @@ def measure_sensitivity(model: onnx.ModelProto, analysis: ModelAnalysis, method:
             out = branch.run({node.input[1]: fitted[:, :-1].reshape(weight.shape).astype(weight.dtype),
                               node.input[2]: fitted[:, -1].astype(bias.dtype)})[output]
             kls.append(float(kl_divergence(reference_out, _log_probs(out)).mean()))
-        results.append(LayerSensitivity(layer.name, int(weight.size), measured, kls))
+        results[layer.name] = kls
     return results
 
 

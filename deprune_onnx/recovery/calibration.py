@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 
 from deprune_onnx.analysis import ModelAnalysis
-from deprune_onnx.dw.planner import DWOptions, resolve_layer_ratios
+from deprune_onnx.dw.planner import DamageMeasure, DWOptions, resolve_layer_ratios
 from deprune_onnx.errors import DepruneError
 
 if TYPE_CHECKING:
@@ -35,12 +35,20 @@ class CalibOptions:
     n: int | None = None               # use the first N images (sorted by name)
     preprocess: str | None = None      # preset name; None = guess from the input shape
     crops: int | None = None           # views per image; None = enough for CALIB_TARGET_SAMPLES
-    damp: float = 0.01
+    damp: float | None = 0.01         # None: chosen per layer by cross-validation (--calib-damp auto)
     saliency: bool = False
     refit: bool = True
     allocate: str | None = None        # "kl": sensitivity-aware per-layer ratios
     allocate_ratios: tuple[float, ...] = (0.25, 0.5, 0.75, 0.9)
     allocate_samples: int = DEFAULT_ALLOCATE_SAMPLES
+
+    @property
+    def measure_damp(self) -> float:
+        """Damping of the refit inside sensitivity measurements (one layer alone, on its unpruned input): the
+        fixed --calib-damp, or the default when the final refit cross-validates it."""
+        from deprune_onnx.recovery.refit import DEFAULT_DAMP
+
+        return DEFAULT_DAMP if self.damp is None else self.damp
 
 
 def calibration_set(model: onnx.ModelProto, calib: CalibOptions) -> "ImageSet":
@@ -82,7 +90,7 @@ def allocate_layer_ratios(model: onnx.ModelProto, analysis: ModelAnalysis, dw: D
     names = [layer.name for layer in analysis.dw_layers if layer.name not in excluded]
     inputs = _evenly(samples, calib.allocate_samples)
     curves = measure_sensitivity(model, analysis, dw.method, inputs, calib.allocate_ratios,
-                                 refit=calib.refit, damp=calib.damp, tile=dw.tile, layers=names)
+                                 refit=calib.refit, damp=calib.measure_damp, tile=dw.tile, layers=names)
     shapes = {layer.name: (layer.out_channels, 1, *layer.kernel) for layer in analysis.dw_layers}
     allocation = allocate_ratios(curves, shapes, dw.dw_ratio, dw.method, dw.tile)
     why = (f"least total predicted KL (sum over layers, measured alone{' with refit' if calib.refit else ''} "
@@ -94,3 +102,14 @@ def allocate_layer_ratios(model: onnx.ModelProto, analysis: ModelAnalysis, dw: D
                "allocated_ratio": allocation.achieved_ratio, "predicted_kl_sum": allocation.predicted_total,
                "samples": int(len(inputs)), "refit": calib.refit, "measured_ratios": list(calib.allocate_ratios)}
     return list(allocation.ratios.items()), summary, per_layer
+
+
+def hsr_damage_measure(model: onnx.ModelProto, analysis: ModelAnalysis, calib: CalibOptions,
+                       samples: np.ndarray) -> DamageMeasure:
+    """``--hsr-rank damage`` with --calib: a candidate mask's expected damage is the mean KL of the model's output
+    with that layer alone pruned (and refit, unless --no-refit), on ``--allocate-samples`` calibration samples."""
+    from deprune_onnx.recovery.allocation import measure_masks
+
+    inputs = _evenly(samples, calib.allocate_samples)
+    return lambda requests: measure_masks(model, analysis, inputs, requests, calib.refit, calib.measure_damp,
+                                          "hsr damage")

@@ -44,6 +44,8 @@ def dw_layer_row(layer: ConvLayer | None, plan: DWLayerPlan, tile: int) -> dict[
         "alpha_source": plan.alpha_source,
         "eps": plan.eps,
         "beta": plan.beta,
+        "hsr_rank": plan.hsr_rank,
+        "hsr_damage": plan.hsr_damage,
         "tile_steps_dense": t_dense,
         "tile_steps_pruned": t_pruned,
         "predicted_speedup": (t_dense / t_pruned) if t_pruned else None,
