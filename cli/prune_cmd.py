@@ -49,6 +49,10 @@ def _parse_damp(value: str) -> float | None:
                    "all DW layers.")
 @click.option("--dw-ratio", type=float, default=0.5, show_default=True,
               help="Target pruning ratio of every DW layer, in [0, 1).")
+@click.option("--target-speedup", type=float, metavar="X",
+              help="Instead of --dw-ratio: the predicted DW speedup (tile cost model) to reach, e.g. 1.5; with "
+                   "--allocate kl the per-layer ratios with the least predicted KL that reach it, else the least "
+                   "uniform ratio that does.")
 @click.option("--layer-ratio", "layer_ratios", multiple=True, metavar="NAME=R",
               help="Per-layer ratio; NAME is a DW node name or glob; repeatable, the last match wins.")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="DW layers to leave dense; repeatable.")
@@ -111,7 +115,8 @@ def _parse_damp(value: str) -> float | None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors (no progress bars).")
 @click.option("--verbose", "-v", count=True, help="Log each pass with its time and peak memory; -vv for debug.")
-def command(input_path: str, output_path: str, method: str, dw_ratio: float, layer_ratios: tuple[str, ...],
+def command(input_path: str, output_path: str, method: str, dw_ratio: float, target_speedup: float | None,
+            layer_ratios: tuple[str, ...],
             exclude: tuple[str, ...], tile: int, hsr_timings: str | None, hsr_rank: str, pw_ratio: float, pw_align: int,
             pw_scope: str, pw_method: str, plan_path: str | None, keep_zeros: bool,
             plan_out: str | None, report_path: str | None,
@@ -160,7 +165,10 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, lay
     plan_file = check_output_path(plan_out or sidecar_path(output, ".plan.json"), input_path)
     dw_options = DWOptions(method=method, dw_ratio=dw_ratio, layer_ratios=parse_layer_ratios(layer_ratios),
                            exclude=list(exclude), tile=tile,
-                           hsr_alphas=load_hsr_timings(hsr_timings) if hsr_timings else {}, hsr_rank=hsr_rank)
+                           hsr_alphas=load_hsr_timings(hsr_timings) if hsr_timings else {}, hsr_rank=hsr_rank,
+                           target_speedup=target_speedup)
+    if target_speedup is not None and not (target_speedup >= 1.0 and target_speedup < float("inf")):
+        raise DepruneError(f"--target-speedup {target_speedup}: must be a finite number >= 1")
     calib = None
     if calib_sources:
         calib = CalibOptions(sources=list(calib_sources), n=calib_n, preprocess=calib_preprocess,

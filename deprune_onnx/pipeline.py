@@ -13,7 +13,7 @@ import onnx
 
 from deprune_onnx.analysis import ModelAnalysis, analyze
 from deprune_onnx.dw.apply import apply_dw_masks
-from deprune_onnx.dw.planner import DamageMeasure, DWOptions, plan_dw_layers
+from deprune_onnx.dw.planner import DamageMeasure, DWOptions, plan_dw_layers, ratio_for_speedup
 from deprune_onnx.errors import DepruneError
 from deprune_onnx.onnx_io.graph import ensure_unique_node_names
 from deprune_onnx.dw.keep_zeros import plan_keep_zeros
@@ -144,6 +144,10 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan
         reference.CopyFrom(model)
     if plan is None:
         summary = per_layer = None
+        if options.dw.target_speedup is not None and not (calib is not None and calib.allocate):
+            with timed_pass("target speedup"):
+                ratio = ratio_for_speedup(model, analysis, options.dw)
+            options = replace(options, dw=replace(options.dw, dw_ratio=ratio))
         if calib is not None and calib.allocate:
             layer_ratios, summary, per_layer = allocate_layer_ratios(reference, analysis, options.dw, calib,
                                                                      samples.inputs)

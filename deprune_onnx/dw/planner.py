@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -41,6 +41,7 @@ class DWOptions:
     tile: int = 32
     hsr_alphas: dict[str, float] = field(default_factory=dict)           # measured alpha per layer
     hsr_rank: str = "beta"                                               # HSR_RANKS: beta | damage
+    target_speedup: float | None = None  # --target-speedup: predicted DW speedup (tile model) instead of dw_ratio
 
 
 def check_ratio(value: float, option: str) -> float:
@@ -291,3 +292,33 @@ def _balance_hsr(plans: list[DWLayerPlan], weights: Mapping[str, np.ndarray],
         extra[plan.name] += 1
         _set_mask(plan, keep)
         plan.note = f"balance step: one extra tile {'restored' if direction == 'u' else 'pruned'} per sub-GEMM"
+
+
+# --target-speedup without --allocate: the uniform ratios tried, coarse then fine.
+_SPEEDUP_COARSE, _SPEEDUP_FINE = 0.05, 0.01
+
+
+def ratio_for_speedup(model: onnx.ModelProto, analysis: ModelAnalysis, options: DWOptions) -> float:
+    """The least uniform --dw-ratio (on a 0.01 grid) whose plan reaches ``options.target_speedup``, the predicted
+    DW speedup of the tile cost model (report/build.py ``predicted_dw_speedup``). HSR is ranked as asked, but by
+    the data-free proxy when the rank is 'damage' (the measured damage is only taken for the final plan)."""
+    from deprune_onnx.report.build import predicted_dw_speedup
+
+    target = options.target_speedup
+    if target is None or not target >= 1.0 or not np.isfinite(target):
+        raise DepruneError(f"--target-speedup {target}: must be a finite number >= 1")
+
+    def reaches(ratio: float) -> bool:
+        plans = plan_dw_layers(model, analysis, replace(options, dw_ratio=ratio, target_speedup=None))
+        speedup = predicted_dw_speedup(plans, analysis, options.tile)
+        return speedup is None or speedup >= target
+
+    coarse = [round(r, 2) for r in np.arange(0.0, 1.0, _SPEEDUP_COARSE)]
+    found = next((r for r in coarse if reaches(r)), None)
+    if found is None:
+        found = next((round(r, 2) for r in np.arange(coarse[-1], 1.0, _SPEEDUP_FINE) if reaches(round(r, 2))), None)
+        if found is None:
+            raise DepruneError(f"--target-speedup {target}: not reachable below DW ratio 1 (tile model)")
+        return found
+    fine = [round(r, 2) for r in np.arange(max(found - _SPEEDUP_COARSE, 0.0) + _SPEEDUP_FINE, found, _SPEEDUP_FINE)]
+    return next((r for r in fine if reaches(r)), found)

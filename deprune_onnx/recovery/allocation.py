@@ -156,6 +156,68 @@ class Allocation:
     predicted: dict[str, float]
     achieved_ratio: float
     predicted_total: float
+    predicted_speedup: dict[str, float] | None = None   # --target-speedup: per layer, tile model
+    predicted_dw_speedup: float | None = None            # --target-speedup: model-wide DW, tile model
+
+
+def tile_steps(shape: tuple[int, ...], ratios: np.ndarray, tile: int = 32) -> np.ndarray:
+    """Tile cost model steps, max_g ceil(K_g/T), of a layer at each ratio: BWT's kept count of a full sub-GEMM
+    (the slowest one), K = V - round_half_up(r V) with V = min(C, 32) * kh * kw."""
+    vectors = min(shape[0], 32) * shape[2] * shape[3]
+    kept = vectors - np.floor(np.asarray(ratios) * vectors + 0.5)
+    return np.ceil(kept / tile).astype(np.int64)
+
+
+def allocate_for_speedup(curves: list[LayerSensitivity], shapes: dict[str, tuple[int, ...]],
+                         scales: dict[str, int], speedup: float, method: str, tile: int = 32,
+                         fixed_cost: int = 0) -> Allocation:
+    """Per-layer ratios with predicted DW speedup (tile model: a layer costs ``scales`` (= G * H_out * W_out)
+    times its tile steps) at least ``speedup`` and the least sum of predicted KLs: the same exact dynamic
+    programme as ``allocate_ratios``, over saved cost instead of pruned weights (saved cost rounded down to
+    buckets of 1/4000 of the dense cost, so the constraint holds exactly). ``fixed_cost``: tile-model cost of the
+    DW layers left dense (excluded), which count in the model-wide speedup."""
+    if not speedup >= 1.0 or not np.isfinite(speedup):
+        raise DepruneError(f"--target-speedup {speedup}: must be a finite number >= 1")
+    if not curves:
+        raise DepruneError("--allocate: no DW layer to allocate ratios to")
+    dense = {c.name: int(tile_steps(shapes[c.name], np.zeros(1), tile)[0]) * scales[c.name] for c in curves}
+    total = sum(dense.values()) + fixed_cost
+    need = total * (1.0 - 1.0 / speedup)
+    bucket = total / _BUCKETS
+    best = np.full(_BUCKETS + 1, np.inf)
+    best[0] = 0.0
+    choices = []
+    for curve in curves:
+        options = candidate_ratios(shapes[curve.name], method, max(curve.ratios), tile)
+        losses = predicted_loss(curve, options)
+        saved = dense[curve.name] - tile_steps(shapes[curve.name], options, tile) * scales[curve.name]
+        steps = np.floor(saved / bucket + 1e-9).astype(np.int64)
+        table = np.full((len(options), _BUCKETS + 1), np.inf)
+        for row, (step, loss) in enumerate(zip(steps, losses)):
+            table[row, step:] = best[: _BUCKETS + 1 - step] + loss
+        pick = np.argmin(table, axis=0)
+        best = table[pick, np.arange(_BUCKETS + 1)]
+        choices.append((options, steps, pick))
+    low = int(np.ceil(need / bucket - 1e-9))
+    window = best[low:]
+    if not window.size or not np.isfinite(window).any():
+        raise DepruneError(f"--target-speedup {speedup}: not reachable with per-layer ratios up to the largest "
+                           "measured ratio (tile model); measure higher ratios with --allocate-ratios")
+    position = low + int(np.argmin(window))
+    ratios: dict[str, float] = {}
+    predicted: dict[str, float] = {}
+    for curve, (options, steps, pick) in zip(reversed(curves), reversed(choices)):
+        row = pick[position]
+        ratios[curve.name] = float(options[row])
+        predicted[curve.name] = float(predicted_loss(curve, options[row:row + 1])[0])
+        position -= int(steps[row])
+    per_layer = {c.name: float(dense[c.name] / (tile_steps(shapes[c.name], np.array([ratios[c.name]]), tile)[0]
+                                                * scales[c.name])) for c in curves}
+    pruned_cost = fixed_cost + sum(dense[c.name] / per_layer[c.name] for c in curves)
+    weights = sum(c.weights for c in curves)
+    achieved = sum(ratios[c.name] * c.weights for c in curves) / weights
+    return Allocation({c.name: ratios[c.name] for c in curves}, {c.name: predicted[c.name] for c in curves},
+                      float(achieved), float(sum(predicted.values())), per_layer, float(total / pruned_cost))
 
 
 def allocate_ratios(curves: list[LayerSensitivity], shapes: dict[str, tuple[int, ...]], target: float,

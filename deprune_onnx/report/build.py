@@ -16,7 +16,8 @@ from deprune_onnx.dw.masks import tile_time
 from deprune_onnx.plan import DWLayerPlan, PruningPlan
 
 
-def _output_pixels(layer: ConvLayer) -> int:
+def output_pixels(layer: ConvLayer) -> int:
+    """H_out * W_out of a DW layer (1 when unknown), its per-sub-GEMM weight in the tile cost model."""
     shape = layer.output_shape
     if shape is not None and len(shape) == 4 and all(isinstance(d, int) for d in shape[2:]):
         return int(shape[2]) * int(shape[3])
@@ -61,6 +62,19 @@ def dw_layer_row(layer: ConvLayer | None, plan: DWLayerPlan, tile: int) -> dict[
     }
 
 
+def predicted_dw_speedup(plans: list[DWLayerPlan], analysis: ModelAnalysis, tile: int) -> float | None:
+    """Model-wide DW speedup of the tile cost model: sum of G * H_out * W_out * max_g ceil(K_g/T), dense over
+    pruned (None when nothing is left to run)."""
+    layers = analysis.dw_by_name()
+    cost_dense = cost_pruned = 0
+    for plan in plans:
+        layer = layers.get(plan.name)
+        scale = len(plan.kept_per_subgemm) * (output_pixels(layer) if layer else 1)
+        cost_dense += scale * tile_time(np.array(plan.vectors_per_subgemm), tile)
+        cost_pruned += scale * tile_time(np.array(plan.kept_per_subgemm), tile)
+    return (cost_dense / cost_pruned) if cost_pruned else None
+
+
 def build_report(plan: PruningPlan, analysis: ModelAnalysis, extra: dict[str, Any] | None = None
                  ) -> dict[str, Any]:
     """Report data for ``out.report.json``: per DW layer rows and model totals (plus what ``extra`` adds)."""
@@ -68,12 +82,7 @@ def build_report(plan: PruningPlan, analysis: ModelAnalysis, extra: dict[str, An
     rows = [dw_layer_row(layers.get(p.name), p, plan.tile) for p in plan.dw_layers]
     weights = sum(row["weights"] for row in rows)
     kept = sum(row["kept_weights"] for row in rows)
-    cost_dense = cost_pruned = 0
-    for p, row in zip(plan.dw_layers, rows):
-        layer = layers.get(p.name)
-        scale = row["subgemms"] * (_output_pixels(layer) if layer else 1)
-        cost_dense += scale * row["tile_steps_dense"]
-        cost_pruned += scale * row["tile_steps_pruned"]
+    speedup = predicted_dw_speedup(plan.dw_layers, analysis, plan.tile)
     totals = {
         "dw_layers": len(rows),
         "dw_weights": weights,
@@ -82,7 +91,7 @@ def build_report(plan: PruningPlan, analysis: ModelAnalysis, extra: dict[str, An
         "dw_ratio_achieved": float(1.0 - kept / weights) if weights else 0.0,
         "real_dw_min": min((row["real_dw"] for row in rows if row["method"] != "none"), default=0.0),
         "dw_pattern": plan.dw_pattern_string() if plan.method == "bh" else None,
-        "predicted_dw_speedup": (cost_dense / cost_pruned) if cost_pruned else None,
+        "predicted_dw_speedup": speedup,
         "skipped_layers": [{"name": s.name, "reason": s.reason} for s in analysis.skipped],
     }
     report = {"method": plan.method, "tile": plan.tile, "options": plan.options, "dw_layers": rows,
@@ -120,7 +129,8 @@ def format_report_table(report: dict[str, Any]) -> str:
         lines.append(f"{_short(row['name'], 40):<40} {row['channels']:>5} {row['kernel'][0]:>3} {stride:>3} "
                      f"{row['subgemms']:>3} {row['target_ratio']:>6.3f} {row['achieved_ratio']:>6.3f} "
                      f"{row['real_dw']:>6.3f} {row['pattern']:>4} {speedup:>7}  "
-                     f"{_kept_summary(row['kept_per_subgemm'])}")
+                     f"{_kept_summary(row['kept_per_subgemm'])}"
+                     + (f"  pred. KL {row['sensitivity']['predicted_kl']:.3f}" if row.get("sensitivity") else ""))
     totals = report["totals"]
     lines.append("-" * len(header))
     speedup = totals["predicted_dw_speedup"]
