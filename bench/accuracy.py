@@ -29,7 +29,7 @@ import onnx
 from deprune_onnx.dw.planner import DWOptions
 from deprune_onnx.evaluation import ModelRunner, evaluate_outputs
 from deprune_onnx.evaluation.images import find_images, fit_preset, get_preset, image_labels, load_image_set
-from deprune_onnx.pipeline import PruneOptions, prune_model
+from deprune_onnx.pipeline import PruneOptions, PWOptions, prune_model
 from deprune_onnx.recovery.calibration import CalibOptions
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,7 +47,7 @@ def _row(method: str, ratio: float, calib: bool = False, allocate: bool = False,
     return {"method": method, "ratio": ratio, "calib": calib, "allocate": allocate, **extra}
 
 
-# Row label -> what it prunes. ``dw`` / ``cal`` hold extra DWOptions / CalibOptions fields.
+# Row label -> what it prunes. ``dw`` / ``cal`` / ``pw`` hold extra DWOptions / CalibOptions / PWOptions fields.
 ROWS = {
     "b-0.3": _row("b", 0.3), "b-0.3-calib": _row("b", 0.3, True),
     "b-0.5": _row("b", 0.5), "b-0.5-calib": _row("b", 0.5, True),
@@ -66,7 +66,7 @@ def foolbox_data_dir() -> Path:
 
 
 def add_row(label: str, spec: str) -> None:
-    """``--extra-row LABEL=METHOD,RATIO[,calib][,allocate][,dw.FIELD=V][,cal.FIELD=V]``."""
+    """``--extra-row LABEL=METHOD,RATIO[,calib][,allocate][,dw.FIELD=V][,cal.FIELD=V][,pw.FIELD=V]``."""
     parts = spec.split(",")
     row = _row(parts[0], float(parts[1]))
     for part in parts[2:]:
@@ -93,7 +93,8 @@ def run_row(model: onnx.ModelProto, row: dict, calib_sources: list[str], preset:
     if row["calib"]:
         calib = CalibOptions(sources=calib_sources, preprocess=preset, crops=calib_crops,
                              allocate="kl" if row["allocate"] else None, **row.get("cal", {}))
-    result = prune_model(work, PruneOptions(dw=dw, output_format="dense", calib=calib))
+    result = prune_model(work, PruneOptions(dw=dw, pw=PWOptions(**row.get("pw", {})), output_format="dense",
+                                            calib=calib))
     return work, result.report
 
 

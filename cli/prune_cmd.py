@@ -59,10 +59,10 @@ def _parse_damp(value: str) -> float | None:
 @click.option("--tile", type=int, default=32, show_default=True, help="GPU tile T along K for HSR alignment.")
 @click.option("--hsr-timings", type=click.Path(dir_okay=False),
               help="JSON of measured per-layer HSR speedups (alpha) replacing the tile cost model.")
-@click.option("--hsr-rank", type=click.Choice(["beta", "damage"]), default="beta", show_default=True,
+@click.option("--hsr-rank", type=click.Choice(["auto", "beta", "damage"]), default="auto", show_default=True,
               help="How bh picks over-/under-aligned layers: beta = the paper's alpha/eps; damage = speed gained "
                    "per unit of expected damage (measured KL with --calib, relative weight energy removed "
-                   "without), so sensitive layers are under-aligned.")
+                   "without), so sensitive layers are under-aligned; auto = damage with --calib, beta without.")
 @click.option("--plan", "plan_path", type=click.Path(dir_okay=True),
               help="Re-apply a saved plan instead of computing masks (method and ratio options are ignored).")
 @click.option("--keep-zeros", is_flag=True,

@@ -94,22 +94,44 @@ def make_keep_zeros_plan(model: onnx.ModelProto, options: PruneOptions, analysis
 
 
 def _pw_structural(model: onnx.ModelProto, options: PWOptions, plan: PruningPlan | None,
-                   analysis: ModelAnalysis) -> tuple[PWPlan | None, dict[str, Any] | None]:
-    """Remove PW channels from ``model`` in place, first (a saved plan's groups, or l2 filter pruning); the DW
-    masks are decided afterwards on the reduced model. Returns the PW plan and its report section."""
+                   analysis: ModelAnalysis, calib: CalibOptions | None = None, samples: Any = None
+                   ) -> tuple[PWPlan | None, dict[str, Any] | None]:
+    """Remove PW channels from ``model`` in place, first (a saved plan's groups, or filter pruning); the DW
+    masks are decided afterwards on the reduced model. With calibration ``samples``, channels are ranked by the
+    activation energy they feed forward and the 1x1 convs reading reduced tensors are refit by least squares
+    (recovery/pw_refit.py). Returns the PW plan and its report section."""
+    energy = None
     if plan is not None:
         pw_plan = PWPlan.from_dict(plan.pw) if plan.pw else None
     elif options.method == "l2" and options.ratio > 0:
+        if samples is not None:
+            from deprune_onnx.recovery.pw_refit import channel_energy
+
+            with timed_pass("pw energy"):
+                energy = channel_energy(model, samples.inputs)
         pw_plan = plan_pw_pruning(model, ratio=options.ratio, align=options.align, scope=options.scope,
-                                  analysis=analysis)
+                                  analysis=analysis, energy=energy)
     else:
         pw_plan = None
     if pw_plan is None:
         return None, None
     before = summarize_model(model)
+    records = None
     if pw_plan.groups:
+        original = None
+        if samples is not None and calib is not None and calib.refit:
+            original = onnx.ModelProto()
+            original.CopyFrom(model)
         apply_pw_plan(model, pw_plan, in_place=True)
-    return pw_plan, pw_report(pw_plan, before, model)
+        if original is not None:
+            from deprune_onnx.recovery.pw_refit import refit_pw_readers
+
+            with timed_pass("pw refit"):
+                records = refit_pw_readers(model, original, pw_plan, samples.inputs, calib.measure_damp)
+    section = pw_report(pw_plan, before, model)
+    if records is not None:
+        section["refit"] = records
+    return pw_plan, section
 
 
 def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan | None = None) -> PruneResult:
@@ -131,14 +153,15 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan
     with timed_pass("analyze"):
         analysis = analyze(model)
     _require_dw_layers(analysis)
-    with timed_pass("pw"):
-        pw_plan, pw_section = _pw_structural(model, options.pw, plan, analysis)
-        if pw_plan is not None and pw_plan.groups:
-            analysis = analyze(model)  # channels were removed: DW masks are planned on the reduced model
     calib = options.calib
     reference = samples = None
-    if calib is not None:
+    if calib is not None:  # the image input is the same before and after PW removal
         samples = calibration_set(model, calib)
+    with timed_pass("pw"):
+        pw_plan, pw_section = _pw_structural(model, options.pw, plan, analysis, calib, samples)
+        if pw_plan is not None and pw_plan.groups:
+            analysis = analyze(model)  # channels were removed: DW masks are planned on the reduced model
+    if calib is not None:
         # The refit's target: this model before DW pruning (after PW removal, so the DW shapes agree).
         reference = onnx.ModelProto()
         reference.CopyFrom(model)
@@ -153,7 +176,7 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan
                                                                      samples.inputs)
             options = replace(options, dw=replace(options.dw, layer_ratios=layer_ratios))
         damage = None
-        if calib is not None and options.dw.method == "bh" and options.dw.hsr_rank == "damage":
+        if calib is not None and options.dw.method == "bh" and options.dw.hsr_rank in ("auto", "damage"):
             damage = hsr_damage_measure(reference, analysis, calib, samples.inputs)
         with timed_pass("plan"):
             plan = make_plan(model, options, analysis, pw_plan, damage)

@@ -182,8 +182,9 @@ def misalignment(kept: np.ndarray, vectors: np.ndarray, tile: int = DEFAULT_TILE
     return Misalignment(int(eps_g.sum()), alpha, can_over)
 
 
-# HSR ranking rules (``--hsr-rank``): the paper's beta = alpha / eps, or speed gained per unit of expected damage.
-HSR_RANKS = ("beta", "damage")
+# HSR ranking rules (``--hsr-rank``): the paper's beta = alpha / eps, or speed gained per unit of expected damage;
+# auto = damage when it is measured (--calib), beta otherwise (what measured better, docs/accuracy.md).
+HSR_RANKS = ("auto", "beta", "damage")
 # A damage difference at or below this counts as none (over-aligning is then free, and ranks first).
 _NO_DAMAGE = 1e-12
 

@@ -40,7 +40,7 @@ class DWOptions:
     exclude: list[str] = field(default_factory=list)                     # globs of layers left dense
     tile: int = 32
     hsr_alphas: dict[str, float] = field(default_factory=dict)           # measured alpha per layer
-    hsr_rank: str = "beta"                                               # HSR_RANKS: beta | damage
+    hsr_rank: str = "auto"                                               # HSR_RANKS: auto | beta | damage
     target_speedup: float | None = None  # --target-speedup: predicted DW speedup (tile model) instead of dw_ratio
 
 
@@ -113,8 +113,9 @@ def plan_dw_layers(model: onnx.ModelProto, analysis: ModelAnalysis, options: DWO
                    damage: DamageMeasure | None = None) -> list[DWLayerPlan]:
     """One DWLayerPlan per DW layer of ``analysis`` (excluded layers too, with method 'none').
 
-    ``damage`` (bh with ``hsr_rank`` 'damage' only): measures the expected damage of candidate masks, e.g. KL
-    on calibration images; without it the data-free proxy ``energy_damage`` is used."""
+    ``damage`` (bh with ``hsr_rank`` 'damage' or 'auto'): measures the expected damage of candidate masks, e.g.
+    KL on calibration images; 'damage' without it uses the data-free proxy ``energy_damage``, 'auto' without it
+    the paper's beta."""
     if options.method not in DW_METHODS:
         raise DepruneError(f"--method '{options.method}': expected one of {', '.join(DW_METHODS)}")
     if options.hsr_rank not in HSR_RANKS:
@@ -147,7 +148,9 @@ def plan_dw_layers(model: onnx.ModelProto, analysis: ModelAnalysis, options: DWO
     if options.method == "global":
         _apply_global(plans, weights, options.dw_ratio)
     if options.method == "bh":
-        damages = _hsr_damages(plans, weights, options, damage) if options.hsr_rank == "damage" else None
+        rank = options.hsr_rank if options.hsr_rank != "auto" else ("damage" if damage is not None else "beta")
+        options = replace(options, hsr_rank=rank)
+        damages = _hsr_damages(plans, weights, options, damage) if rank == "damage" else None
         source = "measured KL" if damage is not None else "weight energy"
         base_masks = _apply_hsr(plans, weights, options, damages, source)
         _balance_hsr(plans, weights, base_masks, options, damages)
