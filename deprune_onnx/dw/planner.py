@@ -162,7 +162,11 @@ def _hsr_damages(plans: list[DWLayerPlan], weights: Mapping[str, np.ndarray], op
     """Expected damage of every HSR_CANDIDATES alignment of every pruned bh layer, measured or proxied."""
     requests = {plan.name: [align_subgemms(weights[plan.name], plan.keep_mask(), pattern, options.tile,
                                            extra_tiles=extra) for pattern, extra in HSR_CANDIDATES]
-                for plan in plans if plan.method == "bh" and plan.target_ratio > 0.0}
+                for plan in plans if plan.method == "bh" and plan.target_ratio > 0.0
+                and misalignment(np.array(plan.kept_per_subgemm), np.array(plan.vectors_per_subgemm),
+                                 options.tile).eps > 0}  # aligned layers have no choice to weigh
+    if not requests:
+        return {}
     if damage is not None:
         return damage(requests)
     return {name: energy_damage(weights[name], keeps) for name, keeps in requests.items()}
@@ -204,11 +208,12 @@ def _apply_hsr(plans: list[DWLayerPlan], weights: Mapping[str, np.ndarray], opti
         infos.append((info, options.hsr_alphas.get(plan.name)))
     gaps = None
     if damages is not None:
-        gaps = [damages[plan.name][1] - damages[plan.name][0] for plan in candidates]
+        gaps = [damages[plan.name][1] - damages[plan.name][0] if plan.name in damages else None
+                for plan in candidates]
     patterns = choose_hsr_patterns(infos, gaps)
     for plan, (info, measured), pattern in zip(candidates, infos, patterns):
         plan.hsr_rank = options.hsr_rank
-        if damages is not None:
+        if damages is not None and plan.name in damages:
             under, over, under_more, over_more = damages[plan.name]
             plan.hsr_damage = {"source": source, "under": under, "over": over,
                                "under_one_more_tile": under_more, "over_one_more_tile": over_more}
