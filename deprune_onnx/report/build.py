@@ -138,6 +138,10 @@ def format_report_table(report: dict[str, Any]) -> str:
                f"(target {totals['dw_ratio_target']}), Real DW {totals['real_dw_min']:.4f}")
     if totals["dw_pattern"]:
         summary += f", DW-Pat. {totals['dw_pattern']}"
+        ranks = sorted({f"{row['hsr_rank']}" + (f" ({row['hsr_damage']['source']})" if row.get("hsr_damage") else "")
+                        for row in report["dw_layers"] if row.get("hsr_rank") and row["pattern"] in ("o", "u")})
+        if ranks:
+            summary += f" (HSR rank: {', '.join(ranks)})"
     summary += f", predicted DW speedup {speedup:.2f}x (tile model)" if speedup else ""
     lines.append(summary)
     for skipped in totals["skipped_layers"]:
