@@ -10,6 +10,7 @@ import onnx_graphsurgeon as gs
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
+from deprune_onnx.op.spec import custom_nodes  # noqa: F401  (re-exported for the op tests)
 from support.samples import SAMPLE_MODEL_PATHS as MODEL_PATHS, SAMPLES_DIR as MODELS_DIR, imagenet_samples
 
 
@@ -83,10 +84,6 @@ def dense_masked(model: onnx.ModelProto, masks: Mapping[str, np.ndarray],
 def conv_weights_by_node(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     initializers = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     return {n.name: initializers[n.input[1]] for n in model.graph.node if n.op_type == "Conv"}
-
-
-def custom_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    return [n for n in model.graph.node if n.op_type == "DRSparseDepthwiseConv" and n.domain == "deprune"]
 
 
 def orphan_initializers(model: onnx.ModelProto) -> set[str]:
