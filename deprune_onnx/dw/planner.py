@@ -1,4 +1,5 @@
-"""Decide the DW masks of a model: per-layer ratios, DCP/BWT masks, HSR alignment (DESIGN.md section 3).
+"""Decide the DW masks of a model: per-layer ratios, DCP/BWT masks, HSR alignment (README.md,
+"What `prune` does", step 4).
 
 Produces DWLayerPlan entries from a ModelAnalysis; reads weights, writes nothing. HSR needs every layer's BWT
 result before it can rank layers by beta, so planning is two passes: masks per layer, then the model-wide

@@ -15,7 +15,7 @@ from support.samples import SAMPLE_MODEL_PATHS as MODEL_PATHS, SAMPLES_DIR as MO
 
 
 def max_rel_err(actual: np.ndarray, reference: np.ndarray) -> float:
-    """max |actual - reference| / max |reference|: the relative error of DESIGN.md section 8, safe at zeros."""
+    """max |actual - reference| / max |reference|: the relative error of the op spec's tolerances, safe at zeros."""
     actual, reference = np.asarray(actual, np.float64), np.asarray(reference, np.float64)
     scale = max(float(np.abs(reference).max()), np.finfo(np.float32).tiny)
     return float(np.abs(actual - reference).max() / scale)
