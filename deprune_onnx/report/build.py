@@ -1,9 +1,9 @@
 """The pruning report: rendered from the PruningPlan and the analysis, as JSON data and a terminal table.
 
 Predicted speedups use HSR's tile cost model (README.md, "What `prune` does", step 4): a sub-GEMM costs
-ceil(K_g/T) tile steps per output pixel, the slowest sub-GEMM sets the layer's time, and the layer's G sub-GEMMs run side by side, so a
-layer costs G * H_out * W_out * max_g ceil(K_g/T). This is the paper's model, not a measurement; measured
-kernel times live in bench/results/.
+ceil(K_g/T) tile steps per output pixel, the slowest sub-GEMM sets the layer's time, and the layer's G sub-GEMMs
+run side by side, so a layer costs G * H_out * W_out * max_g ceil(K_g/T). This is the paper's model, not a
+measurement; measured kernel times live in bench/results/.
 """
 from __future__ import annotations
 
