@@ -6,47 +6,30 @@ touched).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import onnx
 
 from deprune_onnx.analysis import ModelAnalysis, analyze
 from deprune_onnx.dw.apply import apply_dw_masks
-from deprune_onnx.dw.planner import DWOptions, plan_dw_layers
+from deprune_onnx.dw.planner import plan_dw_layers
 from deprune_onnx.errors import DepruneError
 from deprune_onnx.onnx_io.graph import ensure_unique_node_names
 from deprune_onnx.dw.keep_zeros import plan_keep_zeros
 from deprune_onnx.logging_utils import timed_pass
 from deprune_onnx.dw.masks import SUBGEMM_CHANNELS
+from deprune_onnx.options import (CalibOptions, DWOptions, PruneOptions, PWOptions, check_prune_options,
+                                  options_for_plan)
 from deprune_onnx.plan import PruningPlan
 from deprune_onnx.pw import PWPlan, apply_nm24, apply_pw_plan, plan_pw_pruning, pw_report, summarize_model
-from deprune_onnx.recovery.calibration import CalibOptions, allocate_layer_ratios, calibration_set
+from deprune_onnx.recovery.calibration import allocate_layer_ratios, calibration_set
 from deprune_onnx.report.build import build_report
 
-OUTPUT_FORMATS = ("dense", "plugin")
-DTYPES = ("float32", "float16")
-PW_METHODS = ("l2", "nm24")
-
-
-@dataclass
-class PWOptions:
-    """PW pruning: ``l2`` filter pruning that removes channels (``ratio`` > 0), or ``nm24`` 2:4 masks."""
-
-    ratio: float = 0.0
-    align: int = 32
-    scope: str = "project"
-    method: str = "l2"
-
-
-@dataclass
-class PruneOptions:
-    dw: DWOptions = field(default_factory=DWOptions)
-    pw: PWOptions = field(default_factory=PWOptions)
-    output_format: str = "plugin"
-    dtype: str = "float32"
-    calib: CalibOptions | None = None
-    keep_zeros: bool = False  # masks = the input's DW zero pattern, checked and aligned (keep_zeros.py)
+__all__ = ["CalibOptions", "DWOptions", "PWOptions", "PruneOptions", "PruneResult", "PrunedFiles", "prune_file",
+           "prune_model"]
 
 
 @dataclass
@@ -117,14 +100,9 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan
     and the refit (``reconstruct``) adjusts the kept DW weights and biases after the masks are applied.
     The sensitivity and refit loops report through ``deprune_onnx.progress`` (bars on a terminal only).
     """
-    if options.output_format not in OUTPUT_FORMATS:
-        raise DepruneError(f"--format '{options.output_format}': expected one of {', '.join(OUTPUT_FORMATS)}")
-    if options.dtype not in DTYPES:
-        raise DepruneError(f"--dtype '{options.dtype}': expected one of {', '.join(DTYPES)}")
-    if options.pw.method not in PW_METHODS:
-        raise DepruneError(f"--pw-method '{options.pw.method}': expected one of {', '.join(PW_METHODS)}")
-    if plan is not None:  # a saved plan brings its own PW options (nm24 is re-applied, not recorded as groups)
-        options = replace(options, pw=PWOptions(**plan.options["pw"]) if plan.options.get("pw") else PWOptions())
+    check_prune_options(options, plan_given=plan is not None)
+    if plan is not None:
+        options = options_for_plan(options, plan)
     ensure_unique_node_names(model)
     with timed_pass("analyze"):
         analysis = analyze(model)
@@ -152,8 +130,6 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan
             plan.allocation = summary
             for layer in plan.dw_layers:
                 layer.sensitivity = per_layer.get(layer.name)
-    elif calib is not None and calib.allocate:
-        raise DepruneError("--allocate: cannot be combined with --plan (the plan already fixes every ratio)")
     with timed_pass("apply"):
         apply_dw_masks(model, plan.dw_layers)
     if calib is not None and calib.refit:
@@ -192,3 +168,47 @@ def _rewrite(model: onnx.ModelProto, plan: PruningPlan) -> tuple[onnx.ModelProto
                                        subgemm_channels=plan.subgemm_channels, in_place=True)
     return model, [record.to_dict() for record in records]
 
+
+
+@dataclass
+class PrunedFiles:
+    """What ``prune_file`` did: the result (model, plan, report, analysis) and the three files it wrote."""
+
+    result: PruneResult
+    model_path: Path
+    report_path: Path
+    plan_path: Path
+
+
+def prune_file(input_path: str | os.PathLike[str], output_path: str | os.PathLike[str], options: PruneOptions,
+               plan_path: str | os.PathLike[str] | None = None, report_path: str | os.PathLike[str] | None = None,
+               plan_out: str | os.PathLike[str] | None = None) -> PrunedFiles:
+    """``deprune-onnx prune`` as one call: check the options and output paths, load, prune, write.
+
+    Writes the pruned model to ``output_path``, the report to ``report_path`` (default ``OUT.report.json``)
+    and the plan to ``plan_out`` (default ``OUT.plan.json``), each atomically; ``plan_path`` re-applies a
+    saved plan. The input is never modified. Every check that needs no model runs before the model is loaded.
+    Errors: OptionError (bad options), DepruneError (bad files, a model the tool cannot prune).
+    """
+    from deprune_onnx.onnx_io.load_save import (check_output_path, load_model, save_model, sidecar_path,
+                                                write_json_atomic)
+    from deprune_onnx.plan import load_plan
+
+    check_prune_options(options, plan_given=plan_path is not None)
+    output = check_output_path(output_path, input_path)
+    report_file = check_output_path(report_path or sidecar_path(output, ".report.json"), input_path)
+    plan_file = check_output_path(plan_out or sidecar_path(output, ".plan.json"), input_path)
+    plan = load_plan(plan_path) if plan_path else None
+
+    def load() -> onnx.ModelProto:
+        with timed_pass("load"):
+            return load_model(input_path)
+
+    # The loaded model goes straight into the pipeline and no reference is kept here: with PW removal and the
+    # rewrite working in place, a multi-GB model is held about once (bench/results/prune_speed.md).
+    result = prune_model(load(), options, plan)
+    with timed_pass("save"):
+        save_model(result.model, output)
+        write_json_atomic(report_file, result.report)
+        write_json_atomic(plan_file, result.plan.to_dict())
+    return PrunedFiles(result, output, report_file, plan_file)
