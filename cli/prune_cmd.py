@@ -146,10 +146,10 @@ def _echo_summary(files: PrunedFiles, as_json: bool, quiet: bool, keep_zeros: bo
     if quiet:
         return
     click.echo(format_report_table(result.report))
-    for layer, lines in result.plan.options.get("keep_zeros", {}).get("violations", {}).items():
+    for layer, lines in (result.record.keep_zeros or {}).get("violations", {}).items():
         click.echo(f"--keep-zeros: {layer}: {'; '.join(lines)}")
     click.echo(f"wrote {files.model_path}, {files.report_path}, {files.plan_path}")
-    if result.plan.calibration:
+    if result.record.calibration:
         click.echo(format_calibration(result.report))
     elif not keep_zeros:
         click.echo("note: one-shot DW pruning costs accuracy (MobileNetV2, BWT at DW PR 0.3: 40-65 top-1 "

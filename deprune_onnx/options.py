@@ -256,4 +256,4 @@ def check_prune_options(options: PruneOptions, plan_given: bool = False) -> None
 def options_for_plan(options: PruneOptions, plan: PruningPlan) -> PruneOptions:
     """The options a saved plan is re-applied with: the plan brings its own PW options (nm24 is re-applied,
     not recorded as groups); DW options are not used (the plan fixes every mask)."""
-    return replace(options, pw=PWOptions(**plan.options["pw"]) if plan.options.get("pw") else PWOptions())
+    return replace(options, pw=plan.settings.pw)

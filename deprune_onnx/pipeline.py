@@ -7,7 +7,7 @@ touched).
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,8 @@ from deprune_onnx.logging_utils import timed_pass
 from deprune_onnx.dw.masks import SUBGEMM_CHANNELS
 from deprune_onnx.options import (CalibOptions, DWOptions, PruneOptions, PWOptions, check_prune_options,
                                   options_for_plan)
-from deprune_onnx.plan import PruningPlan
+from deprune_onnx.plan import PlanSettings, PruningPlan
+from deprune_onnx.record import AllocationRecord, CalibrationRecord, PruneRecord
 from deprune_onnx.pw import PWPlan, apply_nm24, apply_pw_plan, plan_pw_pruning, pw_report, summarize_model
 from deprune_onnx.recovery.calibration import allocate_layer_ratios, calibration_set
 from deprune_onnx.report.build import build_report
@@ -34,10 +35,21 @@ __all__ = ["CalibOptions", "DWOptions", "PWOptions", "PruneOptions", "PruneResul
 
 @dataclass
 class PruneResult:
+    """What ``prune_model`` returns.
+
+    Fields:
+        model: the pruned model (the input ModelProto, changed in place, or a new one after float16/rewrite).
+        plan: the decisions (PruningPlan, format version 2): what ``--plan`` re-applies.
+        record: what happened (PruneRecord): PW/rewrite/nm24 rows, calibration and allocation results.
+        report: the report data (report/build.py), rendered from plan, record and analysis.
+        analysis: the DW/PW layers of the model the DW masks were planned on (after PW removal).
+    """
+
     model: onnx.ModelProto
     plan: PruningPlan
     report: dict[str, Any]
     analysis: ModelAnalysis
+    record: PruneRecord
 
 
 def _require_dw_layers(analysis: ModelAnalysis) -> None:
@@ -48,30 +60,40 @@ def _require_dw_layers(analysis: ModelAnalysis) -> None:
     raise DepruneError(f"no depthwise conv layer (Conv with group == input channels) to prune{detail}")
 
 
+def _settings(options: PruneOptions) -> PlanSettings:
+    return PlanSettings(dw=options.dw, pw=options.pw, keep_zeros=options.keep_zeros)
+
+
 def make_plan(model: onnx.ModelProto, options: PruneOptions, analysis: ModelAnalysis,
-              pw_plan: PWPlan | None) -> PruningPlan:
-    """Decide every DW mask (on the model after PW removal); pure with respect to the model."""
+              pw_plan: PWPlan | None) -> tuple[PruningPlan, dict[str, Any] | None]:
+    """Decide every DW mask (on the model after PW removal); pure with respect to the model. Returns the plan
+    and, with ``keep_zeros``, the findings for the record (the violations of the zero pattern)."""
     if options.keep_zeros:
-        plan = make_keep_zeros_plan(model, options, analysis)
-        plan.pw = pw_plan.to_dict() if pw_plan else None
-        plan.options["pw"] = asdict(options.pw)
-        return plan
+        return keep_zeros_plan(model, options, analysis, pw_plan)
     return PruningPlan(method=options.dw.method, dw_ratio=options.dw.dw_ratio, tile=options.dw.tile,
-                       subgemm_channels=SUBGEMM_CHANNELS, dw_layers=plan_dw_layers(model, analysis, options.dw),
-                       pw=pw_plan.to_dict() if pw_plan else None,
-                       options={"dw": asdict(options.dw), "pw": asdict(options.pw)})
+                       subgemm_channels=SUBGEMM_CHANNELS,
+                       dw_layers=tuple(plan_dw_layers(model, analysis, options.dw)), pw=pw_plan,
+                       settings=_settings(options)), None
+
+
+def keep_zeros_plan(model: onnx.ModelProto, options: PruneOptions, analysis: ModelAnalysis,
+                    pw_plan: PWPlan | None = None) -> tuple[PruningPlan, dict[str, Any]]:
+    """The plan of ``--keep-zeros`` (the zero pattern as masks) and the violations found, for the record."""
+    found = plan_keep_zeros(model, analysis, options.dw.method, options.dw.tile)
+    weights = sum(sum(layer.vectors_per_subgemm) for layer in found.dw_layers)
+    zeros = sum(sum(layer.vectors_per_subgemm) - sum(layer.kept_per_subgemm) for layer in found.dw_layers)
+    ratio = round(zeros / weights, 6) if weights else 0.0
+    dw = DWOptions(method=options.dw.method, dw_ratio=ratio, tile=options.dw.tile)
+    plan = PruningPlan(method=options.dw.method, dw_ratio=ratio, tile=options.dw.tile,
+                       subgemm_channels=SUBGEMM_CHANNELS, dw_layers=tuple(found.dw_layers), pw=pw_plan,
+                       settings=PlanSettings(dw=dw, pw=options.pw, keep_zeros=True))
+    return plan, found.to_dict()
 
 
 def make_keep_zeros_plan(model: onnx.ModelProto, options: PruneOptions, analysis: ModelAnalysis
                          ) -> PruningPlan:
-    """The plan of ``--keep-zeros``: the zero pattern as masks; the violations found go into plan.options."""
-    found = plan_keep_zeros(model, analysis, options.dw.method, options.dw.tile)
-    weights = sum(sum(layer.vectors_per_subgemm) for layer in found.dw_layers)
-    zeros = sum(sum(layer.vectors_per_subgemm) - sum(layer.kept_per_subgemm) for layer in found.dw_layers)
-    return PruningPlan(method=options.dw.method, dw_ratio=round(zeros / weights, 6) if weights else 0.0,
-                       tile=options.dw.tile, subgemm_channels=SUBGEMM_CHANNELS, dw_layers=found.dw_layers,
-                       options={"keep_zeros": found.to_dict(),
-                                "dw": {"method": options.dw.method, "tile": options.dw.tile}})
+    """The plan of ``--keep-zeros`` alone (fine-tuning's masks when no plan is given)."""
+    return keep_zeros_plan(model, options, analysis)[0]
 
 
 def _pw_structural(model: onnx.ModelProto, options: PWOptions, plan: PruningPlan | None,
@@ -79,7 +101,7 @@ def _pw_structural(model: onnx.ModelProto, options: PWOptions, plan: PruningPlan
     """Remove PW channels from ``model`` in place, first (a saved plan's groups, or l2 filter pruning); the DW
     masks are decided afterwards on the reduced model. Returns the PW plan and its report section."""
     if plan is not None:
-        pw_plan = PWPlan.from_dict(plan.pw) if plan.pw else None
+        pw_plan = plan.pw
     elif options.method == "l2" and options.ratio > 0:
         pw_plan = plan_pw_pruning(model, ratio=options.ratio, align=options.align, scope=options.scope,
                                   analysis=analysis)
@@ -99,16 +121,19 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan
     With ``options.calib``: ``--allocate`` chooses per-layer ratios from measured sensitivity before planning,
     and the refit (``reconstruct``) adjusts the kept DW weights and biases after the masks are applied.
     The sensitivity and refit loops report through ``deprune_onnx.progress`` (bars on a terminal only).
+    Errors: OptionError (options.check_prune_options) before the model is touched; DepruneError for a model
+    without DW layers or one the plan does not fit.
     """
     check_prune_options(options, plan_given=plan is not None)
     if plan is not None:
         options = options_for_plan(options, plan)
+    record = PruneRecord(output_format=options.output_format, dtype=options.dtype)
     ensure_unique_node_names(model)
     with timed_pass("analyze"):
         analysis = analyze(model)
     _require_dw_layers(analysis)
     with timed_pass("pw"):
-        pw_plan, pw_section = _pw_structural(model, options.pw, plan, analysis)
+        pw_plan, record.pw = _pw_structural(model, options.pw, plan, analysis)
         if pw_plan is not None and pw_plan.groups:
             analysis = analyze(model)  # channels were removed: DW masks are planned on the reduced model
     calib = options.calib
@@ -119,44 +144,38 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan
         reference = onnx.ModelProto()
         reference.CopyFrom(model)
     if plan is None:
-        summary = per_layer = None
         if calib is not None and calib.allocate:
             layer_ratios, summary, per_layer = allocate_layer_ratios(reference, analysis, options.dw, calib,
                                                                      samples.inputs)
+            record.allocation = AllocationRecord(summary, per_layer)
             options = replace(options, dw=replace(options.dw, layer_ratios=layer_ratios))
         with timed_pass("plan"):
-            plan = make_plan(model, options, analysis, pw_plan)
-        if summary is not None:
-            plan.allocation = summary
-            for layer in plan.dw_layers:
-                layer.sensitivity = per_layer.get(layer.name)
+            plan, record.keep_zeros = make_plan(model, options, analysis, pw_plan)
     with timed_pass("apply"):
         apply_dw_masks(model, plan.dw_layers)
     if calib is not None and calib.refit:
         from deprune_onnx.recovery.refit import reconstruct
 
         with timed_pass("refit"):
-            refits = reconstruct(model, reference, analysis, plan.dw_layers, samples.inputs, calib.damp,
-                                 calib.saliency)
-        plan.calibration = {"images": [str(p) for p in samples.paths], "views": samples.views,
-                            "samples": int(len(samples.inputs)), "preprocess": samples.preset,
-                            "damp": calib.damp, "saliency": calib.saliency, "layers_refit": len(refits)}
-    extra: dict[str, Any] = {"format": options.output_format, "dtype": options.dtype}
-    if pw_section is not None:
-        extra["pw"] = pw_section
+            refits, chosen = reconstruct(model, reference, analysis, list(plan.dw_layers), samples.inputs,
+                                         calib.damp, calib.saliency)
+        plan = plan.with_masks(chosen)  # --calib-saliency chose other taps (same K per sub-GEMM)
+        record.calibration = CalibrationRecord(
+            images=[str(p) for p in samples.paths], views=samples.views, samples=int(len(samples.inputs)),
+            preprocess=samples.preset, damp=calib.damp, saliency=calib.saliency, layers_refit=len(refits),
+            layers={refit.pop("layer"): refit for refit in refits})
     if options.pw.method == "nm24":
-        model, extra["pw_nm24"] = apply_nm24(model, analysis)
+        model, record.pw_nm24 = apply_nm24(model, analysis)
     if options.output_format == "plugin":
         with timed_pass("rewrite"):
-            model, records = _rewrite(model, plan)
-        extra["rewrite"] = records
+            model, record.rewrite = _rewrite(model, plan)
     if options.dtype == "float16":
         from deprune_onnx.onnx_io.float16 import convert_to_float16
 
         with timed_pass("float16"):
             model = convert_to_float16(model)
-    report = build_report(plan, analysis, extra)
-    return PruneResult(model, plan, report, analysis)
+    report = build_report(plan, analysis, record)
+    return PruneResult(model, plan, report, analysis, record)
 
 
 def _rewrite(model: onnx.ModelProto, plan: PruningPlan) -> tuple[onnx.ModelProto, list[dict[str, Any]]]:
@@ -167,7 +186,6 @@ def _rewrite(model: onnx.ModelProto, plan: PruningPlan) -> tuple[onnx.ModelProto
     model, records = rewrite_to_plugin(model, keep_masks, k_tile=plan.tile,
                                        subgemm_channels=plan.subgemm_channels, in_place=True)
     return model, [record.to_dict() for record in records]
-
 
 
 @dataclass
