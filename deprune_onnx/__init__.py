@@ -24,6 +24,8 @@ _EXPORTS = {
     "PruneResult": "deprune_onnx.pipeline",
     "prune_model": "deprune_onnx.pipeline",
     "prune_file": "deprune_onnx.pipeline",
+    "PrunedFiles": "deprune_onnx.pipeline",
+    "PruneRecord": "deprune_onnx.record",
     "CalibOptions": "deprune_onnx.options",
     "PruningPlan": "deprune_onnx.plan",
     "load_plan": "deprune_onnx.plan",

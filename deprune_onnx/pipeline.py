@@ -190,7 +190,12 @@ def _rewrite(model: onnx.ModelProto, plan: PruningPlan) -> tuple[onnx.ModelProto
 
 @dataclass
 class PrunedFiles:
-    """What ``prune_file`` did: the result (model, plan, report, analysis) and the three files it wrote."""
+    """What ``prune_file`` did.
+
+    Fields:
+        result: the PruneResult (model, plan, record, report, analysis).
+        model_path / report_path / plan_path: the three files written (pruned model, report JSON, plan JSON).
+    """
 
     result: PruneResult
     model_path: Path
