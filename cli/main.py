@@ -14,8 +14,10 @@ from typing import Any
 
 import click
 
+from deprune_onnx.cli.options import FLAG_NAMES
 from deprune_onnx.errors import EXIT_USAGE, DepruneError
 from deprune_onnx.extras import missing_dependency_error
+from deprune_onnx.options import OptionError
 
 
 class ErrorReportingGroup(click.Group):
@@ -42,7 +44,8 @@ class ErrorReportingGroup(click.Group):
         try:
             return super().invoke(ctx)
         except DepruneError as exc:
-            click.echo(f"deprune-onnx: error: {exc}", err=True)
+            message = exc.render(FLAG_NAMES) if isinstance(exc, OptionError) else str(exc)
+            click.echo(f"deprune-onnx: error: {message}", err=True)
             ctx.exit(exc.exit_code)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise

@@ -32,7 +32,6 @@ from deprune_onnx.errors import DepruneError
 from deprune_onnx.onnx_io.graph import ensure_unique_node_names
 from deprune_onnx.onnx_io.load_save import write_bytes_atomic
 from deprune_onnx.plan import PruningPlan
-from deprune_onnx.pw.plan import PWPlan
 from deprune_onnx.pw.removal import RemovedIndices, removed_constant_indices
 
 # A PyTorch state-dict key of a conv weight: dotted identifiers / indices ending in ".weight".
@@ -88,16 +87,15 @@ def _put(arrays: dict[str, np.ndarray], owner: dict[str, str], keys: set[str | N
 
 def _removals(plan: PruningPlan, model: onnx.ModelProto | None) -> list[RemovedIndices]:
     """What the plan's PW groups removed from ``model`` (the model prune read); [] without PW removal."""
-    pw_plan = PWPlan.from_dict(plan.pw) if plan.pw else None
-    if pw_plan is None or not pw_plan.groups or model is None:
+    if not removes_pw_channels(plan) or model is None:
         return []
     ensure_unique_node_names(model)  # as the prune pipeline did before planning
-    return removed_constant_indices(model, pw_plan)
+    return removed_constant_indices(model, plan.pw)
 
 
 def removes_pw_channels(plan: PruningPlan) -> bool:
     """True when the plan's PW groups delete channels (so its DW masks have the reduced shapes)."""
-    return bool(plan.pw and any(group.get("removed") for group in plan.pw.get("groups", [])))
+    return plan.pw is not None and any(group.removed for group in plan.pw.groups)
 
 
 def plan_mask_arrays(plan: PruningPlan, model: onnx.ModelProto | None = None,
