@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -67,6 +66,7 @@ def test_missing_module_names_the_extra(module: str, args: list, pruned: Path, t
 
 
 def test_the_table_matches_pyproject() -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 
     def names(requirements: list[str]) -> set[str]:

@@ -126,7 +126,7 @@ def plan_mask_arrays(plan: PruningPlan, model: onnx.ModelProto | None = None,
             full = removal.keep_mask()
             full[full] = keep.reshape(-1)  # the kept positions, in order, are the reduced tensor
             keep, weight = full, removal.constant
-        if layer.method == "none" and removal is None or keep.all():
+        if (layer.method == "none" and removal is None) or keep.all():
             continue
         _put(arrays, owner, {weight, pytorch_parameter_name(layer.name, weight)}, keep, layer.name)
     for removal in removals:
