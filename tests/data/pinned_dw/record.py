@@ -1,4 +1,5 @@
-"""Record the DW decisions of the three sample models (samples/) for dcp / b / bh at 0.5 and 0.78.
+"""Record the DW decisions of the three sample models (samples/) for dcp / b / bh at 0.5 and 0.78, plus
+MobileNetV3-Small bh at 0.7.
 
 For every layer: the HSR pattern (o / u / aligned, "-" for dcp and b), K per sub-GEMM, whether the balance step
 moved it, and the SHA-256 of its keep mask (np.packbits of the mask in row-major order, 1 = kept), so a test
@@ -33,6 +34,8 @@ MODELS = {
 }
 METHODS = ("dcp", "b", "bh")
 RATIOS = (0.5, 0.78)
+# MobileNetV3-Small at 0.7: the balance step's beta tie-break shows on this model at this ratio (issue #17).
+EXTRA_CASES = (("mobilenet_v3_small", "bh", 0.7),)
 
 
 def mask_sha256(keep: np.ndarray) -> str:
@@ -57,6 +60,8 @@ def main() -> None:
         for method in METHODS:
             for ratio in RATIOS:
                 cases[f"{key}/{method}/{ratio}"] = decisions(model, method, ratio)
+    for key, method, ratio in EXTRA_CASES:
+        cases[f"{key}/{method}/{ratio}"] = decisions(onnx.load(str(REPO / "samples" / MODELS[key])), method, ratio)
     data = {"recorded_on_commit": commit, "note": args.note, "command": "python tests/data/pinned_dw/record.py",
             "cases": cases}
     (HERE / "dw_decisions.json").write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
