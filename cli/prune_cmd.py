@@ -10,7 +10,9 @@ import click
 if TYPE_CHECKING:
     import onnx
 
-from deprune_onnx.cli.image_options import PRESET_NAMES
+    from deprune_onnx.evaluation.images import PreprocessOptions
+
+from deprune_onnx.cli.image_options import preprocessing_options
 from deprune_onnx.cli.options import parse_layer_ratios, parse_ratio_list
 
 
@@ -74,8 +76,7 @@ def _load(input_path: str) -> onnx.ModelProto:
               help="Calibration images: refit every pruned DW channel's kept weights and bias by least squares "
                    "so it reproduces the unpruned model (masks unchanged); repeatable.")
 @click.option("--calib-n", type=int, metavar="N", help="Use only the first N calibration images (by name).")
-@click.option("--calib-preprocess", type=click.Choice(PRESET_NAMES),
-              help="Preprocessing preset of the calibration images [default: guessed from the input shape].")
+@preprocessing_options(prefix="--calib-", dest="calib_preprocessing")
 @click.option("--calib-crops", type=int, metavar="V",
               help="Views per calibration image (crops, flips) [default: enough for 64 samples, at most 10].")
 @click.option("--calib-damp", type=float, default=0.01, show_default=True,
@@ -100,7 +101,7 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, lay
             pw_scope: str, pw_method: str, plan_path: str | None, keep_zeros: bool,
             plan_out: str | None, report_path: str | None,
             output_format: str, dtype: str, calib_sources: tuple[str, ...], calib_n: int | None,
-            calib_preprocess: str | None, calib_crops: int | None, calib_damp: float, calib_saliency: bool,
+            calib_preprocessing: PreprocessOptions, calib_crops: int | None, calib_damp: float, calib_saliency: bool,
             refit: bool, allocate: str | None, allocate_ratios: str, allocate_samples: int, as_json: bool,
             quiet: bool, verbose: int) -> None:
     """Prune the depthwise convs of IN.onnx the DEPrune way and write OUT.onnx.
@@ -147,7 +148,7 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, lay
                            hsr_alphas=load_hsr_timings(hsr_timings) if hsr_timings else {})
     calib = None
     if calib_sources:
-        calib = CalibOptions(sources=list(calib_sources), n=calib_n, preprocess=calib_preprocess,
+        calib = CalibOptions(sources=list(calib_sources), n=calib_n, preprocess=calib_preprocessing,
                              crops=calib_crops, damp=calib_damp, saliency=calib_saliency, refit=refit,
                              allocate=allocate, allocate_ratios=parse_ratio_list(allocate_ratios, "--allocate-ratios"),
                              allocate_samples=allocate_samples)
@@ -155,6 +156,8 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, lay
         raise DepruneError("--allocate: needs calibration images, give --calib DIR")
     elif calib_saliency or calib_n is not None or calib_crops is not None:
         raise DepruneError("--calib-n/--calib-crops/--calib-saliency: need --calib DIR")
+    elif calib_preprocessing.preset or calib_preprocessing.changed():
+        raise DepruneError("--calib-preprocess/--calib-mean/--calib-std/...: need --calib DIR")
     if allocate_samples < 1:
         raise DepruneError(f"--allocate-samples {allocate_samples}: must be at least 1")
     plan = load_plan(plan_path) if plan_path else None

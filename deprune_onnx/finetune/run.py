@@ -5,6 +5,9 @@ Steps: choose the masks (the given plan, or the student's zero pattern checked a
 against ONNX Runtime) -> measure KL to the teacher -> distil -> measure again -> write the trained values back
 into the student's own graph -> re-apply the plan (pruned weights exactly +0). Removed PW channels stay removed
 because shapes never change: the student already lacks them and only values are trained.
+
+Either model may hold deprune's custom op (lowered to Conv first) or be float16 (``prune --dtype float16``):
+training runs on an exact float32 copy, and a float16 student is written back as float16.
 """
 from __future__ import annotations
 
@@ -22,6 +25,8 @@ from deprune_onnx.evaluation.images import TrainingImages
 from deprune_onnx.finetune.convert import to_torch, write_back
 from deprune_onnx.finetune.distill import DistillOptions, distill, mean_kl, predict
 from deprune_onnx.finetune.fixed_masks import FixedMasks
+from deprune_onnx.evaluation.runner import lower_custom_ops
+from deprune_onnx.onnx_io.float16 import convert_to_float16, convert_to_float32, is_float16
 from deprune_onnx.onnx_io.graph import ensure_unique_node_names
 from deprune_onnx.pipeline import PruneOptions, make_keep_zeros_plan
 from deprune_onnx.plan import PruningPlan
@@ -92,6 +97,10 @@ def finetune_model(student: onnx.ModelProto, teacher: onnx.ModelProto, images: T
     ``eval_sets`` maps a name to views [N, C, H, W] on which the KL to the teacher is measured before and after
     (default: the training images' centre views and their flipped corner crops).
     """
+    half = is_float16(student)
+    student, teacher = lower_custom_ops(student, "model"), lower_custom_ops(teacher, "--teacher")
+    student = convert_to_float32(student) if half else student
+    teacher = convert_to_float32(teacher) if is_float16(teacher) else teacher
     ensure_unique_node_names(student)
     shape = input_shape(student)
     if input_shape(teacher) != shape:
@@ -124,6 +133,7 @@ def finetune_model(student: onnx.ModelProto, teacher: onnx.ModelProto, images: T
     after = {name: mean_kl(torch_student, torch_teacher, views, kind, options.device)
              for name, views in sets.items()}
     tuned = apply_dw_masks(write_back(student, torch_student), plan.dw_layers)
+    tuned = convert_to_float16(tuned) if half else tuned
     return FinetuneResult(
         model=tuned, plan=plan, losses=losses, kl_before=before, kl_after=after, output_kind=kind,
         labels_used=use_labels, micro_batch=torch_student.micro_batch, masked_parameters=masks.parameters,

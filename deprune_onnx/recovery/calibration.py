@@ -18,7 +18,7 @@ from deprune_onnx.dw.planner import DWOptions, resolve_layer_ratios
 from deprune_onnx.errors import DepruneError
 
 if TYPE_CHECKING:
-    from deprune_onnx.evaluation.images import ImageSet
+    from deprune_onnx.evaluation.images import ImageSet, Preset, PreprocessOptions
 
 # Without --calib-crops, every calibration image gives enough views for this many samples (at most 10 each).
 CALIB_TARGET_SAMPLES = 64
@@ -33,7 +33,9 @@ class CalibOptions:
 
     sources: list[str]
     n: int | None = None               # use the first N images (sorted by name)
-    preprocess: str | None = None      # preset name; None = guess from the input shape
+    # --calib-preprocess and friends (or a resolved Preset, or a preset name); None = the model's metadata_props,
+    # else guessed from the input shape (``deprune_onnx.evaluation.images.resolve_preprocessing``)
+    preprocess: "PreprocessOptions | Preset | str | None" = None
     crops: int | None = None           # views per image; None = enough for CALIB_TARGET_SAMPLES
     damp: float = 0.01
     saliency: bool = False
@@ -44,9 +46,10 @@ class CalibOptions:
 
 
 def calibration_set(model: onnx.ModelProto, calib: CalibOptions) -> "ImageSet":
-    """The preprocessed calibration samples: the first ``n`` images, ``crops`` views each."""
-    from deprune_onnx.evaluation.images import find_images, load_image_set, resolve_preset
-    from deprune_onnx.evaluation.runner import ModelRunner
+    """The preprocessed calibration samples: the first ``n`` images, ``crops`` views each, in the model's own
+    input type (float16 for a float16 model)."""
+    from deprune_onnx.evaluation.images import find_images, load_image_set, preprocessing_for
+    from deprune_onnx.evaluation.runner import ModelRunner, image_input_dtype
 
     paths = find_images(calib.sources, "--calib")
     if calib.n is not None:
@@ -54,7 +57,10 @@ def calibration_set(model: onnx.ModelProto, calib: CalibOptions) -> "ImageSet":
             raise DepruneError(f"--calib-n {calib.n}: must be at least 1")
         paths = paths[: calib.n]
     views = calib.crops or min(CALIB_MAX_AUTO_VIEWS, math.ceil(CALIB_TARGET_SAMPLES / len(paths)))
-    return load_image_set(paths, resolve_preset(calib.preprocess, ModelRunner.image_input_shape(model)), views)
+    preset = preprocessing_for(calib.preprocess, ModelRunner.image_input_shape(model), (model, "model"))
+    samples = load_image_set(paths, preset, views)
+    samples.inputs = samples.inputs.astype(image_input_dtype(model), copy=False)
+    return samples
 
 
 def _evenly(inputs: np.ndarray, count: int) -> np.ndarray:
