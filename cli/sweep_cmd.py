@@ -36,7 +36,8 @@ def command(model_path: str, images: tuple[str, ...], preprocessing: "Preprocess
             output_dir: str | None, no_plot: bool, as_json: bool) -> None:
     """Prune MODEL.onnx at every ratio with every method and measure each against the unpruned model.
 
-    Prints a Markdown table (top-1 agreement and mean KL per method and ratio; with --calib, also after
+    Prints a Markdown table (top-1 agreement and mean KL per method and ratio for class-score models, relative
+    L2 error and cosine for maps and sequences; with --calib, also after
     calibrated reconstruction) and, with -o, writes it with a JSON copy and a PNG plot.
 
     \b
