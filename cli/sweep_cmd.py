@@ -49,7 +49,7 @@ def command(model_path: str, images: tuple[str, ...], preprocessing: "Preprocess
     from deprune_onnx.dw.planner import DW_METHODS, check_ratio
     from deprune_onnx.errors import DepruneError
     from deprune_onnx.evaluation.images import find_images
-    from deprune_onnx.evaluation.runner import ModelRunner
+    from deprune_onnx.evaluation.runner import ModelRunner, lower_custom_ops
     from deprune_onnx.onnx_io.load_save import load_model, write_bytes_atomic, write_json_atomic, write_text_atomic
     from deprune_onnx.recovery.calibration import CalibOptions
     from deprune_onnx.report.plots import have_matplotlib
@@ -67,7 +67,7 @@ def command(model_path: str, images: tuple[str, ...], preprocessing: "Preprocess
     plot = out is not None and not no_plot
     if plot and not have_matplotlib():
         raise DepruneError("sweep.png needs matplotlib: pip install 'deprune-onnx[plot]', or pass --no-plot")
-    model = load_model(model_path)
+    model = lower_custom_ops(load_model(model_path), str(model_path))  # a plugin-format model: its dense form
     image_set = load_images(images, preprocessing, crops, labels, ModelRunner.image_input_shape(model),
                             (model, str(model_path)))
     calib = None

@@ -106,3 +106,11 @@ def test_finetune_a_float16_student_with_a_plugin_teacher(forms: dict[str, Path]
     assert zero_after >= zero_before > 0                                # the DW zeros stay
     assert any(not np.array_equal(after[k], v) for k, v in start.items() if k in after)  # and something trained
     assert _eval(out, "--reference", SOURCE, "--images", imagenet_samples() / EVAL)["agreement"] is not None
+
+
+def test_sweep_takes_a_plugin_model(forms: dict[str, Path]) -> None:
+    result = run_cli("sweep", forms["plugin"], "--images", imagenet_samples() / EVAL, "--ratios", "0.5",
+                     "--methods", "b", "--json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["rows"]
+    assert len(rows) == 1 and rows[0]["achieved_ratio"] > 0.3

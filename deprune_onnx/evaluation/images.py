@@ -77,7 +77,8 @@ _LABEL_IN_NAME = re.compile(r"(\d+)$")
 
 @dataclass(frozen=True)
 class Preset:
-    """How one model family turns an image into its input tensor."""
+    """How an image becomes a model's input tensor: the one preprocessing description every image command uses
+    (a named preset, or one resolved from options and metadata_props by ``resolve_preprocessing``)."""
 
     name: str
     mode: str                          # "short-crop" | "text-line"
