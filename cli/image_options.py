@@ -12,22 +12,17 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import click
 
+from deprune_onnx.options import PRESET_NAMES
+
 if TYPE_CHECKING:
     import onnx
 
     from deprune_onnx.evaluation.images import ImageSet, Preset, PreprocessOptions
 
-# == evaluation.images.PRESET_NAMES / CHANNEL_ORDERS / CROP_RULES (kept light for --help)
-PRESET_NAMES = ("imagenet", "pplcnet", "efficientnet-lite", "keras-mobilenet", "ppocr-cls")
+# == evaluation.images.CHANNEL_ORDERS / CROP_RULES (kept light for --help; a test checks)
 CHANNEL_ORDERS = ("RGB", "BGR")
 CROP_RULES = ("center", "none")
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
-PREPROCESSING_HELP = """Preprocessing: --preprocess names a preset (imagenet: short side 256, centre crop 224, RGB,
-ImageNet mean/std; pplcnet: the same in BGR; efficientnet-lite: (x-127)/128 on 0..255; keras-mobilenet:
-x/127.5-1; ppocr-cls: 48x192 text line, BGR, (x/255-0.5)/0.5). Without it, the model's metadata_props
-(Image.BitmapPixelFormat, Image.NominalPixelRange, deprune.preprocess.*) apply, else the preset is guessed from
-the input shape. --mean/--std/--scale/--channel-order/--resize/--crop replace single fields; --mean/--std are on
-the 0..1 scale (pixel/255) unless --scale 255. Details: docs/accuracy.md."""
 
 
 def preprocessing_options(prefix: str = "--", dest: str = "preprocessing") -> Decorator:

@@ -153,7 +153,8 @@ def test_compare_images_use_the_guessed_preset_and_mean_std_override() -> None:
 def test_cli_preset_names_are_the_presets() -> None:
     from deprune_onnx.cli import image_options
     from deprune_onnx.evaluation import images
+    from deprune_onnx.options import PRESET_NAMES
 
-    assert image_options.PRESET_NAMES == images.PRESET_NAMES == tuple(PRESETS)
+    assert PRESET_NAMES == image_options.PRESET_NAMES == images.PRESET_NAMES == tuple(PRESETS)
     assert image_options.CHANNEL_ORDERS == images.CHANNEL_ORDERS
     assert image_options.CROP_RULES == images.CROP_RULES

@@ -227,8 +227,7 @@ def compare_models(original: onnx.ModelProto, pruned: onnx.ModelProto, *, n: int
     check_tolerance = not (min_agreement is not None and rtol is None and atol is None)
     rtol = DEFAULT_RTOL if rtol is None else rtol
     atol = DEFAULT_ATOL if atol is None else atol
-    lowered = [sum(node.op_type == op_spec.OP_TYPE and node.domain == op_spec.DOMAIN for node in model.graph.node)
-               for model in (pruned, original)]
+    lowered = [len(op_spec.custom_nodes(model)) for model in (pruned, original)]
     runnable = lower_custom_ops(pruned, "PRUNED")
     metadata_sources = ((original, "ORIGINAL"), (pruned, "PRUNED"))
     original = lower_custom_ops(original, "ORIGINAL")
