@@ -26,11 +26,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from deprune_onnx.dw.planner import DWOptions
+from deprune_onnx.options import CalibOptions, DWOptions, PruneOptions, PWOptions
 from deprune_onnx.evaluation import ModelRunner, evaluate_outputs
 from deprune_onnx.evaluation.images import find_images, fit_preset, get_preset, image_labels, load_image_set
-from deprune_onnx.pipeline import PruneOptions, PWOptions, prune_model
-from deprune_onnx.recovery.calibration import CalibOptions
+from deprune_onnx.pipeline import prune_model
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = {  # name -> (file under samples/, preprocessing preset)

@@ -31,12 +31,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from deprune_onnx.dw.planner import DWOptions
+from deprune_onnx.options import CalibOptions, DWOptions, PruneOptions, PWOptions
 from deprune_onnx.evaluation import ModelRunner, evaluate_outputs
 from deprune_onnx.evaluation.images import find_images, get_preset, image_labels, load_image_set
-from deprune_onnx.pipeline import PruneOptions, PWOptions, prune_model
+from deprune_onnx.pipeline import prune_model
 from deprune_onnx.pw import count_params
-from deprune_onnx.recovery.calibration import CalibOptions
 from deprune_onnx.recovery.refit import analysis_input
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -13,6 +13,7 @@ from deprune_onnx.analysis import analyze
 from deprune_onnx.dw.masks import choose_hsr_patterns, energy_damage, misalignment
 from deprune_onnx.dw.planner import HSR_CANDIDATES, DWOptions, plan_dw_layers
 from deprune_onnx.onnx_io.graph import GraphIndex
+from deprune_onnx.options import OptionError
 
 
 def test_damage_rank_over_aligns_the_layers_that_lose_least_per_speed() -> None:
@@ -81,9 +82,8 @@ def test_data_free_damage_proxy_patterns_on_mobilenet_v2(mobilenet) -> None:
 def test_hsr_rank_is_checked(tmp_path) -> None:
     result = run_cli("prune", sample_model("mobilenet_v2"), tmp_path / "o.onnx", "--hsr-rank", "speed")
     assert result.exit_code == 2 and "--hsr-rank" in result.output
-    model, analysis, _ = (onnx.load(str(sample_model("mobilenet_v2"))), None, None)
-    from deprune_onnx.errors import DepruneError
-    with pytest.raises(DepruneError, match="--hsr-rank 'speed'"):
+    model = onnx.load(str(sample_model("mobilenet_v2")))
+    with pytest.raises(OptionError, match="dw.hsr_rank 'speed'"):
         plan_dw_layers(model, analyze(model), DWOptions(method="bh", hsr_rank="speed"))
     bad = run_cli("prune", sample_model("mobilenet_v2"), tmp_path / "o.onnx", "--calib", tmp_path,
                   "--calib-damp", "lots")

@@ -1,4 +1,5 @@
-"""Decide the DW masks of a model: per-layer ratios, DCP/BWT masks, HSR alignment (DESIGN.md section 3).
+"""Decide the DW masks of a model: per-layer ratios, DCP/BWT masks, HSR alignment (README.md,
+"What `prune` does", step 4).
 
 Produces DWLayerPlan entries from a ModelAnalysis; reads weights, writes nothing. HSR needs every layer's BWT
 result before it can rank layers by beta, so planning is two passes: masks per layer, then the model-wide
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -18,13 +19,13 @@ import onnx
 from deprune_onnx.analysis import ConvLayer, ModelAnalysis
 from deprune_onnx.errors import DepruneError
 from deprune_onnx.onnx_io.graph import GraphIndex
-from deprune_onnx.dw.masks import (HSR_RANKS, SUBGEMM_CHANNELS, Misalignment, align_subgemms, bwt_mask,
-                                channel_mask, choose_hsr_patterns, dcp_mask, energy_damage, global_masks,
-                                kept_per_subgemm, misalignment, subgemm_vectors)
+from deprune_onnx.dw.masks import (SUBGEMM_CHANNELS, Misalignment, align_subgemms, bwt_mask, channel_mask,
+                                choose_hsr_patterns, dcp_mask, energy_damage, global_masks, kept_per_subgemm,
+                                misalignment, subgemm_vectors)
+from deprune_onnx.options import DWOptions, OptionError, check_dw_options, literal
 from deprune_onnx.plan import DWLayerPlan, encode_mask
 from deprune_onnx.progress import progress
 
-DW_METHODS = ("dcp", "b", "bh", "channel", "global")
 # Measures expected damage for candidate masks: {layer: [keep, ...]} -> {layer: [damage, ...]} (e.g. the KL
 # of the model's output with that layer alone pruned, recovery/allocation.py measure_masks).
 DamageMeasure = Callable[[dict[str, list[np.ndarray]]], dict[str, list[float]]]
@@ -32,30 +33,13 @@ DamageMeasure = Callable[[dict[str, list[np.ndarray]]], dict[str, list[float]]]
 HSR_CANDIDATES = (("u", 0), ("o", 0), ("u", 1), ("o", 1))
 
 
-@dataclass
-class DWOptions:
-    method: str = "bh"
-    dw_ratio: float = 0.5
-    layer_ratios: list[tuple[str, float]] = field(default_factory=list)  # (name or glob, ratio); last wins
-    exclude: list[str] = field(default_factory=list)                     # globs of layers left dense
-    tile: int = 32
-    hsr_alphas: dict[str, float] = field(default_factory=dict)           # measured alpha per layer
-    hsr_rank: str = "auto"                                               # HSR_RANKS: auto | beta | damage
-    target_speedup: float | None = None  # --target-speedup: predicted DW speedup (tile model) instead of dw_ratio
-
-
-def check_ratio(value: float, option: str) -> float:
-    if not 0.0 <= value < 1.0:
-        raise DepruneError(f"{option} {value}: a pruning ratio must be in [0, 1)")
-    return value
-
-
-def _matching(names: list[str], pattern: str, option: str) -> list[str]:
+def _matching(names: list[str], pattern: str, param: str) -> list[str]:
     """DW layer names equal to ``pattern`` or matching it as a glob; a pattern matching nothing is an error,
     so a typo never silently prunes at the default ratio."""
     matched = [n for n in names if n == pattern or fnmatch.fnmatchcase(n, pattern)]
     if not matched:
-        raise DepruneError(f"{option} '{pattern}': matches no DW layer (list them with 'deprune-onnx inspect')")
+        raise OptionError(f"{{{param}}} '{literal(pattern)}': matches no DW layer (list them with "
+                          "'deprune-onnx inspect')")
     return matched
 
 
@@ -63,10 +47,10 @@ def resolve_layer_ratios(names: list[str], options: DWOptions) -> dict[str, floa
     """Ratio per DW layer (None = excluded), from --dw-ratio, --layer-ratio and --exclude."""
     ratios: dict[str, float | None] = {name: options.dw_ratio for name in names}
     for pattern, ratio in options.layer_ratios:
-        for name in _matching(names, pattern, "--layer-ratio"):
+        for name in _matching(names, pattern, "dw.layer_ratios"):
             ratios[name] = ratio
     for pattern in options.exclude:
-        for name in _matching(names, pattern, "--exclude"):
+        for name in _matching(names, pattern, "dw.exclude"):
             ratios[name] = None
     return ratios
 
@@ -116,21 +100,10 @@ def plan_dw_layers(model: onnx.ModelProto, analysis: ModelAnalysis, options: DWO
     ``damage`` (bh with ``hsr_rank`` 'damage' or 'auto'): measures the expected damage of candidate masks, e.g.
     KL on calibration images; 'damage' without it uses the data-free proxy ``energy_damage``, 'auto' without it
     the paper's beta."""
-    if options.method not in DW_METHODS:
-        raise DepruneError(f"--method '{options.method}': expected one of {', '.join(DW_METHODS)}")
-    if options.hsr_rank not in HSR_RANKS:
-        raise DepruneError(f"--hsr-rank '{options.hsr_rank}': expected one of {', '.join(HSR_RANKS)}")
-    check_ratio(options.dw_ratio, "--dw-ratio")
-    for _, ratio in options.layer_ratios:
-        check_ratio(ratio, "--layer-ratio")
-    if options.method == "global" and options.layer_ratios:
-        raise DepruneError("--layer-ratio: not available with --method global (one ranking across all DW layers "
-                           "decides every layer's ratio); use --exclude to leave layers out")
-    if options.tile < 1:
-        raise DepruneError(f"--tile {options.tile}: must be a positive number of vectors")
+    check_dw_options(options)
     unknown = sorted(set(options.hsr_alphas) - {layer.name for layer in analysis.dw_layers})
     if unknown:
-        raise DepruneError(f"--hsr-timings: layer '{unknown[0]}' is not a DW layer of the model")
+        raise OptionError(f"{{dw.hsr_alphas}}: layer '{literal(unknown[0])}' is not a DW layer of the model")
 
     index = GraphIndex(model.graph)
     ratios = resolve_layer_ratios([layer.name for layer in analysis.dw_layers], options)
@@ -313,8 +286,9 @@ def ratio_for_speedup(model: onnx.ModelProto, analysis: ModelAnalysis, options: 
     from deprune_onnx.report.build import predicted_dw_speedup
 
     target = options.target_speedup
-    if target is None or not target >= 1.0 or not np.isfinite(target):
-        raise DepruneError(f"--target-speedup {target}: must be a finite number >= 1")
+    check_dw_options(options)
+    if target is None:
+        raise OptionError("{dw.target_speedup}: no speedup given")
 
     def reaches(ratio: float) -> bool:
         plans = plan_dw_layers(model, analysis, replace(options, dw_ratio=ratio, target_speedup=None))
@@ -326,7 +300,7 @@ def ratio_for_speedup(model: onnx.ModelProto, analysis: ModelAnalysis, options: 
     if found is None:
         found = next((round(r, 2) for r in np.arange(coarse[-1], 1.0, _SPEEDUP_FINE) if reaches(round(r, 2))), None)
         if found is None:
-            raise DepruneError(f"--target-speedup {target}: not reachable below DW ratio 1 (tile model)")
+            raise OptionError(f"{{dw.target_speedup}} {literal(target)}: not reachable below DW ratio 1 (tile model)")
         return found
     fine = [round(r, 2) for r in np.arange(max(found - _SPEEDUP_COARSE, 0.0) + _SPEEDUP_FINE, found, _SPEEDUP_FINE)]
     return next((r for r in fine if reaches(r)), found)

@@ -39,7 +39,7 @@ from deprune_onnx.analysis import ConvLayer, ModelAnalysis, conv_output_hw
 from deprune_onnx.errors import DepruneError
 from deprune_onnx.onnx_io.graph import GraphIndex
 from deprune_onnx.dw.masks import keep_top_per_subgemm
-from deprune_onnx.plan import DWLayerPlan, encode_mask
+from deprune_onnx.plan import DWLayerPlan
 from deprune_onnx.progress import progress
 from deprune_onnx.recovery.staged import StagedForward
 
@@ -240,14 +240,16 @@ def stacked(weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
 
 def reconstruct(model: onnx.ModelProto, reference: onnx.ModelProto, analysis: ModelAnalysis,
                 plans: list[DWLayerPlan], inputs: np.ndarray, damp: float | None = DEFAULT_DAMP,
-                saliency: bool = False, groups: np.ndarray | None = None) -> list[dict]:
+                saliency: bool = False, groups: np.ndarray | None = None
+                ) -> tuple[list[dict], dict[str, np.ndarray]]:
     """Refit the pruned DW layers of ``model`` (masks applied) against the unpruned ``reference``, in place.
 
     ``inputs`` are the preprocessed calibration samples [N, ...]; ``groups`` [N] their image (cross-validation
     folds). ``damp`` None chooses the damping per layer by cross-validation and keeps the unrefitted weights of a
     layer whose validation residual the refit does not lower (module docstring). Returns one record per pruned
-    layer (and stores it in the layer's plan entry): relative residual ||Y_fit - Y_ref||^2 / ||Y_ref||^2 on
-    all samples before and after, and with cross-validation the held-out (validation) residuals.
+    layer (relative residual ||Y_fit - Y_ref||^2 / ||Y_ref||^2 on all samples before and after, ``refit``, and
+    with cross-validation the held-out residuals), and the keep masks ``saliency`` chose per layer (empty
+    without it; the caller puts them into a new plan). ``plans`` are not changed.
     """
     if damp is not None and (damp < 0 or not np.isfinite(damp)):
         raise DepruneError(f"--calib-damp {damp}: must be a finite number >= 0 (or auto)")
@@ -261,6 +263,7 @@ def reconstruct(model: onnx.ModelProto, reference: onnx.ModelProto, analysis: Mo
     reference_run = StagedForward(reference, {input_name: inputs})
     writer = ParameterWriter(model)
     records: list[dict] = []
+    chosen: dict[str, np.ndarray] = {}
     for plan in progress(plans, "refit", unit="layer"):
         keep = plan.keep_mask()
         if plan.method == "none" or keep.all():
@@ -283,8 +286,7 @@ def reconstruct(model: onnx.ModelProto, reference: onnx.ModelProto, analysis: Mo
                 stats = stats + fold
         layer_damp = damp if damp is not None else DEFAULT_DAMP
         if saliency:
-            keep = saliency_keep(stats, w0, plan, layer_damp)
-            plan.mask = encode_mask(keep)
+            keep = chosen[plan.name] = saliency_keep(stats, w0, plan, layer_damp)
         flat_keep = keep.reshape(keep.shape[0], -1)
         before = np.where(np.concatenate([flat_keep, np.ones((len(w0), 1), bool)], axis=1), w0, 0.0)
         record: dict = {"samples": int(stats.samples), "saliency": bool(saliency)}
@@ -305,9 +307,8 @@ def reconstruct(model: onnx.ModelProto, reference: onnx.ModelProto, analysis: Mo
             record["note"] = "unrefitted: the refit did not lower the held-out residual"
         writer.write(plan.name, 1, fitted[:, :-1].reshape(weight.shape).astype(weight.dtype), "refit_weight")
         writer.write(plan.name, 2, fitted[:, -1].astype(bias.dtype), "refit_bias")
-        plan.calibration = record
         records.append({"layer": plan.name, **record})
-    return records
+    return records, chosen
 
 
 def analysis_input(model: onnx.ModelProto) -> str:
