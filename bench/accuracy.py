@@ -107,7 +107,14 @@ def main() -> None:
     parser.add_argument("--calib-crops", type=int, default=10)
     parser.add_argument("--sets", default="choice,evaluation", help="image sets to measure on")
     parser.add_argument("--out", type=Path, required=True, help="Markdown results; JSON next to it")
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                        help="measure nothing: render the records of earlier runs (their JSON) into one table")
     args = parser.parse_args()
+    if args.merge:
+        records = [r for path in args.merge for r in json.loads(path.read_text())]
+        write_markdown(args, records, datetime.datetime.now(datetime.timezone.utc),
+                       [s for s in args.sets.split(",") if s])
+        return
     for extra in args.extra_row:
         label, spec = extra.split("=", 1)
         add_row(label, spec)
