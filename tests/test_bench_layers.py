@@ -33,6 +33,7 @@ def mobilenet_v2_pruned() -> tuple[onnx.ModelProto, onnx.ModelProto]:
     return plugin.model, dense.model
 
 
+@pytest.mark.model
 def test_layers_of_a_pruned_mobilenet_v2(mobilenet_v2_pruned) -> None:
     plugin, dense = mobilenet_v2_pruned
     layers = lb.layers_from_model(plugin, group="mv2")
@@ -59,6 +60,7 @@ def test_load_bench_layers_errors(tmp_path: Path) -> None:
         lb.load_bench_layers(bad)
 
 
+@pytest.mark.model
 def test_a_layer_without_static_spatial_shape_is_named(mobilenet_v2_pruned) -> None:
     model = onnx.ModelProto()
     model.CopyFrom(mobilenet_v2_pruned[0])
@@ -157,6 +159,7 @@ def test_tolerances_and_batches() -> None:
             lb.parse_batches(bad)
 
 
+@pytest.mark.native
 @pytest.mark.skipif(not has_nvcc(), reason="nvcc not found: the CUDA kernel library is not built")
 def test_kernel_library_wrapper_on_the_built_library() -> None:
     library = lb.KernelLibrary(build_test_native() / LIBRARY_FILES["kernels"])  # ABI version checked on load

@@ -16,6 +16,8 @@ from deprune_onnx.op.rewrite import rewrite_to_plugin
 pytest.importorskip("onnxconverter_common", reason="float16 conversion needs onnxconverter-common")
 from deprune_onnx.onnx_io.float16 import convert_to_float16  # noqa: E402
 
+pytestmark = pytest.mark.model
+
 FP16_TOLERANCE = 1e-2  # the spec's float16 max relative error vs float32
 
 

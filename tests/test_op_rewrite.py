@@ -153,6 +153,7 @@ def test_float16_model_rewrites_with_float16_taps():
     assert np.array_equal(run_ort(lower(rewritten), x16)[0], run_ort(model, x16)[0])
 
 
+@pytest.mark.model
 def test_in_place_rewrite_equals_the_copying_rewrite_without_copying_big_weights(monkeypatch) -> None:
     """in_place=True (what prune uses) gives the same model as the default, and the big initializers it keeps
     are never rebuilt: their bytes stay in the original message."""

@@ -15,6 +15,8 @@ import pytest
 from support.plugin_native import (build_test_native, op_fields, pack_layer, random_keep_mask, real_dw_layers,
                             reference_dw_conv, run_tool, write_field_file)
 
+pytestmark = pytest.mark.native
+
 
 @pytest.fixture(scope="module")
 def build_dir() -> Path:
