@@ -6,12 +6,14 @@ from typing import TYPE_CHECKING
 
 import click
 
+from deprune_onnx.cli.image_options import preprocessing_options
 from deprune_onnx.cli.options import parse_layer_ratios, parse_ratio_list
 from deprune_onnx.options import ALLOCATORS, DEFAULT_ALLOCATE_RATIOS, DEFAULT_ALLOCATE_SAMPLES, DTYPES, DW_METHODS
-from deprune_onnx.options import OUTPUT_FORMATS, PRESET_NAMES, PW_METHODS, PW_SCOPES
+from deprune_onnx.options import OUTPUT_FORMATS, PW_METHODS, PW_SCOPES
 from deprune_onnx.op.spec import K_TILE
 
 if TYPE_CHECKING:
+    from deprune_onnx.evaluation.images import PreprocessOptions
     from deprune_onnx.pipeline import PrunedFiles
 
 
@@ -61,8 +63,7 @@ if TYPE_CHECKING:
               help="Calibration images: refit every pruned DW channel's kept weights and bias by least squares "
                    "so it reproduces the unpruned model (masks unchanged); repeatable.")
 @click.option("--calib-n", type=int, metavar="N", help="Use only the first N calibration images (by name).")
-@click.option("--calib-preprocess", type=click.Choice(PRESET_NAMES),
-              help="Preprocessing preset of the calibration images [default: guessed from the input shape].")
+@preprocessing_options(prefix="--calib-", dest="calib_preprocessing")
 @click.option("--calib-crops", type=int, metavar="V",
               help="Views per calibration image (crops, flips) [default: enough for 64 samples, at most 10].")
 @click.option("--calib-damp", type=float, default=0.01, show_default=True,
@@ -88,7 +89,7 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, lay
             pw_scope: str, pw_method: str, plan_path: str | None, keep_zeros: bool,
             plan_out: str | None, report_path: str | None,
             output_format: str, dtype: str, calib_sources: tuple[str, ...], calib_n: int | None,
-            calib_preprocess: str | None, calib_crops: int | None, calib_damp: float, calib_saliency: bool,
+            calib_preprocessing: PreprocessOptions, calib_crops: int | None, calib_damp: float, calib_saliency: bool,
             refit: bool, allocate: str | None, allocate_ratios: str, allocate_samples: int, as_json: bool,
             quiet: bool, verbose: int) -> None:
     """Prune the depthwise convs of IN.onnx the DEPrune way and write OUT.onnx.
@@ -120,8 +121,9 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, lay
     configure(QUIET if quiet else verbose)
     configure_progress(False if quiet else None)
     calib = None
-    if calib_sources or allocate or calib_saliency or calib_n is not None or calib_crops is not None:
-        calib = CalibOptions(sources=list(calib_sources), n=calib_n, preprocess=calib_preprocess, crops=calib_crops,
+    if calib_sources or allocate or calib_saliency or calib_n is not None or calib_crops is not None \
+            or calib_preprocessing.preset or calib_preprocessing.changed():
+        calib = CalibOptions(sources=list(calib_sources), n=calib_n, preprocess=calib_preprocessing, crops=calib_crops,
                              damp=calib_damp, saliency=calib_saliency, refit=refit, allocate=allocate,
                              allocate_ratios=parse_ratio_list(allocate_ratios, "--allocate-ratios"),
                              allocate_samples=allocate_samples)

@@ -19,6 +19,7 @@ from deprune_onnx.errors import DepruneError
 from deprune_onnx.op.spec import K_TILE
 
 if TYPE_CHECKING:
+    from deprune_onnx.evaluation.images import Preset, PreprocessOptions
     from deprune_onnx.plan import PruningPlan
 
 # DW mask methods: the paper's three (dcp = DEPrune, b = DEPrune-B, bh = DEPrune-BH) and two baselines at equal
@@ -32,7 +33,7 @@ PW_SCOPES = ("project", "all")
 OUTPUT_FORMATS = ("plugin", "dense")
 DTYPES = ("float32", "float16")
 # Image preprocessing presets; the presets themselves live in evaluation/images.py (a test checks the names).
-PRESET_NAMES = ("imagenet", "pplcnet", "ppocr-cls")
+PRESET_NAMES = ("imagenet", "pplcnet", "efficientnet-lite", "keras-mobilenet", "ppocr-cls")
 # Per-layer ratio allocation from measured sensitivity.
 ALLOCATORS = ("kl",)
 # --allocate measures sensitivity on at most this many of the calibration samples (evenly spaced).
@@ -126,7 +127,9 @@ class CalibOptions:
     Fields:
         sources: image folders, files or globs (non-empty).
         n: use only the first N images, sorted by name (>= 1); None = all.
-        preprocess: one of PRESET_NAMES; None = guessed from the model's input shape.
+        preprocess: the preprocessing of the calibration images: a ``PreprocessOptions`` (``--calib-preprocess``,
+            ``--calib-mean``, ...), a resolved ``Preset`` or one of PRESET_NAMES; None = the model's
+            metadata_props, else guessed from its input shape (``evaluation.images.resolve_preprocessing``).
         crops: views (crops, flips) per image; None or 0 = enough for 64 samples, at most 10 per image.
         damp: ridge damping of the refit, relative to each channel's mean input energy.
         saliency: choose kept taps by second-order saliency instead of |w| (same K per sub-GEMM).
@@ -140,7 +143,7 @@ class CalibOptions:
 
     sources: list[str]
     n: int | None = None
-    preprocess: str | None = None
+    preprocess: "PreprocessOptions | Preset | str | None" = None
     crops: int | None = None
     damp: float = 0.01
     saliency: bool = False
@@ -216,11 +219,15 @@ def check_calib_options(calib: CalibOptions, dw: DWOptions, plan_given: bool) ->
             raise OptionError("{calib.allocate}: needs calibration images, give {calib.sources} DIR")
         if calib.saliency or calib.n is not None or calib.crops is not None:
             raise OptionError("{calib.n}/{calib.crops}/{calib.saliency}: need {calib.sources} DIR")
+        if calib.preprocess is not None:
+            raise OptionError("{calib.preprocess} and its fields: need {calib.sources} DIR")
         raise OptionError("{calib.sources}: no calibration images given")
     if calib.n is not None and calib.n < 1:
         raise OptionError(f"{{calib.n}} {calib.n}: must be at least 1")
-    if calib.preprocess is not None:
-        check_choice(calib.preprocess, PRESET_NAMES, "calib.preprocess")
+    # a preset name, or PreprocessOptions.preset (a resolved Preset was checked when it was resolved)
+    preset = calib.preprocess if isinstance(calib.preprocess, str) else getattr(calib.preprocess, "preset", None)
+    if preset is not None:
+        check_choice(preset, PRESET_NAMES, "calib.preprocess")
     if calib.allocate_samples < 1:
         raise OptionError(f"{{calib.allocate_samples}} {calib.allocate_samples}: must be at least 1")
     if calib.allocate is None:

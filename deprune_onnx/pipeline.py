@@ -179,12 +179,21 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan
 
 
 def _rewrite(model: onnx.ModelProto, plan: PruningPlan) -> tuple[onnx.ModelProto, list[dict[str, Any]]]:
-    """Every pruned DW conv (excluded layers stay Conv) -> DRSparseDepthwiseConv with the plan's masks."""
-    from deprune_onnx.op.rewrite import rewrite_to_plugin
+    """Every pruned DW conv -> DRSparseDepthwiseConv with the plan's masks. Excluded layers, and layers whose
+    mask keeps every weight (ratio 0, e.g. chosen by --allocate), stay standard Convs: the sparse op only pays
+    off where taps are skipped."""
+    from deprune_onnx.op.rewrite import RewriteRecord, rewrite_to_plugin
 
     keep_masks = {layer.name: layer.keep_mask() for layer in plan.dw_layers if layer.method != "none"}
+    dense = [name for name, keep in keep_masks.items() if keep.all()]
+    for name in dense:
+        del keep_masks[name]
     model, records = rewrite_to_plugin(model, keep_masks, k_tile=plan.tile,
                                        subgemm_channels=plan.subgemm_channels, in_place=True)
+    records += [RewriteRecord(name, False, "nothing pruned (the mask keeps every weight): left as a standard Conv")
+                for name in dense]
+    order = {layer.name: position for position, layer in enumerate(plan.dw_layers)}
+    records.sort(key=lambda record: order.get(record.layer, len(order)))
     return model, [record.to_dict() for record in records]
 
 

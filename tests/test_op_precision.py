@@ -13,8 +13,7 @@ from deprune_onnx.op.lower import lower
 from deprune_onnx.op.oracle import run_dr_sparse_dwconv
 from deprune_onnx.op.rewrite import rewrite_to_plugin
 
-pytest.importorskip("onnxconverter_common", reason="float16 conversion needs onnxconverter-common")
-from deprune_onnx.onnx_io.float16 import convert_to_float16  # noqa: E402
+from deprune_onnx.onnx_io.float16 import convert_to_float16
 
 pytestmark = pytest.mark.model
 

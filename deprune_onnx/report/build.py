@@ -169,6 +169,7 @@ def _rewrite_lines(report: dict[str, Any]) -> list[str]:
     lines = [f"rewrite: {len(done)} DW conv(s) -> DRSparseDepthwiseConv "
              f"({sum(bool(r['activation'] != 'none') for r in done)} with a fused activation)"]
     lines += [f"not rewritten {r['layer']}: {r['reason']}" for r in records if not r["rewritten"]]
+    lines += [f"no activation fused into {r['layer']}: {r['no_fusion']}" for r in done if r.get("no_fusion")]
     return lines
 
 

@@ -32,6 +32,7 @@ import numpy as np
 import onnx
 
 from deprune_onnx.errors import DepruneError
+from deprune_onnx.extras import install_hint
 from deprune_onnx.op import spec
 from deprune_onnx.op.activations import apply_activation
 from deprune_onnx.onnx_io.graph import node_attributes
@@ -295,8 +296,8 @@ def require_torch_cuda() -> Any:
     try:
         import torch  # noqa: PLC0415 - optional dependency, only the GPU benchmark needs it
     except ImportError:
-        raise DepruneError("bench needs PyTorch with CUDA (pip install torch) for the cuDNN baseline and the GPU "
-                           "buffers") from None
+        raise DepruneError("bench needs PyTorch with CUDA (torch is not installed) for the cuDNN baseline and the "
+                           f"GPU buffers: {install_hint('finetune')}") from None
     if not torch.cuda.is_available():
         raise DepruneError("bench needs a CUDA GPU, and PyTorch sees none (check the driver and "
                            "CUDA_VISIBLE_DEVICES, or a CPU-only torch build)")
