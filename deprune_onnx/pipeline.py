@@ -3,6 +3,11 @@
 Each step is its own module; this one only chains them, so the CLI, the tests and other tools run exactly the
 same sequence. The input ModelProto is modified in place (the caller loaded it from disk; the file is never
 touched).
+
+Every step that changes a model follows one contract: ``step(model, ..., *, in_place=False) -> (model, record)``
+(``apply_pw_plan``, ``apply_dw_masks``, ``reconstruct``, ``apply_nm24``, ``rewrite_to_plugin``,
+``convert_to_float16``): a copy by default, the model itself with ``in_place=True`` (what this pipeline uses,
+so a multi-GB model is held about once), and the step's record, which goes into the PruneRecord.
 """
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ from deprune_onnx.options import (CalibOptions, DWOptions, PruneOptions, PWOptio
                                   options_for_plan)
 from deprune_onnx.plan import PlanSettings, PruningPlan
 from deprune_onnx.record import AllocationRecord, CalibrationRecord, PruneRecord
-from deprune_onnx.pw import PWPlan, apply_nm24, apply_pw_plan, plan_pw_pruning, pw_report, summarize_model
+from deprune_onnx.pw import PWPlan, apply_nm24, apply_pw_plan, plan_pw_pruning
 from deprune_onnx.recovery.calibration import allocate_layer_ratios, calibration_set
 from deprune_onnx.report.build import build_report
 
@@ -109,10 +114,8 @@ def _pw_structural(model: onnx.ModelProto, options: PWOptions, plan: PruningPlan
         pw_plan = None
     if pw_plan is None:
         return None, None
-    before = summarize_model(model)
-    if pw_plan.groups:
-        apply_pw_plan(model, pw_plan, in_place=True)
-    return pw_plan, pw_report(pw_plan, before, model)
+    _, section = apply_pw_plan(model, pw_plan, in_place=True)
+    return pw_plan, section
 
 
 def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan | None = None) -> PruneResult:
@@ -152,20 +155,21 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan
         with timed_pass("plan"):
             plan, record.keep_zeros = make_plan(model, options, analysis, pw_plan)
     with timed_pass("apply"):
-        apply_dw_masks(model, plan.dw_layers)
+        model, _ = apply_dw_masks(model, plan.dw_layers, in_place=True)
     if calib is not None and calib.refit:
         from deprune_onnx.recovery.refit import reconstruct
 
         with timed_pass("refit"):
-            refits, chosen = reconstruct(model, reference, analysis, list(plan.dw_layers), samples.inputs,
-                                         calib.damp, calib.saliency)
-        plan = plan.with_masks(chosen)  # --calib-saliency chose other taps (same K per sub-GEMM)
+            model, refit = reconstruct(model, reference, analysis, plan.dw_layers, samples.inputs, calib.damp,
+                                       calib.saliency, in_place=True)
+        refits = refit.layers
+        plan = plan.with_masks(refit.masks)  # --calib-saliency chose other taps (same K per sub-GEMM)
         record.calibration = CalibrationRecord(
             images=[str(p) for p in samples.paths], views=samples.views, samples=int(len(samples.inputs)),
             preprocess=samples.preset, damp=calib.damp, saliency=calib.saliency, layers_refit=len(refits),
             layers={refit.pop("layer"): refit for refit in refits})
     if options.pw.method == "nm24":
-        model, record.pw_nm24 = apply_nm24(model, analysis)
+        model, record.pw_nm24 = apply_nm24(model, analysis, in_place=True)
     if options.output_format == "plugin":
         with timed_pass("rewrite"):
             model, record.rewrite = _rewrite(model, plan)
@@ -173,7 +177,7 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan
         from deprune_onnx.onnx_io.float16 import convert_to_float16
 
         with timed_pass("float16"):
-            model = convert_to_float16(model)
+            model, _ = convert_to_float16(model)
     report = build_report(plan, analysis, record)
     return PruneResult(model, plan, report, analysis, record)
 

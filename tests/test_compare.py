@@ -83,7 +83,7 @@ def test_float16_pruned_model_is_fed_float16(tiny, tmp_path):
     from deprune_onnx.onnx_io.float16 import convert_to_float16
 
     _, dense, plugin = tiny
-    half = _save(convert_to_float16(onnx.load(plugin)), tmp_path / "half.onnx")
+    half = _save(convert_to_float16(onnx.load(plugin))[0], tmp_path / "half.onnx")
     assert _invoke("compare", dense, half, "--n", "2").exit_code == 1  # 1e-5 is tighter than float16
     assert _invoke("compare", dense, half, "--n", "2", "--rtol", "1e-2", "--atol", "1e-2").exit_code == 0
 

@@ -116,7 +116,7 @@ def finetune_model(student: onnx.ModelProto, teacher: onnx.ModelProto, images: T
         raise DepruneError(f"--teacher: input shape {list(input_shape(teacher))} differs from the model's "
                            f"{list(shape)}")
     plan = resolve_plan(student, plan, method, tile)
-    apply_dw_masks(student, plan.dw_layers)
+    apply_dw_masks(student, plan.dw_layers, in_place=True)
     torch_student = to_torch(student, "model", shape)
     torch_teacher = to_torch(teacher, "--teacher", shape)
     torch_student.module.to(options.device)
@@ -144,8 +144,8 @@ def finetune_model(student: onnx.ModelProto, teacher: onnx.ModelProto, images: T
         raise CheckFailed(f"pruned weights moved during training: {broken}")
     after = {name: mean_kl(torch_student, torch_teacher, views, kind, options.device)
              for name, views in sets.items()}
-    tuned = apply_dw_masks(write_back(student, torch_student), plan.dw_layers)
-    tuned = convert_to_float16(tuned) if half else tuned
+    tuned, _ = apply_dw_masks(write_back(student, torch_student), plan.dw_layers, in_place=True)
+    tuned = convert_to_float16(tuned)[0] if half else tuned
     return FinetuneResult(
         model=tuned, plan=plan, losses=losses, kl_before=before, kl_after=after, output_kind=kind,
         labels_used=use_labels, micro_batch=torch_student.micro_batch, masked_parameters=masks.parameters,
