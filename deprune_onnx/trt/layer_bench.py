@@ -10,8 +10,9 @@ kernel, check it and print numbers the same way:
 * correctness: output poisoned with NaN, a fresh random input per layer, the reference computed in float64 on the
   GPU from the dense masked weights (``unpack_dr_weights``, the packer's exact inverse) with the activation of
   ``op.activations``; pass = no NaN left and max |y - ref| / max |ref| within the op spec's tolerance;
-* speed: CUDA events around each launch, warm-up, median; the baseline is PyTorch's cuDNN depthwise conv2d on the
-  same dense masked weights in the same dtype (conv + bias: the fused activation is not charged to cuDNN);
+* speed: CUDA graphs of back-to-back launches over rotating input sets (no CPU launch overhead, no L2 reuse),
+  warm-up, median replay time per launch; the baseline is PyTorch's cuDNN depthwise conv2d on the same dense
+  masked weights in the same dtype (conv + bias: the fused activation is not charged to cuDNN);
 * the memory floor: bytes the layer must move (input channels with a kept tap read once, output written once,
   packed weights) over the device-to-device copy bandwidth measured on the card.
 
@@ -315,7 +316,11 @@ def require_gpu_stack(build_dir: str | Path | None) -> tuple[Any, KernelLibrary]
 
 
 def time_us(torch: Any, fn: Callable[[], Any], warmup: int, iters: int) -> float:
-    """Median time of ``fn`` in microseconds: CUDA events around each call, after ``warmup`` calls."""
+    """Median time of ``fn`` in microseconds: CUDA events around each call, after ``warmup`` calls.
+
+    Only for work far longer than a launch (the copy-bandwidth probe, graph replays): around a single short launch
+    the events also time the CPU's launch overhead. Layers are timed by ``graph_time_us``.
+    """
     for _ in range(warmup):
         fn()
     times = []
@@ -337,8 +342,13 @@ def copy_bandwidth_gbs(torch: Any, megabytes: int = 512) -> float:
     return 2 * source.numel() / (microseconds * 1e-6) / 1e9
 
 
-def graph_replay_us(torch: Any, launches: Sequence[Callable[[], Any]], warmup: int, iters: int) -> float:
-    """Median time of one replay of a CUDA graph capturing ``launches`` in order (launch latency amortised)."""
+def graph_replay_us(torch: Any, launches: Sequence[Callable[[], Any]], warmup: int, iters: int,
+                    repeat: int = 1) -> float:
+    """Median time of ``launches`` (in order, ``repeat`` times over) captured in one CUDA graph, per repetition.
+
+    A graph replays its kernels back to back with no CPU launch overhead between them, so a batch-1 layer of a
+    few microseconds is timed by the GPU alone (METHOD.md: events around single launches would time the launch).
+    """
     stream = torch.cuda.Stream()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.stream(stream):
@@ -346,13 +356,26 @@ def graph_replay_us(torch: Any, launches: Sequence[Callable[[], Any]], warmup: i
             launch()
         torch.cuda.synchronize()
         with torch.cuda.graph(graph, stream=stream):
-            for launch in launches:
-                launch()
-    return time_us(torch, graph.replay, warmup, iters)
+            for _ in range(repeat):
+                for launch in launches:
+                    launch()
+    return time_us(torch, graph.replay, warmup, iters) / repeat
+
+
+def graph_time_us(torch: Any, launch: Callable[[], Any], warmup: int, iters: int, expected_us: float) -> float:
+    """Median time of one ``launch`` from a CUDA graph of back-to-back launches (about 200 us of work per replay).
+
+    ``expected_us`` (e.g. the memory floor) sizes the burst: enough launches that the replay's own start-up is
+    small against it, at most 64.
+    """
+    repeat = max(4, min(64, int(200.0 / max(expected_us, 1.0))))
+    return graph_replay_us(torch, [launch], warmup, iters, repeat=repeat)
 
 
 class DeviceLayer:
     """One layer's packed weights, input and output on the GPU, with our kernel and the cuDNN baseline as calls."""
+
+    L2_ROTATION_BYTES = 256 << 20  # inputs+outputs cycled through per timed burst: several times any L2 (H200: 60 MB)
 
     def __init__(self, torch: Any, library: KernelLibrary, layer: BenchLayer, batch: int, dtype: str,
                  seed: int) -> None:
@@ -370,10 +393,16 @@ class DeviceLayer:
         self.problem = make_problem(layer, batch)
         torch_dtype = getattr(torch, dtype)
         generator = torch.Generator(device="cuda").manual_seed(seed)
-        self.x = torch.randn(batch, p.channels, layer.height, layer.width, device="cuda", generator=generator
-                             ).to(torch_dtype)
-        self.y = torch.empty(batch, p.out_channels, layer.out_height, layer.out_width, device="cuda",
-                             dtype=torch_dtype)
+        # Several input/output sets, used in turn, so that back-to-back timed launches read DRAM, not the L2
+        # cache the previous launch filled (both kernels see the same rotation).
+        moved, _ = layer.traffic(batch, ELEMENT_BYTES[dtype])
+        copies = max(1, min(8, -(-self.L2_ROTATION_BYTES // max(moved, 1))))
+        self.xs = [torch.randn(batch, p.channels, layer.height, layer.width, device="cuda", generator=generator
+                               ).to(torch_dtype) for _ in range(copies)]
+        self.ys = [torch.empty(batch, p.out_channels, layer.out_height, layer.out_width, device="cuda",
+                               dtype=torch_dtype) for _ in range(copies)]
+        self.x, self.y = self.xs[0], self.ys[0]
+        self._turn = 0
         dense, bias = unpack_dr_weights(self.packed, p.out_channels, *p.kernel_shape, k_tile=p.k_tile)
         self.dense = device(dense, torch.float64)
         self.bias = device(bias, torch.float64)
@@ -381,9 +410,14 @@ class DeviceLayer:
         top, left, bottom, right = p.pads
         self._symmetric = top == bottom and left == right
 
+    def _next(self) -> int:
+        self._turn = (self._turn + 1) % len(self.xs)
+        return self._turn
+
     def ours(self) -> None:
-        """Launch our kernel on the current stream."""
-        self.library.enqueue(self.problem, self.weights, self.dtype, self.x.data_ptr(), self.y.data_ptr(),
+        """Launch our kernel on the current stream (the next input/output set)."""
+        i = self._next()
+        self.library.enqueue(self.problem, self.weights, self.dtype, self.xs[i].data_ptr(), self.ys[i].data_ptr(),
                              self.torch.cuda.current_stream().cuda_stream)
 
     def _conv(self, x: Any, weight: Any, bias: Any) -> Any:
@@ -396,13 +430,14 @@ class DeviceLayer:
                                                dilation=p.dilations, groups=p.channels)
 
     def cudnn(self) -> Any:
-        """PyTorch's conv2d (cuDNN) on the dense masked weights in the run's dtype: conv + bias."""
-        return self._conv(self.x, self._cudnn_weight, self._cudnn_bias)
+        """PyTorch's conv2d (cuDNN) on the dense masked weights in the run's dtype: conv + bias (next input set)."""
+        return self._conv(self.xs[self._next()], self._cudnn_weight, self._cudnn_bias)
 
     def check(self) -> tuple[float, bool]:
         """Run ours once on a poisoned output; (max relative error vs the float64 reference, output left unwritten)."""
         self.y.fill_(float("nan"))
-        self.ours()
+        self.library.enqueue(self.problem, self.weights, self.dtype, self.x.data_ptr(), self.y.data_ptr(),
+                             self.torch.cuda.current_stream().cuda_stream)
         self.torch.cuda.synchronize()
         got = self.y.double().cpu().numpy()
         conv = self._conv(self.x.double(), self.dense, self.bias).cpu().numpy()
@@ -420,10 +455,12 @@ def measure_layer(torch: Any, library: KernelLibrary, layer: BenchLayer, batch: 
     """Check and time one layer; returns the result and the device state (for CUDA-graph timing)."""
     run = DeviceLayer(torch, library, layer, batch, dtype, seed)
     error, poison_left = run.check()
-    ours_us, cudnn_us = time_us(torch, run.ours, warmup, iters), time_us(torch, run.cudnn, warmup, iters)
     moved, flops = layer.traffic(batch, ELEMENT_BYTES[dtype])
+    floor = moved / (bandwidth_gbs * 1e3)
+    ours_us = graph_time_us(torch, run.ours, warmup, iters, floor)
+    cudnn_us = graph_time_us(torch, run.cudnn, warmup, iters, floor)
     ok = not poison_left and error <= tolerance(dtype)
     result = LayerResult(layer=layer.name, group=layer.group, shape=layer.shape_text, batch=batch, dtype=dtype,
                          kept=layer.kept_fraction, max_rel_err=error, poison_left=poison_left, ok=ok, ours_us=ours_us,
-                         cudnn_us=cudnn_us, bytes=moved, flops=flops, floor_us=moved / (bandwidth_gbs * 1e3))
+                         cudnn_us=cudnn_us, bytes=moved, flops=flops, floor_us=floor)
     return result, run
