@@ -21,6 +21,7 @@ from onnx import numpy_helper, shape_inference
 from deprune_onnx.op.activations import apply_activation
 from deprune_onnx.op.packing import PackedDR, pack_dr_weights, unpack_dr_weights
 from support.samples import SAMPLES_DIR
+from deprune_onnx.trt.emulated import write_field_file  # noqa: F401 - re-exported for tests/test_plugin_*.py
 from deprune_onnx.trt.native import SOURCE_ROOT, build_native, find_tensorrt_include
 
 TEST_BUILD_DIR = SOURCE_ROOT / "build" / "test-native"
@@ -30,7 +31,6 @@ MODEL_INPUTS = {
     "pplcnet_x1_0_doc_orientation_rapid.onnx": (1, 3, 224, 224),
     "ppocr_mobile_v2_cls_mobilenetv3_small.onnx": (1, 3, 48, 192),
 }
-FIELD_TYPES = {"float16": 0, "float32": 1, "int32": 5, "char": 6, "int64": 10}
 
 
 def has_nvcc() -> bool:
@@ -100,23 +100,6 @@ def random_keep_mask(weight: np.ndarray, keep_ratio: float, seed: int) -> np.nda
     keep = rng.random(weight.shape) < keep_ratio
     keep[::7] = False
     return keep
-
-
-def write_field_file(path: Path, fields: list[tuple[str, str, np.ndarray | str]]) -> None:
-    """Write (name, type, value) like the TensorRT ONNX parser passes PluginFields (see tests/fieldFile.h)."""
-    chunks = [b"DRDWFLD1", struct.pack("<I", len(fields))]
-    for name, kind, value in fields:
-        if kind == "char":
-            data = str(value).encode() + b"\0"
-            length = len(data)
-        else:
-            array = np.ascontiguousarray(value, dtype={"int32": np.int32, "int64": np.int64,
-                                                       "float32": np.float32, "float16": np.float16}[kind])
-            data, length = array.tobytes(), array.size
-        encoded = name.encode()
-        chunks += [struct.pack("<I", len(encoded)), encoded, struct.pack("<iiQ", FIELD_TYPES[kind], length, len(data)),
-                   data]
-    path.write_bytes(b"".join(chunks))
 
 
 def read_field_file(path: Path) -> dict[str, tuple[int, np.ndarray | str]]:
