@@ -64,10 +64,13 @@ def _load(input_path: str) -> onnx.ModelProto:
 @click.option("--pw-method", type=click.Choice(["l2", "nm24"]), default="l2", show_default=True,
               help="l2 = filter pruning by l2 norm (with --pw-ratio); nm24 = 2:4 masks on PW weights for "
                    "TensorRT sparse tensor cores (zeros kept, no removal).")
-@click.option("--format", "output_format", type=click.Choice(["plugin", "dense"]), default="plugin",
+@click.option("--format", "output_format", type=click.Choice(["plugin", "dense", "auto"]), default="plugin",
               show_default=True,
               help="plugin = pruned DW convs become the DRSparseDepthwiseConv custom op (compact DR weights, "
-                   "TensorRT plugin); dense = standard Conv with masked weights (portable, the reference).")
+                   "TensorRT plugin); dense = standard Conv with masked weights (portable, the reference); auto = "
+                   "the custom op only where --timings measured it faster than the native conv.")
+@click.option("--timings", "timings_path", type=click.Path(dir_okay=False),
+              help="Timings file of `deprune-onnx tune` (GPU) that --format auto decides from.")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="float16 converts weights, activations and I/O (TensorRT 11 takes precision from the model).")
 @click.option("--calib", "calib_sources", multiple=True, metavar="DIR|FILE|GLOB",
@@ -99,7 +102,7 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, lay
             exclude: tuple[str, ...], tile: int, hsr_timings: str | None, pw_ratio: float, pw_align: int,
             pw_scope: str, pw_method: str, plan_path: str | None, keep_zeros: bool,
             plan_out: str | None, report_path: str | None,
-            output_format: str, dtype: str, calib_sources: tuple[str, ...], calib_n: int | None,
+            output_format: str, timings_path: str | None, dtype: str, calib_sources: tuple[str, ...], calib_n: int | None,
             calib_preprocess: str | None, calib_crops: int | None, calib_damp: float, calib_saliency: bool,
             refit: bool, allocate: str | None, allocate_ratios: str, allocate_samples: int, as_json: bool,
             quiet: bool, verbose: int) -> None:
@@ -132,6 +135,7 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, lay
     from deprune_onnx.plan import load_plan
     from deprune_onnx.progress import configure_progress
     from deprune_onnx.report.build import format_calibration, format_report_table
+    from deprune_onnx.trt.layer_choice import format_decisions, load_timings
 
     configure(QUIET if quiet else verbose)
     configure_progress(False if quiet else None)
@@ -159,8 +163,11 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, lay
         raise DepruneError(f"--allocate-samples {allocate_samples}: must be at least 1")
     plan = load_plan(plan_path) if plan_path else None
     pw_options = PWOptions(ratio=pw_ratio, align=pw_align, scope=pw_scope, method=pw_method)
+    if timings_path and output_format != "auto":
+        raise DepruneError("--timings: only --format auto reads it")
+    timings = load_timings(timings_path) if timings_path else None
     options = PruneOptions(dw=dw_options, pw=pw_options, output_format=output_format, dtype=dtype, calib=calib,
-                           keep_zeros=keep_zeros)
+                           keep_zeros=keep_zeros, timings=timings)
     # The loaded model goes straight into the pipeline and no reference is kept here: with PW removal and the
     # rewrite working in place, a multi-GB model is held about once (bench/results/prune_speed.md).
     result = prune_model(_load(input_path), options, plan)
@@ -173,6 +180,8 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, lay
         click.echo(json.dumps(result.report, indent=2, sort_keys=True))
     elif not quiet:
         click.echo(format_report_table(result.report))
+        if "format_auto" in result.report:
+            click.echo("\n".join(format_decisions(result.report["format_auto"])))
         for layer, lines in result.plan.options.get("keep_zeros", {}).get("violations", {}).items():
             click.echo(f"--keep-zeros: {layer}: {'; '.join(lines)}")
         click.echo(f"wrote {output}, {report_file}, {plan_file}")

@@ -24,7 +24,7 @@ from deprune_onnx.pw import PWPlan, apply_nm24, apply_pw_plan, plan_pw_pruning, 
 from deprune_onnx.recovery.calibration import CalibOptions, allocate_layer_ratios, calibration_set
 from deprune_onnx.report.build import build_report
 
-OUTPUT_FORMATS = ("dense", "plugin")
+OUTPUT_FORMATS = ("dense", "plugin", "auto")  # auto: the custom op only where timings say it is faster
 DTYPES = ("float32", "float16")
 PW_METHODS = ("l2", "nm24")
 
@@ -47,6 +47,7 @@ class PruneOptions:
     dtype: str = "float32"
     calib: CalibOptions | None = None
     keep_zeros: bool = False  # masks = the input's DW zero pattern, checked and aligned (keep_zeros.py)
+    timings: Any = None  # trt.layer_choice.Timings: what --format auto decides from
 
 
 @dataclass
@@ -121,6 +122,8 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan
         raise DepruneError(f"--format '{options.output_format}': expected one of {', '.join(OUTPUT_FORMATS)}")
     if options.dtype not in DTYPES:
         raise DepruneError(f"--dtype '{options.dtype}': expected one of {', '.join(DTYPES)}")
+    if options.output_format == "auto" and options.timings is None:
+        raise DepruneError("--format auto: needs --timings FILE, written by `deprune-onnx tune` on the GPU")
     if options.pw.method not in PW_METHODS:
         raise DepruneError(f"--pw-method '{options.pw.method}': expected one of {', '.join(PW_METHODS)}")
     if plan is not None:  # a saved plan brings its own PW options (nm24 is re-applied, not recorded as groups)
@@ -170,9 +173,16 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan
         extra["pw"] = pw_section
     if options.pw.method == "nm24":
         model, extra["pw_nm24"] = apply_nm24(model, analysis)
-    if options.output_format == "plugin":
+    if options.output_format != "dense":
+        chosen = None
+        if options.output_format == "auto":
+            from deprune_onnx.trt.layer_choice import decide_rewrites
+
+            extra["format_auto"] = [d.to_dict() for d in decide_rewrites(plan.dw_layers, options.timings,
+                                                                         options.dtype)]
+            chosen = {d["layer"] for d in extra["format_auto"] if d["rewrite"]}
         with timed_pass("rewrite"):
-            model, records = _rewrite(model, plan)
+            model, records = _rewrite(model, plan, chosen)
         extra["rewrite"] = records
     if options.dtype == "float16":
         from deprune_onnx.onnx_io.float16 import convert_to_float16
@@ -183,11 +193,13 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan
     return PruneResult(model, plan, report, analysis)
 
 
-def _rewrite(model: onnx.ModelProto, plan: PruningPlan) -> tuple[onnx.ModelProto, list[dict[str, Any]]]:
-    """Every pruned DW conv (excluded layers stay Conv) -> DRSparseDepthwiseConv with the plan's masks."""
+def _rewrite(model: onnx.ModelProto, plan: PruningPlan, chosen: set[str] | None = None
+             ) -> tuple[onnx.ModelProto, list[dict[str, Any]]]:
+    """Every pruned DW conv (excluded layers stay Conv; with ``chosen``, only those) -> DRSparseDepthwiseConv."""
     from deprune_onnx.op.rewrite import rewrite_to_plugin
 
-    keep_masks = {layer.name: layer.keep_mask() for layer in plan.dw_layers if layer.method != "none"}
+    keep_masks = {layer.name: layer.keep_mask() for layer in plan.dw_layers
+                  if layer.method != "none" and (chosen is None or layer.name in chosen)}
     model, records = rewrite_to_plugin(model, keep_masks, k_tile=plan.tile,
                                        subgemm_channels=plan.subgemm_channels, in_place=True)
     return model, [record.to_dict() for record in records]

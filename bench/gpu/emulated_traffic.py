@@ -1,0 +1,83 @@
+#!/usr/bin/env python3
+"""The memory behaviour of the CUDA kernel, read off its real device code run on the CPU (no GPU needed).
+
+For every DW layer of MobileNetV2, MobileNetV3-Small and EfficientNet-B0 (the GPU check's layers: bh masks of the
+real pipeline, deprune_onnx/trt/bench_models.py), the kernel runs through drdw_emu_tool (the CUDA-on-CPU layer,
+trt_plugins/dr_sparse_dwconv/tests/cudaOnCpu.h) with the plugin's launch plan for a 132-SM GPU, its output is
+checked against the numpy oracle, and the recorded global traffic is reported (deprune_onnx/trt/emulated.py):
+requested bytes over the memory floor, DRAM bytes with a perfect L2 and with no reuse between blocks over the
+floor, 32-byte sectors per warp request, and bytes in flight per SM implied by the code against the ~20 KB per SM
+the H200's bandwidth-latency product needs.
+
+    python bench/gpu/emulated_traffic.py                       # PR 0 and 0.5, batch 1, float32 and float16
+    python bench/gpu/emulated_traffic.py --ratios 0 --batch 2 --output bench/results/emulated_traffic.json
+
+These are counts from an emulation, not measurements: no caches, no timing.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from deprune_onnx.op import spec  # noqa: E402
+from deprune_onnx.op.attributes import encode_attributes  # noqa: E402
+from deprune_onnx.op.oracle import run_dr_sparse_dwconv  # noqa: E402
+from deprune_onnx.op.packing import PackedDR  # noqa: E402
+from deprune_onnx.trt.bench_models import ARCHITECTURES, pruned_bench_layers  # noqa: E402
+from deprune_onnx.trt.emulated import build_emulator, format_report, run_emulated, traffic_report  # noqa: E402
+from deprune_onnx.trt.layer_bench import BenchLayer  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ratios", default="0,0.5", help="DW pruning ratios, comma-separated")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--dtypes", default="float32,float16")
+    parser.add_argument("--output", type=Path, default=None, help="JSON file for every row")
+    args = parser.parse_args()
+    from deprune_onnx.onnx_io.load_save import write_json_atomic  # noqa: PLC0415
+
+    tool = build_emulator()
+    rows, failures = [], 0
+    for ratio in (float(r) for r in args.ratios.split(",")):
+        for architecture in ARCHITECTURES:
+            for layer in pruned_bench_layers(architecture, ratio, group=f"{architecture} PR {ratio:.2f}"):
+                for dtype in args.dtypes.split(","):
+                    p = layer.packed
+                    stored = BenchLayer(layer.name, layer.params, PackedDR(p.kept_counts, p.tap_indices,
+                                        p.tap_values.astype(dtype), p.bias.astype(dtype)), layer.height, layer.width,
+                                        layer.group)
+                    x = np.random.default_rng(0).standard_normal(
+                        (args.batch, layer.params.channels, layer.height, layer.width)).astype(dtype)
+                    run = run_emulated(tool, stored, x)
+                    reference = run_dr_sparse_dwconv(x, encode_attributes(stored.params, stored.packed))
+                    reference = reference.astype(np.float64)
+                    error = float(np.abs(run.y - reference).max() / np.abs(reference).max())
+                    ok = not np.isnan(run.y).any() and error <= spec.MAX_RELATIVE_ERROR[dtype]
+                    failures += not ok
+                    row = {**traffic_report(stored, args.batch, dtype, run), "pr": ratio, "group": layer.group,
+                           "max_rel_err": error, "ok": ok}
+                    rows.append(row)
+                    print(format_report([row])[1] + ("" if ok else "  WRONG"), flush=True)
+    print(format_report([])[0])
+    if args.output:
+        write_json_atomic(args.output, {
+            "command": shlex.join([sys.executable, *sys.argv]), "host": platform.node(),
+            "machine": platform.processor() or platform.machine(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(), "source": "CPU emulation, no GPU",
+            "rows": rows})
+    print(f"{failures} wrong layer(s)")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
