@@ -102,7 +102,8 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, lay
             exclude: tuple[str, ...], tile: int, hsr_timings: str | None, pw_ratio: float, pw_align: int,
             pw_scope: str, pw_method: str, plan_path: str | None, keep_zeros: bool,
             plan_out: str | None, report_path: str | None,
-            output_format: str, timings_path: str | None, dtype: str, calib_sources: tuple[str, ...], calib_n: int | None,
+            output_format: str, timings_path: str | None, dtype: str, calib_sources: tuple[str, ...],
+            calib_n: int | None,
             calib_preprocess: str | None, calib_crops: int | None, calib_damp: float, calib_saliency: bool,
             refit: bool, allocate: str | None, allocate_ratios: str, allocate_samples: int, as_json: bool,
             quiet: bool, verbose: int) -> None:

@@ -1,6 +1,7 @@
 """The CUDA kernel's real device code, run on the CPU, against the numpy oracle (deprune_onnx/op/oracle.py).
 
-drdw_emu_tool compiles drSparseDwConvDeviceV1.cuh unchanged with g++ through the CUDA-on-CPU layer
+drdw_emu_tool compiles drSparseDwConvDeviceV1.cuh and drSparseDwConvDeviceV2.cuh (kernel versions 1 and 2) unchanged
+with g++ through the CUDA-on-CPU layer
 (trt_plugins/dr_sparse_dwconv/tests/cudaOnCpu.h: fibers with block and warp barriers, shared memory starting as NaN
 bytes, a software __half) and launches it with the plugin's own launch plan; the output starts as NaN. So shared-
 memory layout, barriers, the lane mapping and the float16 path are all executed, and a missing write, a read of a
@@ -8,8 +9,8 @@ slot nothing staged, an out-of-bounds global access (the tool aborts) or a deadl
 
 Cases: every DW layer of the three sample models (random DEPrune-like masks, the activations the op fuses) and
 generated shapes (kernel 3-15, stride 1-2, dilation, depth multiplier 2, asymmetric pads, partial sub-GEMMs,
-K_g = 0, batch 1-4), float32 and float16. CI runs a deterministic subset of them (every case whose index is
-congruent to $DEPRUNE_EMU_SHARD modulo 3, default 0); DEPRUNE_EMU_ALL=1 runs every case.
+K_g = 0, batch 1-4), float32 and float16, kernel versions 1 and 2. CI runs a deterministic subset of them (every
+case whose index is congruent to $DEPRUNE_EMU_SHARD modulo 3, default 0); DEPRUNE_EMU_ALL=1 runs every case.
 """
 from __future__ import annotations
 
@@ -58,11 +59,13 @@ def in_dtype(layer: BenchLayer, dtype: str) -> BenchLayer:
     return BenchLayer(layer.name, layer.params, packed, layer.height, layer.width)
 
 
-def check_against_oracle(tool: Path, layer: BenchLayer, batch: int, dtype: str, seed: int, sms: int = 132):
+def check_against_oracle(tool: Path, layer: BenchLayer, batch: int, dtype: str, seed: int, sms: int = 132,
+                         variant: int = 1):
     layer = in_dtype(layer, dtype)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((batch, layer.params.channels, layer.height, layer.width)).astype(dtype)
-    run = run_emulated(tool, layer, x, sms=sms)
+    run = run_emulated(tool, layer, x, sms=sms, variant=variant)
+    assert run.variant == variant, f"{layer.name}: version {variant} fell back to {run.variant}"
     assert not np.isnan(run.y).any(), f"{layer.name} {dtype}: an output was never written (or read an unstaged slot)"
     reference = run_dr_sparse_dwconv(x, encode_attributes(layer.params, layer.packed)).astype(np.float64)
     error = np.abs(run.y.astype(np.float64) - reference).max() / max(np.abs(reference).max(), 1e-30)
@@ -118,13 +121,13 @@ def selected(cases: list) -> list:
 
 def real_cases() -> list:
     layers = real_layers()
-    return selected([pytest.param(index, dtype, id=f"{layer.name}-{dtype}")
-                     for index, layer in enumerate(layers) for dtype in ("float32", "float16")])
+    return selected([pytest.param(index, dtype, variant, id=f"{layer.name}-{dtype}-v{variant}")
+                     for index, layer in enumerate(layers) for dtype in ("float32", "float16") for variant in (1, 2)])
 
 
 def generated_cases() -> list:
-    return selected([pytest.param(index, dtype, id=f"generated{index}-{dtype}")
-                     for index in range(len(GENERATED)) for dtype in ("float32", "float16")])
+    return selected([pytest.param(index, dtype, variant, id=f"generated{index}-{dtype}-v{variant}")
+                     for index in range(len(GENERATED)) for dtype in ("float32", "float16") for variant in (1, 2)])
 
 
 @pytest.fixture(scope="module")
@@ -132,16 +135,18 @@ def real() -> list[BenchLayer]:
     return real_layers()
 
 
-@pytest.mark.parametrize(("index", "dtype"), real_cases())
-def test_real_dw_layer_equals_the_oracle(tool: Path, real: list[BenchLayer], index: int, dtype: str) -> None:
+@pytest.mark.parametrize(("index", "dtype", "variant"), real_cases())
+def test_real_dw_layer_equals_the_oracle(tool: Path, real: list[BenchLayer], index: int, dtype: str,
+                                         variant: int) -> None:
     # Odd layers with the batch-1 channel slicing of a 132-SM GPU, even ones with whole sub-GEMMs (smCount 0).
-    check_against_oracle(tool, real[index], 1, dtype, seed=index, sms=132 if index % 2 else 0)
+    check_against_oracle(tool, real[index], 1, dtype, seed=index, sms=132 if index % 2 else 0, variant=variant)
 
 
-@pytest.mark.parametrize(("index", "dtype"), generated_cases())
-def test_generated_shape_equals_the_oracle(tool: Path, index: int, dtype: str) -> None:
+@pytest.mark.parametrize(("index", "dtype", "variant"), generated_cases())
+def test_generated_shape_equals_the_oracle(tool: Path, index: int, dtype: str, variant: int) -> None:
     layer = generated_layers()[index]
-    check_against_oracle(tool, layer, GENERATED[index][7], dtype, seed=index, sms=(0, 132)[index % 2])
+    check_against_oracle(tool, layer, GENERATED[index][7], dtype, seed=index, sms=(0, 132)[index % 2],
+                         variant=variant)
 
 
 def test_the_real_cases_cover_every_sample_model(real: list[BenchLayer]) -> None:
@@ -169,13 +174,32 @@ def test_traffic_of_a_dense_layer(tool: Path) -> None:
     assert 1.0 <= report["x_sectors_per_request"] <= 8.0
 
 
-def test_an_input_channel_with_no_kept_tap_is_never_read(tool: Path) -> None:
+def test_version_2_requests_less_and_keeps_more_in_flight(tool: Path) -> None:
+    # The same dense stride-2 layer (MobileNetV2's 96x112x112 shape, cut to 24 channels) through both versions:
+    # v2 re-reads fewer halo bytes and has far more input bytes in flight per SM (asynchronous whole-tile staging).
+    rng = np.random.default_rng(8)
+    weight = rng.standard_normal((24, 1, 3, 3)).astype(np.float32)
+    layer = make_layer("s2", weight, rng.standard_normal(24).astype(np.float32), np.ones(weight.shape, bool),
+                       channels=24, hw=(112, 112), strides=(2, 2), pads=(1, 1, 1, 1), activation=("clip", (0.0, 6.0)))
+    reports = {}
+    for variant in (1, 2):
+        run, stored = check_against_oracle(tool, layer, 1, "float32", seed=3, variant=variant)
+        reports[variant] = traffic_report(stored, 1, "float32", run)
+    assert reports[2]["requested_bytes"] < reports[1]["requested_bytes"]
+    assert reports[2]["bytes_in_flight_per_sm"] > 4 * reports[1]["bytes_in_flight_per_sm"]
+    assert reports[2]["bytes_in_flight_per_sm"] > reports[2]["needed_in_flight_per_sm"]
+    assert reports[2]["y_sector_efficiency"] == 1.0  # float4 stores, every sector written in full
+    assert reports[2]["plan"]["tile"] == [8, 32] and reports[1]["plan"]["tile"][0] < 8  # v1 shrinks fp32 tiles
+
+
+@pytest.mark.parametrize("variant", [1, 2])
+def test_an_input_channel_with_no_kept_tap_is_never_read(tool: Path, variant: int) -> None:
     weight = np.ones((64, 1, 3, 3), np.float32)
     keep = np.zeros(weight.shape, bool)
     keep[3] = True  # input channel 3 of 64 is the only one with kept taps
     layer = make_layer("one_channel", weight, np.linspace(-1, 1, 64).astype(np.float32), keep, channels=64,
                        hw=(20, 20), pads=(1, 1, 1, 1), activation=("relu", ()))
-    run, _ = check_against_oracle(tool, layer, 1, "float32", seed=2)
+    run, _ = check_against_oracle(tool, layer, 1, "float32", seed=2, variant=variant)
     loads = run.traffic["x"]["loads"]
     assert loads["unique_sectors"] * 32 == 20 * 20 * 4  # exactly channel 3's plane, once with a perfect L2
 

@@ -9,7 +9,7 @@ requested bytes over the memory floor, DRAM bytes with a perfect L2 and with no 
 floor, 32-byte sectors per warp request, and bytes in flight per SM implied by the code against the ~20 KB per SM
 the H200's bandwidth-latency product needs.
 
-    python bench/gpu/emulated_traffic.py                       # PR 0 and 0.5, batch 1, float32 and float16
+    python bench/gpu/emulated_traffic.py                       # PR 0 and 0.5, batch 1, fp32 and fp16, v1 and v2
     python bench/gpu/emulated_traffic.py --ratios 0 --batch 2 --output bench/results/emulated_traffic.json
 
 These are counts from an emulation, not measurements: no caches, no timing.
@@ -42,6 +42,7 @@ def main() -> int:
     parser.add_argument("--ratios", default="0,0.5", help="DW pruning ratios, comma-separated")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--dtypes", default="float32,float16")
+    parser.add_argument("--kernels", default="1,2", help="kernel versions, side by side")
     parser.add_argument("--output", type=Path, default=None, help="JSON file for every row")
     args = parser.parse_args()
     from deprune_onnx.onnx_io.load_save import write_json_atomic  # noqa: PLC0415
@@ -51,14 +52,14 @@ def main() -> int:
     for ratio in (float(r) for r in args.ratios.split(",")):
         for architecture in ARCHITECTURES:
             for layer in pruned_bench_layers(architecture, ratio, group=f"{architecture} PR {ratio:.2f}"):
-                for dtype in args.dtypes.split(","):
+                for dtype, version in ((d, int(v)) for d in args.dtypes.split(",") for v in args.kernels.split(",")):
                     p = layer.packed
                     stored = BenchLayer(layer.name, layer.params, PackedDR(p.kept_counts, p.tap_indices,
                                         p.tap_values.astype(dtype), p.bias.astype(dtype)), layer.height, layer.width,
                                         layer.group)
                     x = np.random.default_rng(0).standard_normal(
                         (args.batch, layer.params.channels, layer.height, layer.width)).astype(dtype)
-                    run = run_emulated(tool, stored, x)
+                    run = run_emulated(tool, stored, x, variant=version)
                     reference = run_dr_sparse_dwconv(x, encode_attributes(stored.params, stored.packed))
                     reference = reference.astype(np.float64)
                     error = float(np.abs(run.y - reference).max() / np.abs(reference).max())

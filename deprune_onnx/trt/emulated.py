@@ -10,9 +10,10 @@ ONNX parser passes them), runs it, and turns the recorded traffic into the numbe
   output written once (``BenchLayer.traffic`` without the weights);
 * DRAM bytes with a perfect L2 (distinct 32-byte sectors of the launch) and with no reuse between blocks
   (distinct sectors per block, summed): the halo re-reads and the staging waste;
-* 32-byte sectors per warp request (4 for a coalesced float32 warp load, 2 for float16; more means scattered);
-* bytes in flight per SM implied by the code: resident warps per SM x bytes per warp request x independent
-  requests per warp (a property of the kernel's source, stated per variant below), against what the H200's
+* 32-byte sectors per warp request, and the sector efficiency: requested bytes / (32 x sectors), 1.0 when every
+  sector a request touches is used in full (a coalesced float32 warp load: 128 bytes in 4 sectors);
+* bytes in flight per SM implied by the code: resident blocks per SM x warps x input bytes a warp has requested
+  before it waits (``in_flight_per_warp``, a property of the kernel's source), against what the H200's
   bandwidth-latency product needs.
 Numbers are from the CPU emulation, not from a GPU: no caches, no timing.
 """
@@ -34,12 +35,9 @@ from deprune_onnx.trt.layer_bench import ELEMENT_BYTES, BenchLayer
 
 TOOL = "drdw_emu_tool"
 FIELD_TYPES = {"float16": 0, "float32": 1, "int32": 5, "char": 6, "int64": 10}
-KERNEL_VARIANTS = (1,)
-# Independent global load requests a warp keeps in flight while staging its input tile, by kernel variant, read off
-# the source (and the sm_90 SASS of issue 16): v1 stores each loaded element to shared memory before the next load.
-LOADS_IN_FLIGHT_PER_WARP = {1: 1}
-# Registers per thread (ptxas -v, sm_90; v1: __launch_bounds__(256, 4) caps it at 64).
-REGISTERS_PER_THREAD = {1: 64}
+KERNEL_VARIANTS = (1, 2)
+# Registers per thread (ptxas -v, sm_90, CUDA 13.0; tests/test_plugin_ptxas.py checks there are no spills).
+REGISTERS_PER_THREAD = {1: 64, 2: 56}
 # H200 (KINDS.md / H200.md): 132 SMs, 228 KB shared memory per SM (227 KB per block), 64K registers, 2048 threads;
 # 4.3 TB/s measured copy bandwidth; ~0.6 us DRAM latency (a lead, not measured here).
 SM_LIMITS = {"sms": 132, "shared_bytes": 228 * 1024, "registers": 65536, "threads": 2048, "blocks": 32}
@@ -95,6 +93,7 @@ class EmulatedRun:
     """One emulated launch: the output (NaN where nothing wrote), the launch plan and the recorded traffic."""
 
     y: np.ndarray
+    variant: int  # the kernel version that ran (2 falls back to 1 when no version-2 plan fits)
     plan: dict[str, Any]
     traffic: dict[str, dict[str, dict[str, int]]]
 
@@ -116,7 +115,7 @@ def run_emulated(tool: Path, layer: BenchLayer, x: np.ndarray, *, sms: int = 132
         y = np.fromfile(y_path, dtype=x.dtype).reshape(n, layer.params.out_channels, layer.out_height,
                                                       layer.out_width)
     report = json.loads(done.stdout)
-    return EmulatedRun(y, report["plan"], report["traffic"])
+    return EmulatedRun(y, report["variant"], report["plan"], report["traffic"])
 
 
 def resident_blocks_per_sm(plan: dict[str, Any], registers_per_thread: int) -> int:
@@ -128,19 +127,31 @@ def resident_blocks_per_sm(plan: dict[str, Any], registers_per_thread: int) -> i
     return max(0, min(limits))
 
 
-def traffic_report(layer: BenchLayer, batch: int, dtype: str, run: EmulatedRun, variant: int = 1) -> dict[str, Any]:
+def in_flight_per_warp(plan: dict[str, Any], dtype: str, variant: int, request_bytes: float) -> float:
+    """Input bytes one warp has requested and not yet received while staging, as the kernel's source implies.
+
+    v1 stores each loaded element to shared memory before its next load (issue 16's SASS review): one request.
+    v2 float32 issues the whole staged tile of its next channel as asynchronous copies before waiting: the tile.
+    v2 float16 loads with plain loads unrolled by 4: four requests.
+    """
+    if variant == 2 and dtype == "float32":
+        return float(plan["in_tile"][0] * plan["in_tile"][1] * ELEMENT_BYTES[dtype])
+    return request_bytes * (4 if variant == 2 else 1)
+
+
+def traffic_report(layer: BenchLayer, batch: int, dtype: str, run: EmulatedRun) -> dict[str, Any]:
     """Per-layer memory numbers of one emulated launch (see the module docstring)."""
+    variant = run.variant
     e = ELEMENT_BYTES[dtype]
     p = layer.params
     floor = batch * e * (layer.channels_read() * layer.height * layer.width
                          + p.out_channels * layer.out_height * layer.out_width)
     x, y = run.traffic["x"]["loads"], run.traffic["y"]["stores"]
-    weights = sum(run.traffic[name]["loads"]["bytes"] for name in ("subgemm_offsets", "tap_indices", "tap_values",
-                                                                    "bias"))
+    weights = sum(entry["loads"]["bytes"] for name, entry in run.traffic.items() if name not in ("x", "y"))
     requested = x["bytes"] + y["bytes"]
     blocks = resident_blocks_per_sm(run.plan, REGISTERS_PER_THREAD[variant])
     request_bytes = x["bytes"] / x["requests"] if x["requests"] else 0.0
-    in_flight = blocks * (run.plan["threads"] // 32) * request_bytes * LOADS_IN_FLIGHT_PER_WARP[variant]
+    in_flight = blocks * (run.plan["threads"] // 32) * in_flight_per_warp(run.plan, dtype, variant, request_bytes)
     return {
         "layer": layer.name, "shape": layer.shape_text, "batch": batch, "dtype": dtype, "variant": variant,
         "kept": layer.kept_fraction, "plan": run.plan,
@@ -152,6 +163,8 @@ def traffic_report(layer: BenchLayer, batch: int, dtype: str, run: EmulatedRun, 
         "x_sectors_per_request": x["sectors"] / x["requests"] if x["requests"] else 0.0,
         "y_sectors_per_request": y["sectors"] / y["requests"] if y["requests"] else 0.0,
         "x_bytes_per_request": request_bytes,
+        "x_sector_efficiency": x["bytes"] / (32 * x["sectors"]) if x["sectors"] else 0.0,
+        "y_sector_efficiency": y["bytes"] / (32 * y["sectors"]) if y["sectors"] else 0.0,
         "resident_blocks_per_sm": blocks,
         "bytes_in_flight_per_sm": in_flight,
         "needed_in_flight_per_sm": NEEDED_IN_FLIGHT_PER_SM,
@@ -160,13 +173,16 @@ def traffic_report(layer: BenchLayer, batch: int, dtype: str, run: EmulatedRun, 
 
 def format_report(rows: list[dict[str, Any]]) -> list[str]:
     """One line per layer: the columns of the README's 'memory behaviour' table."""
-    lines = [f"{'layer':28s} {'shape':>18s} {'N':>3s} {'dtype':7s} {'kept':>5s} {'req/floor':>9s} "
-             f"{'L2-perfect/floor':>16s} {'no-reuse/floor':>14s} {'sect/req x':>10s} {'sect/req y':>10s} "
+    lines = [f"{'layer':28s} {'shape':>18s} {'N':>3s} {'dtype':7s} {'v':>1s} {'kept':>5s} {'req/floor':>9s} "
+             f"{'L2-perfect/floor':>16s} {'no-reuse/floor':>14s} {'sect/req x':>10s} {'eff x':>5s} {'sect/req y':>10s} "
+             f"{'eff y':>5s} "
              f"{'KB in flight/SM':>15s}"]
     for r in rows:
         floor = r["floor_bytes"]
-        lines.append(f"{r['layer']:28s} {r['shape']:>18s} {r['batch']:3d} {r['dtype']:7s} {r['kept']:5.0%} "
+        lines.append(f"{r['layer']:28s} {r['shape']:>18s} {r['batch']:3d} {r['dtype']:7s} {r['variant']:1d} "
+                     f"{r['kept']:5.0%} "
                      f"{r['requested_x_floor']:9.2f} {r['dram_bytes_perfect_l2'] / floor:16.2f} "
                      f"{r['dram_bytes_no_block_reuse'] / floor:14.2f} {r['x_sectors_per_request']:10.2f} "
-                     f"{r['y_sectors_per_request']:10.2f} {r['bytes_in_flight_per_sm'] / 1024:15.1f}")
+                     f"{r['x_sector_efficiency']:5.2f} {r['y_sectors_per_request']:10.2f} "
+                     f"{r['y_sector_efficiency']:5.2f} {r['bytes_in_flight_per_sm'] / 1024:15.1f}")
     return lines

@@ -39,7 +39,9 @@ from deprune_onnx.op.attributes import DRConvParams, decode_attributes, kept_slo
 from deprune_onnx.op.oracle import output_spatial
 from deprune_onnx.op.packing import PackedDR, subgemm_offsets, unpack_dr_weights
 
-DRDW_ABI_VERSION = 1  # drSparseDwConvKernel.h
+DRDW_ABI_VERSION = 2  # drSparseDwConvKernel.h
+KERNEL_VERSIONS = (1, 2)  # DRDW_KERNEL_V1, DRDW_KERNEL_V2
+DEFAULT_KERNEL = 1  # DRDW_KERNEL_DEFAULT: v1 until v2 is measured faster on a GPU
 DTYPE_CODES = {"float32": 0, "float16": 1}  # enum DrDwDataType
 ELEMENT_BYTES = {"float32": 4, "float16": 2}
 # enum Activation of drSparseDwConvIndex.h is the spec's activation list in order (a test checks the header).
@@ -183,6 +185,7 @@ class LayerResult:
     bytes: int
     flops: int
     floor_us: float        # bytes / measured copy bandwidth
+    kernel: int = DEFAULT_KERNEL  # kernel version timed as "ours"
 
     @property
     def speedup(self) -> float:
@@ -202,11 +205,12 @@ def tolerance(dtype: str) -> float:
 
 
 def summarize(results: Sequence[LayerResult]) -> list[dict[str, Any]]:
-    """Totals per (group, batch, dtype) in first-seen order: summed times, floors, failures."""
+    """Totals per (group, batch, dtype, kernel version) in first-seen order: summed times, floors, failures."""
     totals: dict[tuple[str, int, str], dict[str, Any]] = {}
     for r in results:
-        entry = totals.setdefault((r.group, r.batch, r.dtype), {
-            "group": r.group, "batch": r.batch, "dtype": r.dtype, "layers": 0, "failures": 0, "ours_us": 0.0,
+        entry = totals.setdefault((r.group, r.batch, r.dtype, r.kernel), {
+            "group": r.group, "batch": r.batch, "dtype": r.dtype, "kernel": r.kernel, "layers": 0, "failures": 0,
+            "ours_us": 0.0,
             "cudnn_us": 0.0, "floor_us": 0.0, "bytes": 0})
         entry["layers"] += 1
         entry["failures"] += not r.ok
@@ -223,16 +227,18 @@ def summarize(results: Sequence[LayerResult]) -> list[dict[str, Any]]:
 def format_table(results: Sequence[LayerResult], totals: Sequence[dict[str, Any]], name_width: int | None = None
                  ) -> list[str]:
     """The header, one line per result and one total line per (group, batch, dtype), as lines of text."""
-    width = name_width or max([len(r.layer) for r in results] + [5])
+    width = name_width or max([len(r.layer) + 3 for r in results] + [5])
     header = (f"{'layer':{width}s} {'shape':>18s} {'N':>3s} {'dtype':7s} {'kept':>5s} {'rel err':>8s} "
               f"{'ours us':>8s} {'cuDNN us':>8s} {'speedup':>7s} {'floor us':>8s} {'x floor':>7s}")
     lines = [header]
     for r in results:
-        lines.append(f"{r.layer:{width}s} {r.shape:>18s} {r.batch:3d} {r.dtype:7s} {r.kept:5.0%} "
+        name = r.layer if r.kernel == DEFAULT_KERNEL else f"{r.layer}@v{r.kernel}"
+        lines.append(f"{name:{width}s} {r.shape:>18s} {r.batch:3d} {r.dtype:7s} {r.kept:5.0%} "
                      f"{r.max_rel_err:8.1e} {r.ours_us:8.1f} {r.cudnn_us:8.1f} {r.speedup:7.2f} {r.floor_us:8.1f} "
                      f"{r.x_floor:7.2f}{'' if r.ok else '  FAIL' + (' (unwritten output)' if r.poison_left else '')}")
     for t in totals:
-        lines.append(f"total {t['group']} N={t['batch']} {t['dtype']}: {t['layers']} layers, ours "
+        version = f" v{t['kernel']}" if t.get("kernel", DEFAULT_KERNEL) != DEFAULT_KERNEL else ""
+        lines.append(f"total {t['group']} N={t['batch']} {t['dtype']}{version}: {t['layers']} layers, ours "
                      f"{t['ours_us']:.1f} us, cuDNN {t['cudnn_us']:.1f} us ({t['speedup']:.2f}x), floor "
                      f"{t['floor_us']:.1f} us ({t['x_floor']:.2f}x floor), {t['failures']} failure(s)")
     return lines
@@ -254,7 +260,22 @@ class Weights(ctypes.Structure):
     """struct DrDwConvWeights of drSparseDwConvKernel.h (device pointers)."""
 
     _fields_ = [("subgemmOffsets", ctypes.c_void_p), ("tapIndices", ctypes.c_void_p),
-                ("tapValues", ctypes.c_void_p), ("bias", ctypes.c_void_p)]
+                ("tapValues", ctypes.c_void_p), ("bias", ctypes.c_void_p), ("channelTapOffsets", ctypes.c_void_p),
+                ("channelTapCodes", ctypes.c_void_p), ("channelTapValues", ctypes.c_void_p)]
+
+
+def channel_taps(packed: PackedDR, params: DRConvParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Kernel version 2's weights: each output channel's kept taps (offsets [C_out+1], codes ky << 8 | kx, values).
+
+    The same decoding as decodeChannelTaps of drSparseDwConvCore.cpp (the plugin's, at creation): padding
+    dropped, taps in increasing flat index, which the packed layout already has.
+    """
+    kept = kept_slot_mask(packed.kept_counts, params.k_tile)
+    flat = packed.tap_indices[kept].astype(np.int64)
+    channel, within = np.divmod(flat, params.taps_per_channel)
+    ky, kx = np.divmod(within, params.kernel_shape[1])
+    offsets = np.searchsorted(channel, np.arange(params.out_channels + 1)).astype(np.int32)
+    return offsets, ((ky << 8) | kx).astype(np.int32), packed.tap_values[kept].astype(np.float32)
 
 
 def make_problem(layer: BenchLayer, batch: int) -> Problem:
@@ -274,9 +295,10 @@ class KernelLibrary:
     def __init__(self, path: Path) -> None:
         try:
             self._lib = ctypes.CDLL(str(path))
-            self._lib.drdwEnqueue.argtypes = [ctypes.POINTER(Problem), ctypes.POINTER(Weights), ctypes.c_int32,
-                                              ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
-            self._lib.drdwEnqueue.restype = ctypes.c_int32
+            self._lib.drdwEnqueueVersion.argtypes = [ctypes.POINTER(Problem), ctypes.POINTER(Weights),
+                                                     ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p,
+                                                     ctypes.c_void_p, ctypes.c_int32]
+            self._lib.drdwEnqueueVersion.restype = ctypes.c_int32
             self._lib.drdwStatusString.argtypes = [ctypes.c_int32]
             self._lib.drdwStatusString.restype = ctypes.c_char_p
             version = self._lib.drdwAbiVersion()
@@ -287,9 +309,11 @@ class KernelLibrary:
                                "rebuild with `deprune-onnx build-plugin`")
         self.path = path
 
-    def enqueue(self, problem: Problem, weights: Weights, dtype: str, x: int, y: int, stream: int) -> None:
-        status = self._lib.drdwEnqueue(ctypes.byref(problem), ctypes.byref(weights), DTYPE_CODES[dtype],
-                                       ctypes.c_void_p(x), ctypes.c_void_p(y), ctypes.c_void_p(stream))
+    def enqueue(self, problem: Problem, weights: Weights, dtype: str, x: int, y: int, stream: int,
+                version: int = DEFAULT_KERNEL) -> None:
+        status = self._lib.drdwEnqueueVersion(ctypes.byref(problem), ctypes.byref(weights), DTYPE_CODES[dtype],
+                                              ctypes.c_void_p(x), ctypes.c_void_p(y), ctypes.c_void_p(stream),
+                                              version)
         if status != 0:
             raise RuntimeError(f"drdwEnqueue: {self._lib.drdwStatusString(status).decode()} (status {status})")
 
@@ -378,8 +402,9 @@ class DeviceLayer:
     L2_ROTATION_BYTES = 256 << 20  # inputs+outputs cycled through per timed burst: several times any L2 (H200: 60 MB)
 
     def __init__(self, torch: Any, library: KernelLibrary, layer: BenchLayer, batch: int, dtype: str,
-                 seed: int) -> None:
+                 seed: int, version: int = DEFAULT_KERNEL) -> None:
         self.torch, self.library, self.layer, self.batch, self.dtype = torch, library, layer, batch, dtype
+        self.version = version
         p = layer.params
         self.packed = layer.weights_as(dtype)
 
@@ -387,8 +412,11 @@ class DeviceLayer:
             return torch.from_numpy(np.ascontiguousarray(array)).to(device="cuda", dtype=kind)
 
         offsets = subgemm_offsets(self.packed.kept_counts, p.k_tile)
+        tap_offsets, tap_codes, tap_values = channel_taps(self.packed, p)
         self._buffers = [device(offsets, torch.int32), device(self.packed.tap_indices, torch.int32),
-                         device(self.packed.tap_values, torch.float32), device(self.packed.bias, torch.float32)]
+                         device(self.packed.tap_values, torch.float32), device(self.packed.bias, torch.float32),
+                         device(tap_offsets, torch.int32), device(np.append(tap_codes, 0), torch.int32),
+                         device(np.append(tap_values, 0), torch.float32)]  # never empty: a valid pointer
         self.weights = Weights(*(buffer.data_ptr() for buffer in self._buffers))
         self.problem = make_problem(layer, batch)
         torch_dtype = getattr(torch, dtype)
@@ -418,7 +446,7 @@ class DeviceLayer:
         """Launch our kernel on the current stream (the next input/output set)."""
         i = self._next()
         self.library.enqueue(self.problem, self.weights, self.dtype, self.xs[i].data_ptr(), self.ys[i].data_ptr(),
-                             self.torch.cuda.current_stream().cuda_stream)
+                             self.torch.cuda.current_stream().cuda_stream, self.version)
 
     def _conv(self, x: Any, weight: Any, bias: Any) -> Any:
         p = self.layer.params
@@ -437,7 +465,7 @@ class DeviceLayer:
         """Run ours once on a poisoned output; (max relative error vs the float64 reference, output left unwritten)."""
         self.y.fill_(float("nan"))
         self.library.enqueue(self.problem, self.weights, self.dtype, self.x.data_ptr(), self.y.data_ptr(),
-                             self.torch.cuda.current_stream().cuda_stream)
+                             self.torch.cuda.current_stream().cuda_stream, self.version)
         self.torch.cuda.synchronize()
         got = self.y.double().cpu().numpy()
         conv = self._conv(self.x.double(), self.dense, self.bias).cpu().numpy()
@@ -451,16 +479,19 @@ class DeviceLayer:
 
 
 def measure_layer(torch: Any, library: KernelLibrary, layer: BenchLayer, batch: int, dtype: str, *, warmup: int,
-                  iters: int, bandwidth_gbs: float, seed: int = 0) -> tuple[LayerResult, DeviceLayer]:
-    """Check and time one layer; returns the result and the device state (for CUDA-graph timing)."""
-    run = DeviceLayer(torch, library, layer, batch, dtype, seed)
+                  iters: int, bandwidth_gbs: float, seed: int = 0, version: int = DEFAULT_KERNEL,
+                  cudnn_us: float | None = None) -> tuple[LayerResult, DeviceLayer]:
+    """Check and time one layer with kernel ``version``; returns the result and the device state (for CUDA-graph
+    timing). ``cudnn_us`` reuses a baseline already timed on the same layer, batch and dtype (side-by-side runs)."""
+    run = DeviceLayer(torch, library, layer, batch, dtype, seed, version)
     error, poison_left = run.check()
     moved, flops = layer.traffic(batch, ELEMENT_BYTES[dtype])
     floor = moved / (bandwidth_gbs * 1e3)
     ours_us = graph_time_us(torch, run.ours, warmup, iters, floor)
-    cudnn_us = graph_time_us(torch, run.cudnn, warmup, iters, floor)
+    if cudnn_us is None:
+        cudnn_us = graph_time_us(torch, run.cudnn, warmup, iters, floor)
     ok = not poison_left and error <= tolerance(dtype)
     result = LayerResult(layer=layer.name, group=layer.group, shape=layer.shape_text, batch=batch, dtype=dtype,
                          kept=layer.kept_fraction, max_rel_err=error, poison_left=poison_left, ok=ok, ours_us=ours_us,
-                         cudnn_us=cudnn_us, bytes=moved, flops=flops, floor_us=floor)
+                         cudnn_us=cudnn_us, bytes=moved, flops=flops, floor_us=floor, kernel=version)
     return result, run

@@ -23,6 +23,7 @@
  */
 #include "drSparseDwConvCore.h"
 #include "drSparseDwConvDeviceV1.cuh"
+#include "drSparseDwConvDeviceV2.cuh"
 #include "drSparseDwConvKernel.h"
 
 #include <cuda_fp16.h>
@@ -70,12 +71,39 @@ int32_t launch(DrDwConvProblem const& p, DrDwConvWeights const& w, void const* x
     return static_cast<int32_t>(cudaGetLastError());
 }
 
+//! Kernel version 2 (drSparseDwConvDeviceV2.cuh); version 1 when no version-2 plan fits.
+template <typename T>
+int32_t launchV2(DrDwConvProblem const& p, DrDwConvWeights const& w, void const* x, void* y, cudaStream_t stream)
+{
+    if (w.channelTapOffsets == nullptr || w.channelTapCodes == nullptr || w.channelTapValues == nullptr)
+    {
+        return DRDW_ERR_NULL_POINTER;
+    }
+    DrDwLaunchPlanV2 plan{};
+    if (!planLaunchV2(p, static_cast<int32_t>(sizeof(T)), smCountOfCurrentDevice(), plan).empty())
+    {
+        return launch<T>(p, w, x, y, stream);
+    }
+    dim3 const grid(static_cast<unsigned>(plan.gridX), static_cast<unsigned>(plan.gridY),
+        static_cast<unsigned>(plan.gridZ));
+    auto const shared = static_cast<size_t>(plan.sharedBytes);
+    auto const* in = static_cast<T const*>(x);
+    auto* out = static_cast<T*>(y);
+    switch (plan.rx)
+    {
+    case 4: v2::drSparseDwConvKernelV2<T, 4><<<grid, plan.threads, shared, stream>>>(p, plan, w, in, out); break;
+    case 2: v2::drSparseDwConvKernelV2<T, 2><<<grid, plan.threads, shared, stream>>>(p, plan, w, in, out); break;
+    default: v2::drSparseDwConvKernelV2<T, 1><<<grid, plan.threads, shared, stream>>>(p, plan, w, in, out); break;
+    }
+    return static_cast<int32_t>(cudaGetLastError());
+}
+
 } // namespace
 } // namespace drdw
 } // namespace deprune
 
-extern "C" DRDW_API int32_t drdwEnqueue(DrDwConvProblem const* problem, DrDwConvWeights const* weights,
-    int32_t dtype, void const* x, void* y, void* stream)
+extern "C" DRDW_API int32_t drdwEnqueueVersion(DrDwConvProblem const* problem, DrDwConvWeights const* weights,
+    int32_t dtype, void const* x, void* y, void* stream, int32_t kernelVersion)
 {
     using namespace deprune::drdw;
     if (problem == nullptr || weights == nullptr || x == nullptr || y == nullptr || weights->subgemmOffsets == nullptr
@@ -84,12 +112,25 @@ extern "C" DRDW_API int32_t drdwEnqueue(DrDwConvProblem const* problem, DrDwConv
         return DRDW_ERR_NULL_POINTER;
     }
     auto const s = static_cast<cudaStream_t>(stream);
+    bool const v2 = kernelVersion == DRDW_KERNEL_V2;
+    if (!v2 && kernelVersion != DRDW_KERNEL_V1)
+    {
+        return DRDW_ERR_BAD_PROBLEM;
+    }
     switch (dtype)
     {
-    case DRDW_FLOAT32: return launch<float>(*problem, *weights, x, y, s);
-    case DRDW_FLOAT16: return launch<__half>(*problem, *weights, x, y, s);
+    case DRDW_FLOAT32:
+        return v2 ? launchV2<float>(*problem, *weights, x, y, s) : launch<float>(*problem, *weights, x, y, s);
+    case DRDW_FLOAT16:
+        return v2 ? launchV2<__half>(*problem, *weights, x, y, s) : launch<__half>(*problem, *weights, x, y, s);
     default: return DRDW_ERR_BAD_DTYPE;
     }
+}
+
+extern "C" DRDW_API int32_t drdwEnqueue(DrDwConvProblem const* problem, DrDwConvWeights const* weights,
+    int32_t dtype, void const* x, void* y, void* stream)
+{
+    return drdwEnqueueVersion(problem, weights, dtype, x, y, stream, DRDW_KERNEL_DEFAULT);
 }
 
 extern "C" DRDW_API char const* drdwStatusString(int32_t status)

@@ -79,6 +79,14 @@ struct float2
 {
     float x, y;
 };
+struct alignas(16) float4
+{
+    float x, y, z, w;
+};
+inline float4 make_float4(float x, float y, float z, float w)
+{
+    return float4{x, y, z, w};
+}
 
 //! IEEE binary16 in software: storage only, arithmetic through float like the kernels do.
 struct __half
