@@ -37,6 +37,23 @@ from deprune_onnx.trt.emulated import build_emulator, format_report, run_emulate
 from deprune_onnx.trt.layer_bench import BenchLayer  # noqa: E402
 
 
+def summarize(rows: list[dict]) -> list[str]:
+    """Totals per (architecture and PR, dtype, kernel version): byte-weighted ratios over the floor, and the range of
+    bytes in flight per SM over the layers."""
+    lines = [f"{'group':28s} {'dtype':7s} {'v':>1s} {'req/floor':>9s} {'L2-perfect/floor':>16s} "
+             f"{'no-reuse/floor':>14s} {'KB in flight/SM min..max':>24s}"]
+    keys = list(dict.fromkeys((r["group"], r["dtype"], r["variant"]) for r in rows))
+    for group, dtype, variant in keys:
+        chosen = [r for r in rows if (r["group"], r["dtype"], r["variant"]) == (group, dtype, variant)]
+        floor = sum(r["floor_bytes"] for r in chosen)
+        in_flight = [r["bytes_in_flight_per_sm"] / 1024 for r in chosen]
+        lines.append(f"{group:28s} {dtype:7s} {variant:1d} {sum(r['requested_bytes'] for r in chosen) / floor:9.2f} "
+                     f"{sum(r['dram_bytes_perfect_l2'] for r in chosen) / floor:16.2f} "
+                     f"{sum(r['dram_bytes_no_block_reuse'] for r in chosen) / floor:14.2f} "
+                     f"{min(in_flight):11.1f}..{max(in_flight):<11.1f}")
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ratios", default="0,0.5", help="DW pruning ratios, comma-separated")
@@ -45,7 +62,7 @@ def main() -> int:
     parser.add_argument("--kernels", default="1,2", help="kernel versions, side by side")
     parser.add_argument("--output", type=Path, default=None, help="JSON file for every row")
     args = parser.parse_args()
-    from deprune_onnx.onnx_io.load_save import write_json_atomic  # noqa: PLC0415
+    from deprune_onnx.onnx_io.load_save import write_json_atomic, write_text_atomic  # noqa: PLC0415
 
     tool = build_emulator()
     rows, failures = [], 0
@@ -70,12 +87,18 @@ def main() -> int:
                     rows.append(row)
                     print(format_report([row])[1] + ("" if ok else "  WRONG"), flush=True)
     print(format_report([])[0])
+    summary = summarize(rows)
+    print("\n".join(summary))
     if args.output:
-        write_json_atomic(args.output, {
-            "command": shlex.join([sys.executable, *sys.argv]), "host": platform.node(),
-            "machine": platform.processor() or platform.machine(),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(), "source": "CPU emulation, no GPU",
-            "rows": rows})
+        command = shlex.join(["python", *sys.argv])
+        date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        write_json_atomic(args.output, {"command": command, "host": platform.node(), "date": date,
+                                        "source": "CPU emulation of the kernels' device code, no GPU", "rows": rows})
+        write_text_atomic(args.output.with_suffix(".md"), "\n".join([
+            "# Memory traffic of the DRSparseDepthwiseConv kernels, counted on the CPU", "",
+            f"`{command}` on {platform.node()} ({date}). Counts from the CUDA-on-CPU emulation of the kernels'",
+            "real device code (deprune_onnx/trt/emulated.py says what each column means); no GPU, no timing.", "",
+            "```", *summary, "```", "", "Per layer:", "", "```", *format_report(rows), "```", ""]))
     print(f"{failures} wrong layer(s)")
     return 1 if failures else 0
 
