@@ -16,11 +16,15 @@ import click
 @click.option("--iters", type=click.IntRange(min=1), default=50, show_default=True,
               help="Timed CUDA-graph replays per layer (each a burst of back-to-back launches); the median "
                    "per launch is reported.")
+@click.option("--kernel", type=click.Choice(["1", "2"]), default="1", show_default=True,
+              help="Kernel version to time: 1 (what the plugin runs today) or 2 (designed for the memory floor, "
+                   "not yet measured).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of the table.")
 @click.option("--build-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="CMake build folder holding libdeprune_drdw_kernels.so (default: build/native, where "
                    "build-plugin puts it).")
-def command(model: Path, batches: str, warmup: int, iters: int, as_json: bool, build_dir: Path | None) -> None:
+def command(model: Path, batches: str, warmup: int, iters: int, kernel: str, as_json: bool,
+            build_dir: Path | None) -> None:
     """Check and time each DRSparseDepthwiseConv layer of MODEL: our CUDA kernel vs PyTorch's cuDNN conv.
 
     Every layer runs in the model's precision at each batch size: the output is checked against a float64
@@ -53,7 +57,7 @@ def command(model: Path, batches: str, warmup: int, iters: int, as_json: bool, b
         for batch in batch_sizes:
             for index, layer in enumerate(layers):
                 result, _ = lb.measure_layer(torch, library, layer, batch, layer.model_dtype, warmup=warmup,
-                                             iters=iters, bandwidth_gbs=bandwidth, seed=index)
+                                             iters=iters, bandwidth_gbs=bandwidth, seed=index, version=int(kernel))
                 results.append(result)
                 advance(1)
     totals = lb.summarize(results)
