@@ -131,7 +131,7 @@ __device__ __forceinline__ void storeRun(T* dst, float const* values, int valid,
 }
 
 template <typename T, int RX>
-__global__ void __launch_bounds__(128) drSparseDwConvKernelV2(
+__global__ void __launch_bounds__(128, 4) drSparseDwConvKernelV2(
     DrDwConvProblem const p, DrDwLaunchPlanV2 const plan, DrDwConvWeights const w, T const* __restrict__ x,
     T* __restrict__ y)
 {
