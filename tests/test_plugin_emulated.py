@@ -8,9 +8,10 @@ memory layout, barriers, the lane mapping and the float16 path are all executed,
 slot nothing staged, an out-of-bounds global access (the tool aborts) or a deadlock fails here.
 
 Cases: every DW layer of the three sample models (random DEPrune-like masks, the activations the op fuses) and
-generated shapes (kernel 3-15, stride 1-2, dilation, depth multiplier 2, asymmetric pads, partial sub-GEMMs,
-K_g = 0, batch 1-4), float32 and float16, kernel versions 1 and 2. CI runs a deterministic subset of them (every
-case whose index is congruent to $DEPRUNE_EMU_SHARD modulo 3, default 0); DEPRUNE_EMU_ALL=1 runs every case.
+generated shapes (kernel 1-15, square or not, stride 1-2, dilation, depth multiplier 2-3, asymmetric pads,
+partial sub-GEMMs, K_g = 0, no bias, batch 1-4), float32 and float16, kernel versions 1 and 2. CI runs a
+deterministic subset of them (every case whose index is congruent to $DEPRUNE_EMU_SHARD modulo 3, default 0);
+DEPRUNE_EMU_ALL=1 runs every case.
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def tool() -> Path:
     return build_emulator(SOURCE_ROOT / "build" / "test-emulated")
 
 
-def make_layer(name: str, weight: np.ndarray, bias: np.ndarray, keep: np.ndarray, *, channels: int, hw: tuple,
+def make_layer(name: str, weight: np.ndarray, bias: np.ndarray | None, keep: np.ndarray, *, channels: int, hw: tuple,
                strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), multiplier: int = 1,
                activation=("none", ())) -> BenchLayer:
     params = DRConvParams(channels=channels, kernel_shape=tuple(weight.shape[2:]), depth_multiplier=multiplier,
@@ -98,7 +99,10 @@ GENERATED = [
     (160, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, (7, 7), 4, 0.5),
     (36, (13, 13), (1, 2), (6, 6, 6, 6), (1, 1), 1, (10, 10), 1, 0.3),
     (72, (5, 5), (1, 1), (2, 2, 2, 2), (1, 1), 1, (7, 7), 3, 0.0),  # K_g = 0 everywhere: act(bias) only
+    (36, (3, 5), (2, 1), (1, 2, 0, 2), (2, 1), 1, (11, 9), 2, 0.4),  # non-square kernel, asymmetric everything
+    (24, (7, 1), (1, 1), (3, 0, 3, 0), (1, 1), 3, (12, 5), 1, 0.5),  # 7x1, depth multiplier 3
 ]
+NO_BIAS = {1, 3, 13}  # cases whose layer has no bias (the packer writes zeros)
 
 
 def generated_layers() -> list[BenchLayer]:
@@ -109,7 +113,8 @@ def generated_layers() -> list[BenchLayer]:
         keep = random_keep_mask(weight, ratio, seed=number)
         if number % 4 == 1:
             keep[32:64] = False  # one whole sub-GEMM with K_g = 0 next to kept ones
-        layers.append(make_layer(f"generated{number}", weight, rng.standard_normal(c * m).astype(np.float32), keep,
+        bias = None if number in NO_BIAS else rng.standard_normal(c * m).astype(np.float32)
+        layers.append(make_layer(f"generated{number}", weight, bias, keep,
                                  channels=c, hw=hw, strides=strides, pads=pads, dilations=dilations, multiplier=m,
                                  activation=ACTIVATIONS[number % len(ACTIVATIONS)]))
     return layers

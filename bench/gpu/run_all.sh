@@ -106,7 +106,8 @@ fi
 
 # ---- build: the kernel library for this GPU only, and the host unit tests --------------------------------------
 step build "${BUILD_BUDGET:-150}" "$PY" -c "from deprune_onnx.trt.native import build_native; \
-print(build_native('$BUILD', None, cuda_architectures='native'))" || { echo "build failed: nothing to run"; exit 1; }
+print(build_native('$BUILD', None, cuda_architectures='native', targets=['deprune_drdw_kernels', \
+'drdw_core_tests']))" || { echo "build failed: nothing to run"; exit 1; }
 step host-tests 20 "$BUILD/drdw_core_tests"
 
 # ---- sanitize: probe with a tiny CUDA program, then the quick check under memcheck and racecheck ----------------
@@ -140,11 +141,13 @@ EOF
         compute-sanitizer --kernel-name kns=touch --error-exitcode 3 "$WORK/probe" >/dev/null 2>&1 \
             && FILTER=(--kernel-name kns=drSparseDwConv)
         # Without the caching allocator every torch tensor is its own cudaMalloc: a write past one is an error.
+        export PYTORCH_NO_CUDA_MEMORY_CACHING=1
         for tool in memcheck racecheck; do
-            PYTORCH_NO_CUDA_MEMORY_CACHING=1 step "$tool" "${SANITIZE_BUDGET:-75}" compute-sanitizer --tool "$tool" \
+            step "$tool" "${SANITIZE_BUDGET:-75}" compute-sanitizer --tool "$tool" \
                 --error-exitcode 3 "${FILTER[@]}" --log-file "$RESULTS/$tool.log" \
                 "$PY" bench/gpu/dr_dwconv_check.py --quick --build-dir "$BUILD" --output "$WORK/quick_$tool.json"
         done
+        unset PYTORCH_NO_CUDA_MEMORY_CACHING
     else
         STEPS+=("memcheck: skipped (sanitizer refused, see run_all.log)" "racecheck: skipped (sanitizer refused)")
     fi

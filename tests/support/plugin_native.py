@@ -1,5 +1,5 @@
-"""Helpers shared by tests/test_plugin_*.py: the native test build, field files, DW layers of the real models, and
-a numpy reference of the op.
+"""Helpers shared by tests/test_plugin_*.py: the native test build, field files and DW layers of the real models
+(the op's numpy reference is deprune_onnx/op/oracle.py).
 
 The native build (CMake, g++ always, nvcc when present, the TensorRT plugin when $DEPRUNE_TRT_INCLUDE names
 TensorRT headers) goes to build/test-native, one CUDA architecture only so CI stays fast; the release build of
@@ -18,8 +18,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper, shape_inference
 
-from deprune_onnx.op.activations import apply_activation
-from deprune_onnx.op.packing import PackedDR, pack_dr_weights, unpack_dr_weights
+from deprune_onnx.op.packing import PackedDR, pack_dr_weights
 from support.samples import SAMPLES_DIR
 from deprune_onnx.trt.emulated import write_field_file  # noqa: F401 - re-exported for tests/test_plugin_*.py
 from deprune_onnx.trt.native import SOURCE_ROOT, build_native, find_tensorrt_include
@@ -142,29 +141,6 @@ def op_fields(packed: PackedDR, *, channels: int, kernel: tuple[int, int], strid
         ("tap_values", value_type, packed.tap_values),
         ("bias", value_type, packed.bias),
     ]
-
-
-def reference_dw_conv(x: np.ndarray, packed: PackedDR, *, c_out: int, kernel: tuple[int, int], strides, pads,
-                      dilations, depth_multiplier: int = 1, activation: str = "none",
-                      activation_params: tuple[float, ...] = (), k_tile: int = 32) -> np.ndarray:
-    """numpy float64 Y = act(Conv(X, W_masked, B, group=C_in)) with W rebuilt by unpack_dr_weights."""
-    kh, kw = kernel
-    weight, bias = unpack_dr_weights(packed, c_out, kh, kw, k_tile=k_tile)
-    weight = weight.astype(np.float64)[:, 0]
-    n, c_in, h, w = x.shape
-    top, left, bottom, right = pads
-    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (top, bottom), (left, right)))
-    xp = np.repeat(xp, depth_multiplier, axis=1)  # output channel o reads input channel o // m
-    ho = (h + top + bottom - dilations[0] * (kh - 1) - 1) // strides[0] + 1
-    wo = (w + left + right - dilations[1] * (kw - 1) - 1) // strides[1] + 1
-    y = np.zeros((n, c_out, ho, wo))
-    for ky in range(kh):
-        for kx in range(kw):
-            rows = slice(ky * dilations[0], ky * dilations[0] + (ho - 1) * strides[0] + 1, strides[0])
-            cols = slice(kx * dilations[1], kx * dilations[1] + (wo - 1) * strides[1] + 1, strides[1])
-            y += xp[:, :, rows, cols] * weight[None, :, ky, kx, None, None]
-    y += bias.astype(np.float64)[None, :, None, None]
-    return apply_activation(y, activation, activation_params)
 
 
 def run_tool(build_dir: Path, *args: str | os.PathLike[str]) -> subprocess.CompletedProcess:
