@@ -9,13 +9,13 @@ one-line error naming the node instead of a wrong result.
 """
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import onnx
-import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
 from deprune_onnx.errors import DepruneError
@@ -35,8 +35,8 @@ class DRConvParams:
     strides: tuple[int, int] = (1, 1)
     pads: tuple[int, int, int, int] = (0, 0, 0, 0)
     dilations: tuple[int, int] = (1, 1)
-    subgemm_channels: int = spec.DEFAULT_SUBGEMM_CHANNELS
-    k_tile: int = spec.DEFAULT_K_TILE
+    subgemm_channels: int = spec.SUBGEMM_CHANNELS
+    k_tile: int = spec.K_TILE
     activation: str = "none"
     activation_params: tuple[float, ...] = ()
 
@@ -105,16 +105,12 @@ def encode_attributes(params: DRConvParams, packed: PackedDR) -> dict[str, Any]:
     return attrs
 
 
-def node_attributes(node: onnx.NodeProto) -> dict[str, Any]:
-    """The attributes of an ONNX node as a name -> value mapping (what the oracle and decoder accept)."""
-    return {attr.name: onnx.helper.get_attribute_value(attr) for attr in node.attribute}
-
-
 def _plain(value: Any) -> Any:
     """Strip the container types attribute values come in: TensorProto, graphsurgeon Constant, bytes."""
     if isinstance(value, onnx.TensorProto):
         return numpy_helper.to_array(value)
-    if isinstance(value, gs.Constant):
+    graphsurgeon = sys.modules.get("onnx_graphsurgeon")  # a gs.Constant exists only once gs is imported
+    if graphsurgeon is not None and isinstance(value, graphsurgeon.Constant):
         return np.asarray(value.values)
     if isinstance(value, bytes):
         return value.decode("utf-8")
