@@ -179,13 +179,14 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan
 
 
 def _rewrite(model: onnx.ModelProto, plan: PruningPlan) -> tuple[onnx.ModelProto, list[dict[str, Any]]]:
-    """Every pruned DW conv -> DRSparseDepthwiseConv with the plan's masks. Excluded layers, and layers whose
-    mask keeps every weight (ratio 0, e.g. chosen by --allocate), stay standard Convs: the sparse op only pays
-    off where taps are skipped."""
+    """Every pruned DW conv -> DRSparseDepthwiseConv with the plan's masks. Excluded layers, and in a model
+    pruned at a positive ratio the layers whose mask keeps every weight (ratio 0, e.g. chosen by --allocate or
+    --layer-ratio NAME=0), stay standard Convs: the sparse op only pays off where taps are skipped. At
+    --dw-ratio 0 every layer is rewritten at full density (the kernel's dense baseline, e.g. for bench)."""
     from deprune_onnx.op.rewrite import RewriteRecord, rewrite_to_plugin
 
     keep_masks = {layer.name: layer.keep_mask() for layer in plan.dw_layers if layer.method != "none"}
-    dense = [name for name, keep in keep_masks.items() if keep.all()]
+    dense = [name for name, keep in keep_masks.items() if keep.all()] if plan.dw_ratio > 0 else []
     for name in dense:
         del keep_masks[name]
     model, records = rewrite_to_plugin(model, keep_masks, k_tile=plan.tile,
