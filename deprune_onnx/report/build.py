@@ -100,7 +100,7 @@ def build_report(plan: PruningPlan, analysis: ModelAnalysis, record: PruneRecord
     if record is not None:
         report.update({"format": record.output_format, "dtype": record.dtype})
         sections = {"pw": record.pw, "pw_nm24": record.pw_nm24, "rewrite": record.rewrite,
-                    "keep_zeros": record.keep_zeros}
+                    "format_auto": record.format_auto, "keep_zeros": record.keep_zeros}
         report.update({key: value for key, value in sections.items() if value is not None})
     return report
 
