@@ -88,6 +88,7 @@ def test_float16_pruned_model_is_fed_float16(tiny, tmp_path):
     assert _invoke("compare", dense, half, "--n", "2", "--rtol", "1e-2", "--atol", "1e-2").exit_code == 0
 
 
+@pytest.mark.model
 def test_real_model_with_images(tmp_path):
     model = onnx.load(str(PPOCR))
     masks = random_masks(model, keep=0.9, seed=4)
