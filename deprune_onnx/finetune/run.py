@@ -101,7 +101,8 @@ def finetune_model(student: onnx.ModelProto, teacher: onnx.ModelProto, images: T
                    plan: PruningPlan | None = None, method: str = "bh", tile: int = 32,
                    eval_sets: dict[str, np.ndarray] | None = None,
                    on_step: Callable[[int, float], None] | None = None) -> FinetuneResult:
-    """Distil ``teacher`` into ``student`` (modified in place: masks applied) and return the fine-tuned model.
+    """Distil ``teacher`` into ``student`` (modified in place, masks applied, unless it is float16 or holds the
+    custom op: then a float32 / lowered copy is trained) and return the fine-tuned model.
 
     ``eval_sets`` maps a name to views [N, C, H, W] on which the KL to the teacher is measured before and after
     (default: the training images' centre views and their flipped corner crops).
@@ -127,7 +128,7 @@ def finetune_model(student: onnx.ModelProto, teacher: onnx.ModelProto, images: T
     raw = list(predict(torch_teacher, probe, "map", options.device).shape)
     student_raw = list(predict(torch_student, probe, "map", options.device).shape)
     if raw != student_raw:
-        per_image = [" x ".join(map(str, shape[1:])) for shape in (raw, student_raw)]
+        per_image = [" x ".join(map(str, dims[1:])) for dims in (raw, student_raw)]
         raise DepruneError(f"--teacher: {per_image[0]} outputs per image, the model has {per_image[1]}")
     kind = output_kind(student, raw)
     check_informative(predict(torch_teacher, probe, kind, options.device), kind, options.temperature, raw)
