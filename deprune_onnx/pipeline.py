@@ -15,6 +15,7 @@ from deprune_onnx.analysis import ModelAnalysis, analyze
 from deprune_onnx.dw.apply import apply_dw_masks
 from deprune_onnx.dw.planner import DWOptions, plan_dw_layers
 from deprune_onnx.errors import DepruneError
+from deprune_onnx.onnx_io.folding import fold_conv_weight_chains
 from deprune_onnx.onnx_io.graph import ensure_unique_node_names
 from deprune_onnx.dw.keep_zeros import plan_keep_zeros
 from deprune_onnx.logging_utils import timed_pass
@@ -127,6 +128,7 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan
         options = replace(options, pw=PWOptions(**plan.options["pw"]) if plan.options.get("pw") else PWOptions())
     ensure_unique_node_names(model)
     with timed_pass("analyze"):
+        fold_conv_weight_chains(model)
         analysis = analyze(model)
     _require_dw_layers(analysis)
     with timed_pass("pw"):

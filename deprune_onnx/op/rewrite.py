@@ -1,11 +1,13 @@
 """Rewrite pass: pruned DW Conv (+ bias + following activation) -> deprune::DRSparseDepthwiseConv.
 
 Handles: 2-D Conv with ``group == C_in`` and a constant weight [m*C_in, 1, kh, kw] (depth multiplier m >= 1),
-any strides, dilations, explicit asymmetric pads or auto_pad NOTSET/VALID, kernels up to 15, float32/float16
+any strides, dilations, explicit asymmetric pads, auto_pad NOTSET/VALID, auto_pad SAME_UPPER/SAME_LOWER (resolved
+to explicit pads; at stride > 1 this needs the static input size from shape inference), kernels up to 15, float32/float16
 weights, a constant bias or none, and the activations listed in ``fusion``. The bias is always fused; the
 activation only when the conv output feeds nothing else.
 Refuses (the layer stays a standard Conv, with the reason in its RewriteRecord): non-constant weight or bias,
-auto_pad SAME_*, 1-D/3-D convs, kernels over 15, non-float weights.
+quantized (QDQ) weights, auto_pad SAME_* on an input whose spatial size is not static, 1-D/3-D convs, kernels
+over 15, non-float weights.
 Postconditions: the model passes ``onnx.checker`` (full check), is topologically sorted, imports the
 ``deprune`` domain, and has no dangling node or initializer. The input model is not modified.
 """
@@ -19,7 +21,9 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from deprune_onnx.analysis import resolve_pads
 from deprune_onnx.errors import DepruneError
+from deprune_onnx.onnx_io.shapes import Shape, concrete, infer_tensor_shapes
 from deprune_onnx.op import spec
 from deprune_onnx.op.attributes import FLOAT_DTYPES, DRConvParams, encode_attributes
 from deprune_onnx.op.fusion import FusedActivation, match_activation
@@ -58,10 +62,36 @@ def _is_dw_conv(node: gs.Node) -> bool:
     return len(shape) >= 3 and shape[1] == 1 and shape[0] % group == 0
 
 
-def _refusal(node: gs.Node) -> str | None:
+def _behind_dequantize(tensor: gs.Tensor) -> bool:
+    """True when ``tensor`` is computed by a DequantizeLinear (through Identity/Cast): a QDQ weight."""
+    for _ in range(8):
+        if isinstance(tensor, gs.Constant) or not tensor.inputs:
+            return False
+        producer = tensor.inputs[0]
+        if producer.op == "DequantizeLinear":
+            return True
+        if producer.op not in ("Identity", "Cast") or not producer.inputs:
+            return False
+        tensor = producer.inputs[0]
+    return False
+
+
+def _explicit_pads(node: gs.Node, shapes: Mapping[str, Shape]) -> tuple[int, int, int, int] | str:
+    """The conv's [top, left, bottom, right] pads with auto_pad resolved, or why they cannot be known."""
+    weight = node.inputs[1].values
+    pads = resolve_pads(dict(node.attrs), concrete(shapes.get(node.inputs[0].name)),
+                        (int(weight.shape[2]), int(weight.shape[3])),
+                        tuple(int(v) for v in node.attrs.get("strides", (1, 1))),  # type: ignore[arg-type]
+                        tuple(int(v) for v in node.attrs.get("dilations", (1, 1))))  # type: ignore[arg-type]
+    return pads
+
+
+def _refusal(node: gs.Node, shapes: Mapping[str, Shape]) -> str | None:
     """Why this node (named by the caller or found by _is_dw_conv) cannot become the op, or None."""
     if node.op != "Conv":
         return f"not a Conv ({node.op})"
+    if len(node.inputs) > 1 and _behind_dequantize(node.inputs[1]):
+        return "quantized weights (DequantizeLinear): the op is float-only; the layer stays a QDQ Conv"
     if len(node.inputs) < 2 or not isinstance(node.inputs[1], gs.Constant):
         return "weight is not an initializer"
     if not _is_dw_conv(node):
@@ -73,19 +103,18 @@ def _refusal(node: gs.Node) -> str | None:
         return f"weight dtype {weight.dtype} (only float32/float16)"
     if len(node.inputs) > 2 and node.inputs[2].name and not isinstance(node.inputs[2], gs.Constant):
         return "bias is not an initializer"
-    auto_pad = node.attrs.get("auto_pad", "NOTSET")
-    if auto_pad not in ("NOTSET", "VALID"):
-        return f"auto_pad={auto_pad} (re-export the model with explicit pads)"
+    pads = _explicit_pads(node, shapes)
+    if isinstance(pads, str):
+        return pads
     if max(weight.shape[2:]) > spec.MAX_KERNEL_SIZE:
         return f"kernel {list(weight.shape[2:])} larger than {spec.MAX_KERNEL_SIZE}"
     return None
 
 
 def _conv_params(node: gs.Node, fused: FusedActivation | None, subgemm_channels: int,
-                 k_tile: int) -> DRConvParams:
+                 k_tile: int, pads: tuple[int, int, int, int]) -> DRConvParams:
     weight = node.inputs[1].values
     channels = int(node.attrs.get("group", 1))
-    pads = (0, 0, 0, 0) if node.attrs.get("auto_pad", "NOTSET") == "VALID" else node.attrs.get("pads", (0, 0, 0, 0))
     return DRConvParams(
         channels=channels,
         kernel_shape=(int(weight.shape[2]), int(weight.shape[3])),
@@ -155,12 +184,15 @@ def rewrite_to_plugin(model: onnx.ModelProto, keep_masks: Mapping[str, np.ndarra
     else:
         targets = [node for node in graph.nodes if _is_dw_conv(node)]
     graph_outputs = {tensor.name for tensor in graph.outputs}
+    # SAME_* pads at stride > 1 depend on the input size: only then is shape inference worth its cost.
+    needs_shapes = any(node.attrs.get("auto_pad", "NOTSET").startswith("SAME") for node in targets)
+    shapes = infer_tensor_shapes(source) if needs_shapes else {}
 
     records = []
     for node in targets:
         if not node.name:
             node.name = fresh(spec.OP_TYPE)
-        reason = _refusal(node)
+        reason = _refusal(node, shapes)
         if reason is not None:
             records.append(RewriteRecord(node.name, False, reason))
             continue
@@ -168,7 +200,7 @@ def rewrite_to_plugin(model: onnx.ModelProto, keep_masks: Mapping[str, np.ndarra
         has_bias = len(node.inputs) > 2 and bool(node.inputs[2].name)
         bias = node.inputs[2].values if has_bias else None
         fused = match_activation(node.outputs[0], graph_outputs)
-        params = _conv_params(node, fused, subgemm_channels, k_tile)
+        params = _conv_params(node, fused, subgemm_channels, k_tile, _explicit_pads(node, shapes))
         packed = pack_dr_weights(weight, bias, keep_mask=_keep_mask(node, keep_masks),
                                  subgemm_channels=subgemm_channels, k_tile=k_tile)
         records.append(RewriteRecord(
