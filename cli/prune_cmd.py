@@ -20,12 +20,16 @@ def sidecar_path(output: Path, suffix: str) -> Path:
     return output.with_name(stem + suffix)
 
 
-def _load(input_path: str) -> onnx.ModelProto:
-    from deprune_onnx.logging_utils import timed_pass
-    from deprune_onnx.onnx_io.load_save import load_model
+def _load(input_path: str, drop_initializer_inputs: bool) -> onnx.ModelProto:
+    from deprune_onnx.logging_utils import LOGGER, timed_pass
+    from deprune_onnx.onnx_io import load_save
 
     with timed_pass("load"):
-        return load_model(input_path)
+        model = load_save.load_model(input_path)
+    if drop_initializer_inputs:
+        dropped = load_save.drop_initializer_inputs(model)
+        LOGGER.info("--drop-initializer-inputs: %d graph input(s) removed: %s", len(dropped), ", ".join(dropped))
+    return model
 
 
 @click.command("prune")
@@ -92,6 +96,10 @@ def _load(input_path: str) -> onnx.ModelProto:
               help="Ratios at which --allocate measures each layer.")
 @click.option("--allocate-samples", type=int, default=16, show_default=True, metavar="N",
               help="Calibration samples --allocate measures on (evenly spaced).")
+@click.option("--drop-initializer-inputs", is_flag=True,
+              help="Remove initializers from the graph inputs so they are constants and can be pruned (from ONNX "
+                   "IR 4 on, an initializer listed as an input can be overridden at run time; the output no "
+                   "longer takes those inputs).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors (no progress bars).")
 @click.option("--verbose", "-v", count=True, help="Log each pass with its time and peak memory; -vv for debug.")
@@ -101,8 +109,8 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, lay
             plan_out: str | None, report_path: str | None,
             output_format: str, dtype: str, calib_sources: tuple[str, ...], calib_n: int | None,
             calib_preprocess: str | None, calib_crops: int | None, calib_damp: float, calib_saliency: bool,
-            refit: bool, allocate: str | None, allocate_ratios: str, allocate_samples: int, as_json: bool,
-            quiet: bool, verbose: int) -> None:
+            refit: bool, allocate: str | None, allocate_ratios: str, allocate_samples: int,
+            drop_initializer_inputs: bool, as_json: bool, quiet: bool, verbose: int) -> None:
     """Prune the depthwise convs of IN.onnx the DEPrune way and write OUT.onnx.
 
     Writes OUT.onnx, OUT.report.json (every layer: target and achieved PR, Real DW, K per sub-GEMM,
@@ -163,7 +171,7 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, lay
                            keep_zeros=keep_zeros)
     # The loaded model goes straight into the pipeline and no reference is kept here: with PW removal and the
     # rewrite working in place, a multi-GB model is held about once (bench/results/prune_speed.md).
-    result = prune_model(_load(input_path), options, plan)
+    result = prune_model(_load(input_path, drop_initializer_inputs), options, plan)
 
     with timed_pass("save"):
         save_model(result.model, output)

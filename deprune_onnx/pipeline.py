@@ -61,7 +61,8 @@ class PruneResult:
 def _require_dw_layers(analysis: ModelAnalysis) -> None:
     if analysis.dw_layers:
         return
-    reasons = "; ".join(f"{s.name}: {s.reason}" for s in analysis.skipped[:3])
+    first = sorted(analysis.skipped, key=lambda s: "DW" not in s.reason and "depthwise" not in s.reason)
+    reasons = "; ".join(f"{s.name}: {s.reason}" for s in first[:3])
     detail = f" (skipped: {reasons})" if reasons else ""
     raise DepruneError(f"no depthwise conv layer (Conv with group == input channels) to prune{detail}")
 

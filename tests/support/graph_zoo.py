@@ -3,11 +3,14 @@
 Each builder returns a small, seeded model of one class: outer-scope reads of a DW weight in If/Loop bodies and
 in model-local functions, invalid convs, DW blocks inside functions, initializers that are also graph inputs
 (IR 3 and IR 7), 1-D DW convs, DW kernels behind a constant-foldable Reshape(Transpose) chain, auto_pad SAME_*
-with a static input and QDQ int8 DW weights. ``ZOO`` names them for the bad-input and property tests.
+with a static input and QDQ int8 DW weights. ``ZOO`` lists them with the prune options and the outcome each must
+have (a correct result, or one error line containing ``expect``) for tests/test_graph_zoo.py, the bad-input
+corpus and the property tests; ``masked_reference`` is the independent ONNX Runtime reference.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -17,6 +20,7 @@ from support.dsconv_graphs import BlockSpec, dsconv_network
 
 IR_VERSION = 8
 OPSET = 13
+OK = "ok"
 
 
 def _initializer(model: onnx.ModelProto, name: str) -> onnx.TensorProto:
@@ -262,7 +266,7 @@ def unfoldable_weight_chain() -> onnx.ModelProto:
 
 def same_padded(auto_pad: str, stride: int) -> Callable[[], onnx.ModelProto]:
     def make() -> onnx.ModelProto:
-        model = _block(40, 11, seed=8)
+        model = _block(40, 12, seed=8)
         dw = _dw_conv(model)
         kept = [a for a in dw.attribute if a.name not in ("pads", "strides")]
         del dw.attribute[:]
@@ -298,24 +302,77 @@ def small_dw() -> onnx.ModelProto:
     return _finish(_block(40, 8, seed=10))
 
 
-# name -> (builder, extra prune arguments); what each must do is pinned in tests/test_graph_zoo.py
-ZOO: dict[str, Callable[[], onnx.ModelProto]] = {
-    "outer_scope_if": outer_scope_if,
-    "outer_scope_loop": outer_scope_loop,
-    "outer_scope_function": outer_scope_function,
-    "invalid_conv_channels": invalid_conv("channels"),
-    "invalid_conv_kernel_shape": invalid_conv("kernel_shape"),
-    "invalid_conv_pads": invalid_conv("pads"),
-    "invalid_conv_strides": invalid_conv("strides"),
-    "invalid_conv_bias": invalid_conv("bias"),
-    "block_in_function": block_in_function,
-    "initializers_as_inputs_ir3": initializers_as_inputs(3),
-    "initializers_as_inputs_ir7": initializers_as_inputs(7),
-    "conv1d_dw": conv1d_dw,
-    "folded_weight_chain": folded_weight_chain,
-    "unfoldable_weight_chain": unfoldable_weight_chain,
-    "same_upper_stride2": same_padded("SAME_UPPER", 2),
-    "same_lower_stride2": same_padded("SAME_LOWER", 2),
-    "qdq_dw_weight": qdq_dw_weight,
-    "small_dw": small_dw,
-}
+@dataclass(frozen=True)
+class ZooCase:
+    name: str
+    build: Callable[[], onnx.ModelProto]
+    args: tuple[str, ...] = ()  # prune options beyond IN OUT
+    expect: str = OK            # OK, or a text the one error line must contain
+
+
+DW = "blocks.0.dw/Conv"  # the stem of the DW conv's node name in the models built on dsconv_network
+
+ZOO: list[ZooCase] = [
+    ZooCase("outer-scope read in If branches", outer_scope_if),
+    ZooCase("outer-scope read in a Loop body", outer_scope_loop),
+    ZooCase("DW weight passed to a model-local function", outer_scope_function),
+    ZooCase("group 32 conv on 34 channels", invalid_conv("channels"), expect=f"Conv node '{DW}"),
+    ZooCase("kernel_shape differs from the weight", invalid_conv("kernel_shape"), expect="kernel_shape [5, 5]"),
+    ZooCase("2 pads on a 2-D conv", invalid_conv("pads"), expect="pads has 2 values"),
+    ZooCase("3 strides on a 2-D conv", invalid_conv("strides"), expect="strides has 3 values"),
+    ZooCase("bias shorter than the output channels", invalid_conv("bias"), expect="bias"),
+    ZooCase("DW block in a model-local function, SAME stride 2 after it", block_in_function),
+    ZooCase("IR 3: initializers are graph inputs", initializers_as_inputs(3)),
+    ZooCase("IR 7: initializers are graph inputs", initializers_as_inputs(7), expect="--drop-initializer-inputs"),
+    ZooCase("IR 7: initializers are graph inputs, --drop-initializer-inputs", initializers_as_inputs(7),
+            ("--drop-initializer-inputs",)),
+    ZooCase("1-D DW conv", conv1d_dw, expect="1-D depthwise conv"),
+    ZooCase("DW kernel Reshape(Transpose(HWCM initializer))", folded_weight_chain),
+    ZooCase("DW kernel scaled by a graph input", unfoldable_weight_chain, expect="graph input 'kernel_scale'"),
+    ZooCase("auto_pad SAME_UPPER stride 2, static", same_padded("SAME_UPPER", 2)),
+    ZooCase("auto_pad SAME_LOWER stride 2, static", same_padded("SAME_LOWER", 2)),
+    ZooCase("QDQ int8 DW weight", qdq_dw_weight),
+    ZooCase("DW ratio 0.999", small_dw, ("--dw-ratio", "0.999")),
+]
+
+
+def zoo_case(name: str) -> ZooCase:
+    return next(case for case in ZOO if case.name == name)
+
+
+# ----- the independent reference -----------------------------------------------------------------------------
+
+def masked_reference(original: onnx.ModelProto, masks: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """``original`` with each named top-level conv computing on ``weight * mask`` through a Mul node inserted
+    in front of it (the mask a Constant node). Nothing the tool wrote is used: whatever the weight is (an
+    initializer shared with a subgraph, a QDQ or folded chain, an IR 3 input), ONNX Runtime applies the mask."""
+    reference = onnx.ModelProto()
+    reference.CopyFrom(original)
+    nodes = list(reference.graph.node)
+    for name, keep in masks.items():
+        conv = next(n for n in nodes if n.name == name)
+        mask, masked = f"{name}.reference_mask", f"{name}.reference_weight"
+        position = list(reference.graph.node).index(conv)
+        reference.graph.node.insert(position, helper.make_node("Mul", [conv.input[1], mask], [masked],
+                                                               name=f"{name}/reference_mul"))
+        reference.graph.node.insert(position, helper.make_node(
+            "Constant", [], [mask], name=f"{name}/reference_mask",
+            value=numpy_helper.from_array(keep.astype(np.float32), mask)))
+        conv.input[1] = masked
+    return reference
+
+
+def zoo_feeds(model: onnx.ModelProto, seed: int = 0, cond: bool = True) -> dict[str, np.ndarray]:
+    """Seeded inputs for a zoo model: normal float tensors, ``cond`` for the If model."""
+    rng = np.random.default_rng(seed)
+    initializers = {t.name for t in model.graph.initializer}
+    feeds: dict[str, np.ndarray] = {}
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        tensor = value.type.tensor_type
+        if tensor.elem_type == TensorProto.BOOL:
+            feeds[value.name] = np.array(cond)
+        else:
+            feeds[value.name] = rng.standard_normal([d.dim_value for d in tensor.shape.dim]).astype(np.float32)
+    return feeds
