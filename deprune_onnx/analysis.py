@@ -62,6 +62,7 @@ class ConvLayer:
     input_shape: Shape | None
     output_shape: Shape | None
     block: int | None = None
+    spatial_dims: int = 2  # 1 for a 1-D DW conv, described here as its 1xk 2-D view (shapes with H = 1)
 
 
 @dataclass
@@ -146,6 +147,25 @@ def conv_output_hw(in_hw: tuple[int, int], kernel: tuple[int, int], strides: tup
         for a in range(2))
 
 
+def as_2d_conv(attrs: dict[str, Any], weight_shape: tuple, input_shape: Shape | None
+               ) -> tuple[dict[str, Any], tuple, Shape | None]:
+    """A 1-D conv's attributes, weight shape [C_out, C_in/g, k] and input shape [N, C, L] as those of the
+    equivalent 2-D conv with H = 1: kernel 1xk, strides/dilations (1, s), pads (0, begin, 0, end), input
+    [N, C, 1, L]. auto_pad SAME_* stays: with a kernel of 1 it pads nothing along H."""
+    converted = dict(attrs)
+    for name in ("strides", "dilations"):
+        if name in attrs:
+            converted[name] = [1, int(attrs[name][0])]
+    if "kernel_shape" in attrs:
+        converted["kernel_shape"] = [1, int(attrs["kernel_shape"][0])]
+    if "pads" in attrs:
+        converted["pads"] = [0, int(attrs["pads"][0]), 0, int(attrs["pads"][1])]
+    shape_2d = (*weight_shape[:2], 1, weight_shape[2])
+    if input_shape is not None and len(input_shape) == 3:
+        input_shape = (*input_shape[:2], 1, input_shape[2])
+    return converted, shape_2d, input_shape
+
+
 def check_conv(node: onnx.NodeProto, weight_shape: Shape, input_shape: Shape | None,
                bias_shape: Shape | None) -> None:
     """Refuse a Conv that contradicts itself (ONNX Runtime would refuse to run it): weight rank vs input rank,
@@ -196,9 +216,10 @@ def _classify_conv(node: onnx.NodeProto, index: GraphIndex, shapes: dict[str, Sh
     if weight_shape is not None:
         check_conv(node, tuple(weight_shape), shapes.get(node.input[0]), bias_shape)
     group = int(attrs.get("group", 1))
-    if weight_shape is not None and len(weight_shape) == 3 and weight_shape[1] == 1 and group >= 2:
-        return SkippedLayer(node.name, node.op_type, f"1-D depthwise conv (weight {list(weight_shape)}): only "
-                            "2-D DW convs are pruned (re-export it as a 1xk 2-D conv to prune it)")
+    input_shape = shapes.get(node.input[0])
+    one_d = weight_shape is not None and len(weight_shape) == 3 and weight_shape[1] == 1 and group >= 2
+    if one_d:  # a 1-D DW conv is the 1xk case of a 2-D one: H = 1, every 2-D attribute gets its H entry
+        attrs, weight_shape, input_shape = as_2d_conv(attrs, tuple(weight_shape), input_shape)
     if weight_shape is None or len(weight_shape) != 4 or not all(isinstance(d, int) for d in weight_shape):
         if weight_shape is not None and len(weight_shape) != 4:
             return None  # 3-D conv, or a 1-D conv that is not depthwise: not a DSConv layer, nothing to say
@@ -220,7 +241,6 @@ def _classify_conv(node: onnx.NodeProto, index: GraphIndex, shapes: dict[str, Sh
     kernel = _pair(attrs.get("kernel_shape", (kh, kw)), 1)
     strides = _pair(attrs.get("strides"), 1)
     dilations = _pair(attrs.get("dilations"), 1)
-    input_shape = shapes.get(node.input[0])
     concrete_input = concrete(input_shape)
     pads = resolve_pads(attrs, concrete_input, kernel, strides, dilations)
     if isinstance(pads, str):
@@ -229,6 +249,8 @@ def _classify_conv(node: onnx.NodeProto, index: GraphIndex, shapes: dict[str, Sh
     if bias is not None and bias_value is None:
         return SkippedLayer(node.name, node.op_type, f"bias is not a constant: {index.not_constant_reason(bias)}")
     output_shape = shapes.get(node.output[0])
+    if one_d and output_shape is not None and len(output_shape) == 3:
+        output_shape = (*output_shape[:2], 1, output_shape[2])
     macs = None
     if concrete_input is not None and len(concrete_input) == 4:
         out_h, out_w = conv_output_hw(concrete_input[2:], kernel, strides, pads, dilations)
@@ -241,7 +263,7 @@ def _classify_conv(node: onnx.NodeProto, index: GraphIndex, shapes: dict[str, Sh
         subgemms=-(-c_out // SUBGEMM_CHANNELS) if is_dw else 0,
         params=int(weight.size + (c_out if bias else 0)), macs=macs,
         sparsity=float(np.count_nonzero(weight == 0) / weight.size) if weight.size else 0.0,
-        input_shape=input_shape, output_shape=output_shape)
+        input_shape=input_shape, output_shape=output_shape, spatial_dims=1 if one_d else 2)
 
 
 def _is_on_pooled_tensor(node: onnx.NodeProto, index: GraphIndex, shapes: dict[str, Shape]) -> bool:

@@ -138,6 +138,10 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan
             analysis = analyze(model)  # channels were removed: DW masks are planned on the reduced model
     calib = options.calib
     reference = samples = None
+    one_d = [layer.name for layer in analysis.dw_layers if layer.spatial_dims == 1]
+    if calib is not None and one_d:
+        raise DepruneError(f"--calib: 1-D DW conv '{one_d[0]}': the refit and --allocate handle 2-D DW convs "
+                           "only; prune this model without --calib")
     if calib is not None:
         samples = calibration_set(model, calib)
         # The refit's target: this model before DW pruning (after PW removal, so the DW shapes agree).

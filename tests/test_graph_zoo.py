@@ -16,11 +16,17 @@ import numpy as np
 import onnx
 import pytest
 
+from onnx import numpy_helper
+
+from deprune_onnx.errors import DepruneError
 from deprune_onnx.op.lower import lower
+from deprune_onnx.op.rewrite import rewrite_to_plugin
+from deprune_onnx.pipeline import PruneOptions, prune_model
+from deprune_onnx.recovery.calibration import CalibOptions
 from deprune_onnx.plan import DWLayerPlan, PruningPlan, encode_mask
 from deprune_onnx.report.build import empty_subgemm_warnings, format_report_table
 from support.cli_testing import run_cli
-from support.graph_zoo import DW, OK, ZOO, masked_reference, zoo_case, zoo_feeds
+from support.graph_zoo import DW, OK, ZOO, conv1d_dw, masked_reference, zoo_case, zoo_feeds
 from support.op_testing import max_rel_err, run_ort
 
 ACCEPTED = [case for case in ZOO if case.expect == OK]
@@ -180,3 +186,39 @@ def test_every_zoo_case_is_in_the_bad_input_corpus() -> None:
 
     names = {case.name for case in CASES}
     assert all(f"graph zoo: {case.name}" in names for case in ZOO)
+
+
+def test_a_1d_dw_conv_runs_as_the_ops_1xk_case(tmp_path: Path) -> None:
+    """Conv1d [40,1,5], pads (2, 2): the op gets kernel 1x5 and pads (0, 2, 0, 2) between Unsqueeze/Squeeze of
+    axis 2; inspect and the report describe the layer as 1x5."""
+    _, output = _prune(tmp_path, "1-D DW conv", "plugin")
+    model = onnx.load(str(output))
+    assert [n.op_type for n in model.graph.node] == ["Conv", "Relu", "Unsqueeze", "DRSparseDepthwiseConv",
+                                                     "Squeeze", "Conv"]
+    op = next(n for n in model.graph.node if n.op_type == "DRSparseDepthwiseConv")
+    attrs = {a.name: list(a.ints) for a in op.attribute if a.ints}
+    assert attrs["kernel_shape"] == [1, 5] and attrs["pads"] == [0, 2, 0, 2] and attrs["strides"] == [1, 1]
+    (row,) = _report(output)["dw_layers"]
+    assert row["kernel"] == [5] and row["macs"] == 40 * 5 * 16
+    listed = json.loads(run_cli("inspect", tmp_path / "in.onnx", "--json").output)
+    assert [(layer["name"], layer["kernel"], layer["spatial_dims"]) for layer in listed["dw_layers"]] == \
+        [("dw1d", [1, 5], 1)]
+
+
+@pytest.mark.parametrize("opset", [11, 13])
+def test_1d_rewrite_before_and_after_squeeze_axes_became_inputs(opset: int) -> None:
+    model = conv1d_dw(channels=72, kernel=3, stride=2, dilation=2)
+    model.opset_import[0].version = opset
+    weight = next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name == "w_dw")
+    keep = np.random.default_rng(opset).random(weight.shape) < 0.5
+    rewritten, (record,) = rewrite_to_plugin(model, {"dw1d": keep})
+    assert record.rewritten and record.kept_taps == keep.sum()
+    onnx.checker.check_model(rewritten, full_check=True)
+    feeds = zoo_feeds(model)
+    want = run_ort(masked_reference(model, {"dw1d": keep}), feeds)[0]
+    assert max_rel_err(run_ort(lower(rewritten), feeds)[0], want) <= TOLERANCE
+
+
+def test_calib_refuses_1d_dw_convs_by_name() -> None:
+    with pytest.raises(DepruneError, match="1-D DW conv 'dw1d'"):
+        prune_model(conv1d_dw(), PruneOptions(calib=CalibOptions(sources=["unused"])))

@@ -1,19 +1,20 @@
 """Rewrite pass: pruned DW Conv (+ bias + following activation) -> deprune::DRSparseDepthwiseConv.
 
 Handles: 2-D Conv with ``group == C_in`` and a constant weight [m*C_in, 1, kh, kw] (depth multiplier m >= 1),
-any strides, dilations, explicit asymmetric pads, auto_pad NOTSET/VALID, auto_pad SAME_UPPER/SAME_LOWER (resolved
-to explicit pads; at stride > 1 this needs the static input size from shape inference), kernels up to 15, float32/float16
-weights, a constant bias or none, and the activations listed in ``fusion``. The bias is always fused; the
-activation only when the conv output feeds nothing else.
+any strides, dilations, explicit asymmetric pads, auto_pad NOTSET/VALID/SAME_UPPER/SAME_LOWER (SAME resolved to
+explicit pads; at stride > 1 this needs the static input size from shape inference), kernels up to 15,
+float32/float16 weights, a constant bias or none, and the activations listed in ``fusion``. A 1-D DW conv
+(weight [m*C_in, 1, k]) is its 1xk case: the op runs on the input unsqueezed to [N, C, 1, L] and its output is
+squeezed back. The bias is always fused; the activation only when the conv output feeds nothing else.
 Refuses (the layer stays a standard Conv, with the reason in its RewriteRecord): non-constant weight or bias,
-quantized (QDQ) weights, auto_pad SAME_* on an input whose spatial size is not static, 1-D/3-D convs, kernels
-over 15, non-float weights.
+quantized (QDQ) weights, auto_pad SAME_* at stride > 1 on an input whose spatial size is not static, 3-D convs,
+kernels over 15, non-float weights.
 Postconditions: the model passes ``onnx.checker`` (full check), is topologically sorted, imports the
 ``deprune`` domain, and has no dangling node or initializer. The input model is not modified.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -21,8 +22,9 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from deprune_onnx.analysis import resolve_pads
+from deprune_onnx.analysis import as_2d_conv, resolve_pads
 from deprune_onnx.errors import DepruneError
+from deprune_onnx.onnx_io.load_save import default_opset
 from deprune_onnx.onnx_io.shapes import Shape, concrete, infer_tensor_shapes
 from deprune_onnx.op import spec
 from deprune_onnx.op.attributes import FLOAT_DTYPES, DRConvParams, encode_attributes
@@ -76,14 +78,23 @@ def _behind_dequantize(tensor: gs.Tensor) -> bool:
     return False
 
 
+def _geometry(node: gs.Node, shapes: Mapping[str, Shape]) -> tuple[dict[str, Any], np.ndarray, Shape | None]:
+    """The conv's attributes, weight [C_out, 1, kh, kw] and input shape as a 2-D conv: a 1-D DW conv is its 1xk
+    case (H = 1), the way the op runs it between an Unsqueeze and a Squeeze."""
+    attrs, weight = dict(node.attrs), node.inputs[1].values
+    input_shape = shapes.get(node.inputs[0].name)
+    if weight.ndim == 3:
+        attrs, shape_2d, input_shape = as_2d_conv(attrs, weight.shape, input_shape)
+        weight = weight.reshape(shape_2d)
+    return attrs, weight, input_shape
+
+
 def _explicit_pads(node: gs.Node, shapes: Mapping[str, Shape]) -> tuple[int, int, int, int] | str:
     """The conv's [top, left, bottom, right] pads with auto_pad resolved, or why they cannot be known."""
-    weight = node.inputs[1].values
-    pads = resolve_pads(dict(node.attrs), concrete(shapes.get(node.inputs[0].name)),
-                        (int(weight.shape[2]), int(weight.shape[3])),
-                        tuple(int(v) for v in node.attrs.get("strides", (1, 1))),  # type: ignore[arg-type]
-                        tuple(int(v) for v in node.attrs.get("dilations", (1, 1))))  # type: ignore[arg-type]
-    return pads
+    attrs, weight, input_shape = _geometry(node, shapes)
+    return resolve_pads(attrs, concrete(input_shape), (int(weight.shape[2]), int(weight.shape[3])),
+                        tuple(int(v) for v in attrs.get("strides", (1, 1))),  # type: ignore[arg-type]
+                        tuple(int(v) for v in attrs.get("dilations", (1, 1))))  # type: ignore[arg-type]
 
 
 def _refusal(node: gs.Node, shapes: Mapping[str, Shape]) -> str | None:
@@ -97,8 +108,8 @@ def _refusal(node: gs.Node, shapes: Mapping[str, Shape]) -> str | None:
     if not _is_dw_conv(node):
         return "not a depthwise conv (group != C_in)"
     weight = node.inputs[1].values
-    if weight.ndim != 4:
-        return f"{weight.ndim - 2}-D convolution (only 2-D is supported)"
+    if weight.ndim not in (3, 4):
+        return f"{weight.ndim - 2}-D convolution (only 1-D and 2-D are supported)"
     if weight.dtype not in FLOAT_DTYPES:
         return f"weight dtype {weight.dtype} (only float32/float16)"
     if len(node.inputs) > 2 and node.inputs[2].name and not isinstance(node.inputs[2], gs.Constant):
@@ -111,17 +122,19 @@ def _refusal(node: gs.Node, shapes: Mapping[str, Shape]) -> str | None:
     return None
 
 
-def _conv_params(node: gs.Node, fused: FusedActivation | None, subgemm_channels: int,
-                 k_tile: int, pads: tuple[int, int, int, int]) -> DRConvParams:
-    weight = node.inputs[1].values
-    channels = int(node.attrs.get("group", 1))
+def _conv_params(node: gs.Node, shapes: Mapping[str, Shape], fused: FusedActivation | None,
+                 subgemm_channels: int, k_tile: int) -> DRConvParams:
+    attrs, weight, _ = _geometry(node, shapes)
+    pads = _explicit_pads(node, shapes)
+    assert not isinstance(pads, str), "_refusal checked the pads"
+    channels = int(attrs.get("group", 1))
     return DRConvParams(
         channels=channels,
         kernel_shape=(int(weight.shape[2]), int(weight.shape[3])),
         depth_multiplier=weight.shape[0] // channels,
-        strides=tuple(int(v) for v in node.attrs.get("strides", (1, 1))),
+        strides=tuple(int(v) for v in attrs.get("strides", (1, 1))),
         pads=tuple(int(v) for v in pads),
-        dilations=tuple(int(v) for v in node.attrs.get("dilations", (1, 1))),
+        dilations=tuple(int(v) for v in attrs.get("dilations", (1, 1))),
         subgemm_channels=subgemm_channels,
         k_tile=k_tile,
         activation=fused.activation if fused else "none",
@@ -141,18 +154,32 @@ def _keep_mask(node: gs.Node, keep_masks: Mapping[str, np.ndarray] | None) -> np
 
 
 def _replace(graph: gs.Graph, node: gs.Node, params: DRConvParams, packed: PackedDR,
-             fused: FusedActivation | None) -> None:
-    """Detach the conv and the fused activation nodes, and put the custom node in their place."""
+             fused: FusedActivation | None, opset: int, fresh: Callable[[str], str]) -> None:
+    """Detach the conv and the fused activation nodes, and put the custom node in their place (a 1-D conv's
+    between an Unsqueeze and a Squeeze of axis 2, so the op sees [N, C, 1, L])."""
     x = node.inputs[0]
     y = fused.output if fused else node.outputs[0]
+    one_d = node.inputs[1].values.ndim == 3
     for old in (node, *(fused.nodes if fused else ())):
         old.inputs.clear()
         old.outputs.clear()
     attrs = encode_attributes(params, packed)
     for field in TENSOR_ATTRIBUTES:
         attrs[field] = gs.Constant(f"{node.name}/{field}", attrs[field])
+    op_input, op_output = x, y
+    if one_d:
+        op_input = gs.Variable(fresh(f"{node.name}/input_2d"), dtype=x.dtype)
+        op_output = gs.Variable(fresh(f"{node.name}/output_2d"), dtype=y.dtype)
+        for op, source, target in (("Unsqueeze", x, op_input), ("Squeeze", op_output, y)):
+            if opset >= 13:  # axes became an input in opset 13
+                axes = gs.Constant(fresh(f"{node.name}/{op.lower()}_axes"), np.array([2], np.int64))
+                graph.nodes.append(gs.Node(op, name=fresh(f"{node.name}/{op.lower()}"), inputs=[source, axes],
+                                           outputs=[target]))
+            else:
+                graph.nodes.append(gs.Node(op, name=fresh(f"{node.name}/{op.lower()}"), attrs={"axes": [2]},
+                                           inputs=[source], outputs=[target]))
     graph.nodes.append(gs.Node(spec.OP_TYPE, name=node.name, domain=spec.DOMAIN, attrs=attrs,
-                               inputs=[x], outputs=[y]))
+                               inputs=[op_input], outputs=[op_output]))
 
 
 def rewrite_to_plugin(model: onnx.ModelProto, keep_masks: Mapping[str, np.ndarray] | None = None, *,
@@ -187,6 +214,7 @@ def rewrite_to_plugin(model: onnx.ModelProto, keep_masks: Mapping[str, np.ndarra
     # SAME_* pads at stride > 1 depend on the input size: only then is shape inference worth its cost.
     needs_shapes = any(node.attrs.get("auto_pad", "NOTSET").startswith("SAME") for node in targets)
     shapes = infer_tensor_shapes(source) if needs_shapes else {}
+    opset = default_opset(source) or 0
 
     records = []
     for node in targets:
@@ -196,12 +224,12 @@ def rewrite_to_plugin(model: onnx.ModelProto, keep_masks: Mapping[str, np.ndarra
         if reason is not None:
             records.append(RewriteRecord(node.name, False, reason))
             continue
-        weight = node.inputs[1].values
+        _, weight, _ = _geometry(node, shapes)
         has_bias = len(node.inputs) > 2 and bool(node.inputs[2].name)
         bias = node.inputs[2].values if has_bias else None
         fused = match_activation(node.outputs[0], graph_outputs)
-        params = _conv_params(node, fused, subgemm_channels, k_tile, _explicit_pads(node, shapes))
-        packed = pack_dr_weights(weight, bias, keep_mask=_keep_mask(node, keep_masks),
+        params = _conv_params(node, shapes, fused, subgemm_channels, k_tile)
+        packed = pack_dr_weights(weight, bias, keep_mask=_keep_mask(node, keep_masks).reshape(weight.shape),
                                  subgemm_channels=subgemm_channels, k_tile=k_tile)
         records.append(RewriteRecord(
             layer=node.name, rewritten=True, activation=params.activation,
@@ -210,7 +238,7 @@ def rewrite_to_plugin(model: onnx.ModelProto, keep_masks: Mapping[str, np.ndarra
             kept_taps=int(packed.kept_counts.sum()), total_taps=int(weight.size),
             packed_taps=int(packed.tap_indices.size),
             subgemms=subgemm_count(params.out_channels, subgemm_channels)))
-        _replace(graph, node, params, packed, fused)
+        _replace(graph, node, params, packed, fused, opset, fresh)
     graph.cleanup().toposort()
     rewritten = export_like(graph, source)
     if in_place:

@@ -209,18 +209,20 @@ def initializers_as_inputs(ir_version: int) -> Callable[[], onnx.ModelProto]:
 
 # ----- 5. 1-D depthwise convs -------------------------------------------------------------------------------
 
-def conv1d_dw(channels: int = 40, length: int = 16, kernel: int = 5, stride: int = 1) -> onnx.ModelProto:
+def conv1d_dw(channels: int = 40, length: int = 16, kernel: int = 5, stride: int = 1, dilation: int = 1
+              ) -> onnx.ModelProto:
     """Speech-style 1-D DSConv: input [1, 8, L] -> PW (k=1) -> DW Conv1d [C,1,k] + Relu -> PW (k=1)."""
     rng = np.random.default_rng(5)
     inits = [numpy_helper.from_array((rng.standard_normal((channels, 8, 1)) * 0.3).astype(np.float32), "w_pw1"),
              numpy_helper.from_array((rng.standard_normal((channels, 1, kernel))).astype(np.float32), "w_dw"),
              numpy_helper.from_array((rng.standard_normal(channels) * 0.1).astype(np.float32), "b_dw"),
              numpy_helper.from_array((rng.standard_normal((8, channels, 1)) * 0.2).astype(np.float32), "w_pw2")]
-    half = (kernel - 1) // 2
+    half = dilation * (kernel - 1) // 2
     nodes = [helper.make_node("Conv", ["input", "w_pw1"], ["e"], name="pw1", kernel_shape=[1]),
              helper.make_node("Relu", ["e"], ["ea"], name="pw1_relu"),
              helper.make_node("Conv", ["ea", "w_dw", "b_dw"], ["d"], name="dw1d", group=channels,
-                              kernel_shape=[kernel], pads=[half, kernel - 1 - half], strides=[stride]),
+                              kernel_shape=[kernel], pads=[half, dilation * (kernel - 1) - half],
+                              strides=[stride], dilations=[dilation]),
              helper.make_node("Relu", ["d"], ["da"], name="dw1d_relu"),
              helper.make_node("Conv", ["da", "w_pw2"], ["output"], name="pw2", kernel_shape=[1])]
     graph = helper.make_graph(nodes, "conv1d_dw", [_tensor_value("input", shape=[1, 8, length])],
@@ -326,7 +328,9 @@ ZOO: list[ZooCase] = [
     ZooCase("IR 7: initializers are graph inputs", initializers_as_inputs(7), expect="--drop-initializer-inputs"),
     ZooCase("IR 7: initializers are graph inputs, --drop-initializer-inputs", initializers_as_inputs(7),
             ("--drop-initializer-inputs",)),
-    ZooCase("1-D DW conv", conv1d_dw, expect="1-D depthwise conv"),
+    ZooCase("1-D DW conv", conv1d_dw),
+    ZooCase("1-D DW conv, stride 2, dilation 2, k 3", lambda: conv1d_dw(channels=72, kernel=3, stride=2,
+                                                                         dilation=2)),
     ZooCase("DW kernel Reshape(Transpose(HWCM initializer))", folded_weight_chain),
     ZooCase("DW kernel scaled by a graph input", unfoldable_weight_chain, expect="graph input 'kernel_scale'"),
     ZooCase("auto_pad SAME_UPPER stride 2, static", same_padded("SAME_UPPER", 2)),
