@@ -51,7 +51,8 @@ def fold_conv_weight_chains(model: onnx.ModelProto) -> dict[str, str]:
         if node.op_type != "Conv":
             continue
         for name in node.input[1:3]:
-            if name and name not in targets and not index.is_constant(name):
+            plain = name in index.initializers and name not in index.overridable  # no need to decode it
+            if name and name not in targets and not plain and not index.is_constant(name):
                 nodes: set[str] = set()
                 if _constant_chain(name, index, nodes):
                     targets.append(name)
