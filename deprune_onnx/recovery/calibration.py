@@ -1,7 +1,7 @@
 """Accuracy recovery without training, the pipeline's optional step (``prune --calib``, ``--allocate``).
 
 The calibration images, and the sensitivity-aware choice of per-layer DW ratios. The refit itself lives in
-calibration.py, the sensitivity measurement and the allocation programme in allocation.py; this module only
+refit.py, the sensitivity measurement and the allocation programme in allocation.py; this module only
 turns the CLI's options into their inputs, so pipeline.py stays a chain of steps.
 """
 from __future__ import annotations
