@@ -152,7 +152,8 @@ class GraphIndex:
                     self.producer[output] = node
             # A tensor read inside an If/Loop/Scan body (outer-scope reference) is used by that node: rewriting
             # it in place would change what the body computes.
-            for name in dict.fromkeys([*node.input, *sorted(subgraph_inputs(node))]):
+            # (Explicit inputs count once per occurrence, as the walks in analysis expect.)
+            for name in [*node.input, *sorted(subgraph_inputs(node) - set(node.input))]:
                 if name:
                     self.consumers[name].append(node)
         self.graph_inputs = {v.name for v in graph.input} - set(self.initializers)
