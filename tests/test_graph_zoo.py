@@ -83,6 +83,7 @@ def test_dense_equals_masked_reference_and_lowered_plugin_equals_dense(case, tmp
 @pytest.mark.parametrize("name,body_convs", [
     ("outer-scope read in If branches", ["else/dw_conv", "then/dw_conv"]),
     ("outer-scope read in a Loop body", ["body/dw_conv"]),
+    ("outer-scope read in an If inside a Loop body", ["nested/else/dw_conv", "nested/then/dw_conv"]),
     ("DW weight passed to a model-local function", ["fn/dw_outer_weight", "fn/dw_own_weight"]),
 ])
 def test_a_weight_read_by_a_body_or_function_keeps_its_values_there(name: str, body_convs: list[str],

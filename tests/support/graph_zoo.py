@@ -107,6 +107,34 @@ def outer_scope_loop() -> onnx.ModelProto:
     return _finish(model)
 
 
+def outer_scope_nested() -> onnx.ModelProto:
+    """The DW weight is read two scopes down: by the branches of an If inside a Loop body."""
+    model = _block(48, 8, seed=11)
+    dw = _dw_conv(model)
+    weight, group = dw.input[1], next(a.i for a in dw.attribute if a.name == "group")
+    shape = [1, group, 8, 8]
+    branches = [helper.make_graph(
+        [helper.make_node("Conv", ["carried_in", weight], [f"{branch}_conv"], name=f"nested/{branch}/dw_conv",
+                          group=group, kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+         helper.make_node(op, [f"{branch}_conv"], [f"{branch}_out"], name=f"nested/{branch}/act")],
+        f"{branch}_branch", [], [_tensor_value(f"{branch}_out", shape=shape)])
+        for branch, op in (("then", "Relu"), ("else", "Sigmoid"))]
+    body = helper.make_graph(
+        [helper.make_node("If", ["cond_in"], ["carried_out"], name="nested/if", then_branch=branches[0],
+                          else_branch=branches[1]),
+         helper.make_node("Identity", ["cond_in"], ["cond_out"], name="nested/cond")],
+        "loop_body",
+        [_tensor_value("iteration", TensorProto.INT64, []), _tensor_value("cond_in", TensorProto.BOOL, []),
+         _tensor_value("carried_in", shape=shape)],
+        [_tensor_value("cond_out", TensorProto.BOOL, []), _tensor_value("carried_out", shape=shape)])
+    model.graph.initializer.extend([numpy_helper.from_array(np.array(2, np.int64), "trip_count"),
+                                    numpy_helper.from_array(np.array(True), "loop_cond")])
+    model.graph.node.append(helper.make_node("Loop", ["trip_count", "loop_cond", dw.input[0]], ["loop_out"],
+                                             name="nested_loop", body=body))
+    _reduce_into_output(model, "loop_out", group)
+    return _finish(model)
+
+
 def outer_scope_function() -> onnx.ModelProto:
     """The DW weight is also passed to a model-local function that runs its own DW conv on it, and a second
     DW conv lives inside the function with a weight of its own (a Constant node): that one is not pruned."""
@@ -317,6 +345,7 @@ DW = "blocks.0.dw/Conv"  # the stem of the DW conv's node name in the models bui
 ZOO: list[ZooCase] = [
     ZooCase("outer-scope read in If branches", outer_scope_if),
     ZooCase("outer-scope read in a Loop body", outer_scope_loop),
+    ZooCase("outer-scope read in an If inside a Loop body", outer_scope_nested),
     ZooCase("DW weight passed to a model-local function", outer_scope_function),
     ZooCase("group 32 conv on 34 channels", invalid_conv("channels"), expect=f"Conv node '{DW}"),
     ZooCase("kernel_shape differs from the weight", invalid_conv("kernel_shape"), expect="kernel_shape [5, 5]"),
