@@ -193,7 +193,7 @@ class GraphIndex:
             via = f" (through {', '.join(path)})" if path else ""
             if name in self.overridable:
                 return (f"initializer '{name}'{via} is also a graph input, so a caller can override it at run "
-                        "time (ONNX IR >= 4); prune it as a constant with --drop-initializer-inputs")
+                        "time (ONNX IR >= 4); prune --drop-initializer-inputs makes it a constant")
             node = self.producer.get(name)
             if node is None:
                 return f"'{tensor}' depends on graph input '{name}'{via}, computed at run time"
