@@ -6,7 +6,6 @@ import json
 import click
 
 from deprune_onnx.cli.image_options import preprocess_option
-from deprune_onnx.cli.prune_cmd import sidecar_path
 
 
 @click.command("finetune")
@@ -75,7 +74,8 @@ def command(input_path: str, output_path: str, teacher_path: str, images_dir: st
     from deprune_onnx.finetune.distill import DistillOptions
     from deprune_onnx.evaluation.images import TrainingImages, find_images, load_image_set, resolve_preset
     from deprune_onnx.finetune.run import finetune_model, input_shape
-    from deprune_onnx.onnx_io.load_save import check_output_path, load_model, save_model, write_json_atomic
+    from deprune_onnx.onnx_io.load_save import (check_output_path, load_model, save_model, sidecar_path,
+                                                write_json_atomic)
     from deprune_onnx.plan import load_plan
     from deprune_onnx.progress import configure_progress, count_progress
 

@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import click
 
+from deprune_onnx.options import PRESET_NAMES
+
 if TYPE_CHECKING:
     from deprune_onnx.evaluation.images import ImageSet
 
-PRESET_NAMES = ("imagenet", "pplcnet", "ppocr-cls")  # == evaluation.images.PRESET_NAMES (kept light for --help)
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 

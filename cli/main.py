@@ -14,7 +14,9 @@ from typing import Any
 
 import click
 
+from deprune_onnx.cli.options import FLAG_NAMES
 from deprune_onnx.errors import EXIT_USAGE, DepruneError
+from deprune_onnx.options import OptionError
 
 
 class ErrorReportingGroup(click.Group):
@@ -41,7 +43,8 @@ class ErrorReportingGroup(click.Group):
         try:
             return super().invoke(ctx)
         except DepruneError as exc:
-            click.echo(f"deprune-onnx: error: {exc}", err=True)
+            message = exc.render(FLAG_NAMES) if isinstance(exc, OptionError) else str(exc)
+            click.echo(f"deprune-onnx: error: {message}", err=True)
             ctx.exit(exc.exit_code)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise

@@ -40,12 +40,11 @@ def command(model_path: str, images: tuple[str, ...], preprocess: str | None, cr
       deprune-onnx sweep mobilenet_v2.onnx --images 'samples/imagenet_0[5-9]_*.jpg' --crops 10 \\
           --calib 'samples/imagenet_0[0-4]_*.jpg' -o sweep/
     """
-    from deprune_onnx.dw.planner import DW_METHODS, check_ratio
     from deprune_onnx.errors import DepruneError
     from deprune_onnx.evaluation.images import find_images
     from deprune_onnx.evaluation.runner import ModelRunner
     from deprune_onnx.onnx_io.load_save import load_model, write_bytes_atomic, write_json_atomic, write_text_atomic
-    from deprune_onnx.recovery.calibration import CalibOptions
+    from deprune_onnx.options import DW_METHODS, CalibOptions, check_ratio
     from deprune_onnx.report.plots import have_matplotlib
     from deprune_onnx.progress import configure_progress
     from deprune_onnx.evaluation.sweep import format_sweep_table, plot_sweep, sweep

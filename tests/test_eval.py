@@ -149,7 +149,7 @@ def test_compare_images_use_the_guessed_preset_and_mean_std_override() -> None:
 
 
 def test_cli_preset_names_are_the_presets() -> None:
-    from deprune_onnx.cli.image_options import PRESET_NAMES
+    from deprune_onnx.options import PRESET_NAMES
     from deprune_onnx.evaluation.images import PRESET_NAMES as MODULE_NAMES
 
     assert PRESET_NAMES == MODULE_NAMES == tuple(PRESETS)

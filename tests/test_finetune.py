@@ -112,8 +112,8 @@ def sample_batch() -> np.ndarray:
 
 def test_finetuned_model_rewrites_to_plugin_and_lowers_back_exactly(distilled: dict, tmp_path: Path) -> None:
     """fine-tuned dense -> prune --keep-zeros --format plugin -> lower == the fine-tuned dense model."""
-    lower = pytest.importorskip("deprune_onnx.op.lower", reason="needs the DRSparseDepthwiseConv rewrite and "
-                                "lower of the op branch (deprune_onnx.op.lower)").lower
+    from deprune_onnx.op.lower import lower
+
     tuned_path, plugin_path = tmp_path / "tuned.onnx", tmp_path / "plugin.onnx"
     onnx.save(distilled["result"].model, str(tuned_path))
     result = run_cli("prune", tuned_path, plugin_path, "--keep-zeros", "--method", "bh", "--format", "plugin",

@@ -133,7 +133,7 @@ def test_keep_zeros_single_misaligned_layer_is_under_aligned_exactly(tmp_path: P
     result = run_cli("prune", source, out, "--keep-zeros", "--format", "dense", "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
-    assert report["options"]["keep_zeros"]["layers_with_violations"] == ["dw"]
+    assert report["keep_zeros"]["layers_with_violations"] == ["dw"]
     feeds = {"input": np.random.default_rng(0).standard_normal((1, 40, 12, 12)).astype(np.float32)}
     before, after = run_ort(source, feeds)[0], run_ort(out, feeds)[0]
     np.testing.assert_array_equal(before, after)

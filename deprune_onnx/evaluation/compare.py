@@ -24,7 +24,6 @@ import onnx
 
 from deprune_onnx.errors import DepruneError
 from deprune_onnx.op import spec as op_spec
-from deprune_onnx.op.graphs import model_uses_custom_op
 from deprune_onnx.op.lower import lower
 
 DEFAULT_RTOL = 1e-5
@@ -213,8 +212,8 @@ def compare_models(original: onnx.ModelProto, pruned: onnx.ModelProto, *, n: int
     check_tolerance = not (min_agreement is not None and rtol is None and atol is None)
     rtol = DEFAULT_RTOL if rtol is None else rtol
     atol = DEFAULT_ATOL if atol is None else atol
-    lowered_ops = sum(node.op_type == op_spec.OP_TYPE and node.domain == op_spec.DOMAIN for node in pruned.graph.node)
-    runnable = lower(pruned) if model_uses_custom_op(pruned) else pruned
+    lowered_ops = len(op_spec.custom_nodes(pruned))
+    runnable = lower(pruned) if op_spec.custom_nodes(pruned) else pruned
 
     specs = input_specs(original)
     report = CompareReport(lowered_ops, rtol if check_tolerance else None, atol if check_tolerance else None,

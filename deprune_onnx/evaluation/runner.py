@@ -14,21 +14,17 @@ import numpy as np
 import onnx
 
 from deprune_onnx.errors import DepruneError
+from deprune_onnx.op import spec
 
 if TYPE_CHECKING:
     import onnxruntime as ort
 
-CUSTOM_DOMAIN = "deprune"
 DEFAULT_BATCH = 16
-
-
-def has_custom_ops(model: onnx.ModelProto) -> bool:
-    return any(node.domain == CUSTOM_DOMAIN for node in model.graph.node)
 
 
 def lower_custom_ops(model: onnx.ModelProto, name: str = "model") -> onnx.ModelProto:
     """Standard-op copy of a model with DRSparseDepthwiseConv nodes (``deprune_onnx.op.lower``), else the model."""
-    if not has_custom_ops(model):
+    if not spec.custom_nodes(model):
         return model
     try:
         lowering = importlib.import_module("deprune_onnx.op.lower")

@@ -121,6 +121,13 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
         raise DepruneError(f"{path}: cannot read external data ({type(exc).__name__}: {exc})") from None
 
 
+def sidecar_path(output: str | os.PathLike[str], suffix: str) -> Path:
+    """``out.onnx`` -> ``out<suffix>`` (e.g. ``out.report.json``) in the same folder."""
+    output = Path(output)
+    stem = output.name[: -len(".onnx")] if output.name.endswith(".onnx") else output.name
+    return output.with_name(stem + suffix)
+
+
 def check_output_path(output: str | os.PathLike[str], *inputs: str | os.PathLike[str]) -> Path:
     """Refuse an output that would overwrite an input or that cannot be written, before any work is done."""
     output = Path(output)

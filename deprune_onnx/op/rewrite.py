@@ -183,8 +183,8 @@ def _replace(graph: gs.Graph, node: gs.Node, params: DRConvParams, packed: Packe
 
 
 def rewrite_to_plugin(model: onnx.ModelProto, keep_masks: Mapping[str, np.ndarray] | None = None, *,
-                      k_tile: int = spec.DEFAULT_K_TILE,
-                      subgemm_channels: int = spec.DEFAULT_SUBGEMM_CHANNELS, in_place: bool = False
+                      k_tile: int = spec.K_TILE,
+                      subgemm_channels: int = spec.SUBGEMM_CHANNELS, in_place: bool = False
                       ) -> tuple[onnx.ModelProto, list[RewriteRecord]]:
     """Replace DW convs by DRSparseDepthwiseConv; returns the new model and one record per DW layer considered.
 
