@@ -102,7 +102,7 @@ def _refusal(node: gs.Node, shapes: Mapping[str, Shape]) -> str | None:
     if node.op != "Conv":
         return f"not a Conv ({node.op})"
     if len(node.inputs) > 1 and _behind_dequantize(node.inputs[1]):
-        return "quantized weights (DequantizeLinear): the op is float-only; the layer stays a QDQ Conv"
+        return "quantized weights: the op is float-only (the layer stays a QDQ Conv, for INT8 engines)"
     if len(node.inputs) < 2 or not isinstance(node.inputs[1], gs.Constant):
         return "weight is not an initializer"
     if not _is_dw_conv(node):
