@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import click
 
-from deprune_onnx.cli.image_options import preprocess_option
+from deprune_onnx.cli.image_options import preprocessing_options
+
+if TYPE_CHECKING:
+    from deprune_onnx.evaluation.images import PreprocessOptions
 
 
 @click.command("finetune")
@@ -17,7 +21,7 @@ from deprune_onnx.cli.image_options import preprocess_option
               help="Training images (unlabelled; a trailing _<class> in the name is used as label).")
 @click.option("--val-images", "val_dir", metavar="DIR|FILE|GLOB",
               help="Held-out images on which the KL to the teacher is reported before and after.")
-@preprocess_option()
+@preprocessing_options()
 @click.option("--plan", "plan_path", type=click.Path(dir_okay=True),
               help="The plan PRUNED.onnx was made with [default: its DW zero pattern, as prune --keep-zeros].")
 @click.option("--method", type=click.Choice(["dcp", "b", "bh"]), default="bh", show_default=True,
@@ -42,7 +46,7 @@ from deprune_onnx.cli.image_options import preprocess_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 def command(input_path: str, output_path: str, teacher_path: str, images_dir: str, val_dir: str | None,
-            preprocess: str | None, plan_path: str | None, method: str, tile: int, steps: int, batch: int, optimizer: str,
+            preprocessing: "PreprocessOptions", plan_path: str | None, method: str, tile: int, steps: int, batch: int, optimizer: str,
             lr: float | None, temperature: float,
             label_weight: float, device: str, seed: int, plan_out: str | None, report_path: str | None,
             as_json: bool, quiet: bool) -> None:
@@ -50,7 +54,8 @@ def command(input_path: str, output_path: str, teacher_path: str, images_dir: st
 
     PRUNED.onnx is a dense pruned model ('prune --format dense'). It is converted to PyTorch (onnx2torch,
     checked against ONNX Runtime), trained on random crops and flips of --images (preprocessed by the
-    --preprocess preset, as 'eval' does) to match the teacher's
+    preprocessing 'eval' would use: --preprocess, --mean/--std/..., the teacher's metadata_props) to match the
+    teacher's
     outputs (KL at temperature T; plus cross-entropy when the file names carry labels), with the DW masks
     fixed: pruned weights stay exactly zero, removed channels stay removed. The trained values are written
     back into PRUNED.onnx's own graph (node names unchanged) and the plan is re-applied, so OUT.onnx passes
@@ -72,7 +77,7 @@ def command(input_path: str, output_path: str, teacher_path: str, images_dir: st
 
     from deprune_onnx.errors import DepruneError
     from deprune_onnx.finetune.distill import DistillOptions
-    from deprune_onnx.evaluation.images import TrainingImages, find_images, load_image_set, resolve_preset
+    from deprune_onnx.evaluation.images import TrainingImages, find_images, load_image_set, preprocessing_for
     from deprune_onnx.finetune.run import finetune_model, input_shape
     from deprune_onnx.onnx_io.load_save import (check_output_path, load_model, save_model, sidecar_path,
                                                 write_json_atomic)
@@ -86,7 +91,8 @@ def command(input_path: str, output_path: str, teacher_path: str, images_dir: st
         raise DepruneError("--device cuda: PyTorch sees no CUDA device (use --device cpu)")
     plan = load_plan(plan_path) if plan_path else None
     student, teacher = load_model(input_path), load_model(teacher_path)
-    preset = resolve_preset(preprocess, input_shape(student))
+    preset = preprocessing_for(preprocessing, input_shape(student), (teacher, str(teacher_path)),
+                               (student, str(input_path)))
     images = TrainingImages.load(find_images(images_dir), preset)
     eval_sets = {"train_centre": images.centre_views(), "train_corner_flips": images.corner_flip_views()}
     if val_dir:

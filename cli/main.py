@@ -16,6 +16,7 @@ import click
 
 from deprune_onnx.cli.options import FLAG_NAMES
 from deprune_onnx.errors import EXIT_USAGE, DepruneError
+from deprune_onnx.extras import missing_dependency_error
 from deprune_onnx.options import OptionError
 
 
@@ -52,6 +53,11 @@ class ErrorReportingGroup(click.Group):
             click.echo("deprune-onnx: interrupted", err=True)
             ctx.exit(130)
         except Exception as exc:  # a bug, or an input case we did not foresee: still one line, never a traceback
+            missing = missing_dependency_error(exc, ctx.invoked_subcommand) \
+                if isinstance(exc, ModuleNotFoundError) else None
+            if missing is not None:  # an optional dependency imported lazily: name the pip extra
+                click.echo(f"deprune-onnx: error: {missing}", err=True)
+                ctx.exit(missing.exit_code)
             if os.environ.get("DEPRUNE_DEBUG"):
                 raise
             message = " ".join(f"{type(exc).__name__}: {exc}".split())
@@ -83,6 +89,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "plugin_path_cmd",
     "build_engine_cmd",
     "bench_cmd",
+    "tune_cmd",
     "eval_cmd",
     "sweep_cmd",
     "report_cmd",

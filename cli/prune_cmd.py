@@ -6,12 +6,14 @@ from typing import TYPE_CHECKING
 
 import click
 
+from deprune_onnx.cli.image_options import preprocessing_options
 from deprune_onnx.cli.options import parse_layer_ratios, parse_ratio_list
 from deprune_onnx.options import ALLOCATORS, DEFAULT_ALLOCATE_RATIOS, DEFAULT_ALLOCATE_SAMPLES, DTYPES, DW_METHODS
-from deprune_onnx.options import OUTPUT_FORMATS, PRESET_NAMES, PW_METHODS, PW_SCOPES
+from deprune_onnx.options import OUTPUT_FORMATS, PW_METHODS, PW_SCOPES
 from deprune_onnx.op.spec import K_TILE
 
 if TYPE_CHECKING:
+    from deprune_onnx.evaluation.images import PreprocessOptions
     from deprune_onnx.pipeline import PrunedFiles
 
 
@@ -54,15 +56,17 @@ if TYPE_CHECKING:
 @click.option("--format", "output_format", type=click.Choice(OUTPUT_FORMATS), default="plugin",
               show_default=True,
               help="plugin = pruned DW convs become the DRSparseDepthwiseConv custom op (compact DR weights, "
-                   "TensorRT plugin); dense = standard Conv with masked weights (portable, the reference).")
+                   "TensorRT plugin); dense = standard Conv with masked weights (portable, the reference); auto = "
+                   "the custom op only where --timings measured it faster than the native conv.")
+@click.option("--timings", "timings_path", type=click.Path(dir_okay=False),
+              help="Timings file of `deprune-onnx tune` (GPU) that --format auto decides from.")
 @click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True,
               help="float16 converts weights, activations and I/O (TensorRT 11 takes precision from the model).")
 @click.option("--calib", "calib_sources", multiple=True, metavar="DIR|FILE|GLOB",
               help="Calibration images: refit every pruned DW channel's kept weights and bias by least squares "
                    "so it reproduces the unpruned model (masks unchanged); repeatable.")
 @click.option("--calib-n", type=int, metavar="N", help="Use only the first N calibration images (by name).")
-@click.option("--calib-preprocess", type=click.Choice(PRESET_NAMES),
-              help="Preprocessing preset of the calibration images [default: guessed from the input shape].")
+@preprocessing_options(prefix="--calib-", dest="calib_preprocessing")
 @click.option("--calib-crops", type=int, metavar="V",
               help="Views per calibration image (crops, flips) [default: enough for 64 samples, at most 10].")
 @click.option("--calib-damp", type=float, default=0.01, show_default=True,
@@ -91,8 +95,9 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, lay
             exclude: tuple[str, ...], tile: int, hsr_timings: str | None, pw_ratio: float, pw_align: int,
             pw_scope: str, pw_method: str, plan_path: str | None, keep_zeros: bool,
             plan_out: str | None, report_path: str | None,
-            output_format: str, dtype: str, calib_sources: tuple[str, ...], calib_n: int | None,
-            calib_preprocess: str | None, calib_crops: int | None, calib_damp: float, calib_saliency: bool,
+            output_format: str, timings_path: str | None, dtype: str, calib_sources: tuple[str, ...],
+            calib_n: int | None,
+            calib_preprocessing: PreprocessOptions, calib_crops: int | None, calib_damp: float, calib_saliency: bool,
             refit: bool, allocate: str | None, allocate_ratios: str, allocate_samples: int,
             drop_initializer_inputs: bool, as_json: bool, quiet: bool, verbose: int) -> None:
     """Prune the depthwise convs of IN.onnx the DEPrune way and write OUT.onnx.
@@ -120,12 +125,14 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, lay
     from deprune_onnx.options import CalibOptions, DWOptions, PruneOptions, PWOptions
     from deprune_onnx.pipeline import prune_file
     from deprune_onnx.progress import configure_progress
+    from deprune_onnx.trt.layer_choice import load_timings
 
     configure(QUIET if quiet else verbose)
     configure_progress(False if quiet else None)
     calib = None
-    if calib_sources or allocate or calib_saliency or calib_n is not None or calib_crops is not None:
-        calib = CalibOptions(sources=list(calib_sources), n=calib_n, preprocess=calib_preprocess, crops=calib_crops,
+    if calib_sources or allocate or calib_saliency or calib_n is not None or calib_crops is not None \
+            or calib_preprocessing.preset or calib_preprocessing.changed():
+        calib = CalibOptions(sources=list(calib_sources), n=calib_n, preprocess=calib_preprocessing, crops=calib_crops,
                              damp=calib_damp, saliency=calib_saliency, refit=refit, allocate=allocate,
                              allocate_ratios=parse_ratio_list(allocate_ratios, "--allocate-ratios"),
                              allocate_samples=allocate_samples)
@@ -133,7 +140,8 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, lay
         dw=DWOptions(method=method, dw_ratio=dw_ratio, layer_ratios=parse_layer_ratios(layer_ratios),
                      exclude=list(exclude), tile=tile, hsr_alphas=load_hsr_timings(hsr_timings) if hsr_timings else {}),
         pw=PWOptions(ratio=pw_ratio, align=pw_align, scope=pw_scope, method=pw_method),
-        output_format=output_format, dtype=dtype, calib=calib, keep_zeros=keep_zeros)
+        output_format=output_format, dtype=dtype, calib=calib, keep_zeros=keep_zeros,
+        timings=load_timings(timings_path) if timings_path else None)
     files = prune_file(input_path, output_path, options, plan_path=plan_path, report_path=report_path,
                        plan_out=plan_out, drop_initializer_inputs=drop_initializer_inputs)
     _echo_summary(files, as_json=as_json, quiet=quiet, keep_zeros=keep_zeros)
@@ -142,6 +150,7 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, lay
 def _echo_summary(files: PrunedFiles, as_json: bool, quiet: bool, keep_zeros: bool) -> None:
     """The report on stdout: JSON, or the table, what was written and the note on accuracy."""
     from deprune_onnx.report.build import format_calibration, format_report_table
+    from deprune_onnx.trt.layer_choice import format_decisions
 
     result = files.result
     if as_json:
@@ -150,6 +159,8 @@ def _echo_summary(files: PrunedFiles, as_json: bool, quiet: bool, keep_zeros: bo
     if quiet:
         return
     click.echo(format_report_table(result.report))
+    if result.record.format_auto is not None:
+        click.echo("\n".join(format_decisions(result.record.format_auto)))
     for layer, lines in (result.record.keep_zeros or {}).get("violations", {}).items():
         click.echo(f"--keep-zeros: {layer}: {'; '.join(lines)}")
     click.echo(f"wrote {files.model_path}, {files.report_path}, {files.plan_path}")

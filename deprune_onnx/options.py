@@ -19,6 +19,7 @@ from deprune_onnx.errors import DepruneError
 from deprune_onnx.op.spec import K_TILE
 
 if TYPE_CHECKING:
+    from deprune_onnx.evaluation.images import Preset, PreprocessOptions
     from deprune_onnx.plan import PruningPlan
 
 # DW mask methods: the paper's three (dcp = DEPrune, b = DEPrune-B, bh = DEPrune-BH) and two baselines at equal
@@ -29,10 +30,10 @@ PW_METHODS = ("l2", "nm24")
 # project = the projection PW of each block (the paper); all = every PW, expansion too.
 PW_SCOPES = ("project", "all")
 # plugin = DRSparseDepthwiseConv custom op; dense = standard Conv with masked weights.
-OUTPUT_FORMATS = ("plugin", "dense")
+OUTPUT_FORMATS = ("plugin", "dense", "auto")  # auto: the custom op only where measured faster (trt/layer_choice)
 DTYPES = ("float32", "float16")
 # Image preprocessing presets; the presets themselves live in evaluation/images.py (a test checks the names).
-PRESET_NAMES = ("imagenet", "pplcnet", "ppocr-cls")
+PRESET_NAMES = ("imagenet", "pplcnet", "efficientnet-lite", "keras-mobilenet", "ppocr-cls")
 # Per-layer ratio allocation from measured sensitivity.
 ALLOCATORS = ("kl",)
 # --allocate measures sensitivity on at most this many of the calibration samples (evenly spaced).
@@ -126,7 +127,9 @@ class CalibOptions:
     Fields:
         sources: image folders, files or globs (non-empty).
         n: use only the first N images, sorted by name (>= 1); None = all.
-        preprocess: one of PRESET_NAMES; None = guessed from the model's input shape.
+        preprocess: the preprocessing of the calibration images: a ``PreprocessOptions`` (``--calib-preprocess``,
+            ``--calib-mean``, ...), a resolved ``Preset`` or one of PRESET_NAMES; None = the model's
+            metadata_props, else guessed from its input shape (``evaluation.images.resolve_preprocessing``).
         crops: views (crops, flips) per image; None or 0 = enough for 64 samples, at most 10 per image.
         damp: ridge damping of the refit, relative to each channel's mean input energy.
         saliency: choose kept taps by second-order saliency instead of |w| (same K per sub-GEMM).
@@ -140,7 +143,7 @@ class CalibOptions:
 
     sources: list[str]
     n: int | None = None
-    preprocess: str | None = None
+    preprocess: "PreprocessOptions | Preset | str | None" = None
     crops: int | None = None
     damp: float = 0.01
     saliency: bool = False
@@ -162,6 +165,8 @@ class PruneOptions:
         calib: calibration (refit, allocation); None = none.
         keep_zeros: the masks are the input's DW zero pattern, checked against ``dw.method``'s rules and aligned
             (bh); ratio options are not used; not with a plan.
+        timings: trt.layer_choice.Timings (a `deprune-onnx tune` file): required by, and only read with,
+            output_format "auto".
 
     Errors: :class:`OptionError` from :func:`check_prune_options`.
     """
@@ -172,6 +177,7 @@ class PruneOptions:
     dtype: str = "float32"
     calib: CalibOptions | None = None
     keep_zeros: bool = False
+    timings: Any = None
 
 
 def check_choice(value: Any, choices: tuple[str, ...], param: str) -> None:
@@ -216,11 +222,15 @@ def check_calib_options(calib: CalibOptions, dw: DWOptions, plan_given: bool) ->
             raise OptionError("{calib.allocate}: needs calibration images, give {calib.sources} DIR")
         if calib.saliency or calib.n is not None or calib.crops is not None:
             raise OptionError("{calib.n}/{calib.crops}/{calib.saliency}: need {calib.sources} DIR")
+        if calib.preprocess is not None:
+            raise OptionError("{calib.preprocess} and its fields: need {calib.sources} DIR")
         raise OptionError("{calib.sources}: no calibration images given")
     if calib.n is not None and calib.n < 1:
         raise OptionError(f"{{calib.n}} {calib.n}: must be at least 1")
-    if calib.preprocess is not None:
-        check_choice(calib.preprocess, PRESET_NAMES, "calib.preprocess")
+    # a preset name, or PreprocessOptions.preset (a resolved Preset was checked when it was resolved)
+    preset = calib.preprocess if isinstance(calib.preprocess, str) else getattr(calib.preprocess, "preset", None)
+    if preset is not None:
+        check_choice(preset, PRESET_NAMES, "calib.preprocess")
     if calib.allocate_samples < 1:
         raise OptionError(f"{{calib.allocate_samples}} {calib.allocate_samples}: must be at least 1")
     if calib.allocate is None:
@@ -249,6 +259,9 @@ def check_prune_options(options: PruneOptions, plan_given: bool = False) -> None
     check_choice(options.dtype, DTYPES, "dtype")
     if options.keep_zeros and plan_given:
         raise OptionError("{keep_zeros} and {plan}: choose one source of masks")
+    if (options.output_format == "auto") != (options.timings is not None):
+        raise OptionError("{output_format} auto and {timings} go together: auto decides from a timings file "
+                          "written by `deprune-onnx tune` on the GPU")
     if options.calib is not None:
         check_calib_options(options.calib, options.dw, plan_given)
 

@@ -173,9 +173,16 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan
             layers={refit.pop("layer"): refit for refit in refits})
     if options.pw.method == "nm24":
         model, record.pw_nm24 = apply_nm24(model, analysis)
-    if options.output_format == "plugin":
+    if options.output_format != "dense":
+        chosen = None
+        if options.output_format == "auto":
+            from deprune_onnx.trt.layer_choice import decide_rewrites
+
+            record.format_auto = [d.to_dict() for d in decide_rewrites(plan.dw_layers, options.timings,
+                                                                         options.dtype)]
+            chosen = {d["layer"] for d in record.format_auto if d["rewrite"]}
         with timed_pass("rewrite"):
-            model, record.rewrite = _rewrite(model, plan)
+            model, record.rewrite = _rewrite(model, plan, chosen)
     if options.dtype == "float16":
         from deprune_onnx.onnx_io.float16 import convert_to_float16
 
@@ -185,13 +192,24 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan
     return PruneResult(model, plan, report, analysis, record)
 
 
-def _rewrite(model: onnx.ModelProto, plan: PruningPlan) -> tuple[onnx.ModelProto, list[dict[str, Any]]]:
-    """Every pruned DW conv (excluded layers stay Conv) -> DRSparseDepthwiseConv with the plan's masks."""
-    from deprune_onnx.op.rewrite import rewrite_to_plugin
+def _rewrite(model: onnx.ModelProto, plan: PruningPlan, chosen: set[str] | None = None
+             ) -> tuple[onnx.ModelProto, list[dict[str, Any]]]:
+    """Every pruned DW conv (with ``chosen``, only those: --format auto) -> DRSparseDepthwiseConv with the plan's
+    masks. Excluded layers, and layers whose mask keeps every weight (ratio 0, e.g. chosen by --allocate), stay
+    standard Convs: the sparse op only pays off where taps are skipped."""
+    from deprune_onnx.op.rewrite import RewriteRecord, rewrite_to_plugin
 
-    keep_masks = {layer.name: layer.keep_mask() for layer in plan.dw_layers if layer.method != "none"}
+    keep_masks = {layer.name: layer.keep_mask() for layer in plan.dw_layers
+                  if layer.method != "none" and (chosen is None or layer.name in chosen)}
+    dense = [name for name, keep in keep_masks.items() if keep.all()]
+    for name in dense:
+        del keep_masks[name]
     model, records = rewrite_to_plugin(model, keep_masks, k_tile=plan.tile,
                                        subgemm_channels=plan.subgemm_channels, in_place=True)
+    records += [RewriteRecord(name, False, "nothing pruned (the mask keeps every weight): left as a standard Conv")
+                for name in dense]
+    order = {layer.name: position for position, layer in enumerate(plan.dw_layers)}
+    records.sort(key=lambda record: order.get(record.layer, len(order)))
     return model, [record.to_dict() for record in records]
 
 

@@ -53,9 +53,21 @@ def test_loose_tolerance_passes(tiny):
     assert _invoke("compare", original, plugin, "--n", "2", "--rtol", "1e9", "--atol", "1e9").exit_code == 0
 
 
+def classifier(weight: np.ndarray) -> onnx.ModelProto:
+    """The DW model followed by global average pooling and Flatten: class scores [1, 40]."""
+    model = dw_model(weight, None, batch=1)
+    graph = model.graph
+    graph.node[-1].output[0] = "maps"
+    graph.node.extend([onnx.helper.make_node("GlobalAveragePool", ["maps"], ["pooled"], name="pool"),
+                       onnx.helper.make_node("Flatten", ["pooled"], [graph.output[0].name], name="flatten")])
+    graph.output[0].CopyFrom(onnx.helper.make_tensor_value_info(graph.output[0].name, onnx.TensorProto.FLOAT,
+                                                                [1, weight.shape[0]]))
+    return model
+
+
 def test_min_agreement_alone_replaces_the_tolerance_check(tmp_path):
-    original = _save(dw_model(WEIGHT, None, batch=1), tmp_path / "a.onnx")
-    flipped = _save(dw_model(-WEIGHT, None, batch=1), tmp_path / "b.onnx")  # arg-max over the last axis flips
+    original = _save(classifier(WEIGHT), tmp_path / "a.onnx")
+    flipped = _save(classifier(-WEIGHT), tmp_path / "b.onnx")  # every class score negated: the arg-max moves
     same = _invoke("compare", original, original, "--min-agreement", "1", "--n", "3", "--json")
     assert same.exit_code == 0
     data = json.loads(same.stdout)
@@ -76,6 +88,7 @@ def test_float16_pruned_model_is_fed_float16(tiny, tmp_path):
     assert _invoke("compare", dense, half, "--n", "2", "--rtol", "1e-2", "--atol", "1e-2").exit_code == 0
 
 
+@pytest.mark.model
 def test_real_model_with_images(tmp_path):
     model = onnx.load(str(PPOCR))
     masks = random_masks(model, keep=0.9, seed=4)

@@ -14,7 +14,7 @@ from PIL import Image
 from support.cli_testing import run_cli
 from support.samples import imagenet_samples, sample_model
 from deprune_onnx.errors import DepruneError
-from deprune_onnx.evaluation.images import (PRESETS, TrainingImages, find_images, fit_preset, image_labels,
+from deprune_onnx.evaluation.images import (PRESETS, PreprocessOptions, TrainingImages, find_images, fit_preset, image_labels,
                                             label_from_name, preprocess)
 from deprune_onnx.evaluation.metrics import agreement_metrics, label_metrics, log_probabilities
 from deprune_onnx.evaluation.runner import ModelRunner
@@ -73,6 +73,7 @@ def test_metrics_on_known_values() -> None:
     assert labelled.top1 == pytest.approx(2 / 3) and labelled.top5 == 1.0
 
 
+@pytest.mark.model
 def test_eval_mobilenet_v2_top1_and_full_agreement_with_itself() -> None:
     model = sample_model("mobilenet_v2")
     result = run_cli("eval", model, "--images", imagenet_samples(), "--reference", model, "--json")
@@ -86,6 +87,7 @@ def test_eval_mobilenet_v2_top1_and_full_agreement_with_itself() -> None:
     assert data["agreement"]["cosine_mean"] == pytest.approx(1.0)
 
 
+@pytest.mark.model
 def test_eval_of_a_pruned_model_reports_the_loss_and_checks_thresholds(tmp_path: Path) -> None:
     source = sample_model("mobilenet_v3_small")
     pruned = tmp_path / "pruned.onnx"
@@ -140,16 +142,21 @@ def test_compare_images_use_the_guessed_preset_and_mean_std_override() -> None:
 
     paths = find_images(imagenet_samples())[:2]
     ocr = [InputSpec("x", (1, 3, 48, 192), np.dtype(np.float32))]
-    feeds = image_feeds(ocr, [str(p) for p in paths], 5)
-    assert len(feeds) == 2
+    feeds, found = image_feeds(ocr, [str(p) for p in paths], 5)
+    assert len(feeds) == found == 2
     np.testing.assert_array_equal(feeds[0]["x"], preprocess(paths[0], PRESETS["ppocr-cls"]))
-    override = image_feeds(ocr, paths, 1, "ppocr-cls", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    override, found = image_feeds(ocr, paths, 1, PreprocessOptions(preset="ppocr-cls", mean=(0.0, 0.0, 0.0),
+                                                                   std=(1.0, 1.0, 1.0)))
+    assert len(override) == 1 and found == 2
     plain = replace(PRESETS["ppocr-cls"], mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     np.testing.assert_array_equal(override[0]["x"], preprocess(paths[0], plain))
 
 
 def test_cli_preset_names_are_the_presets() -> None:
+    from deprune_onnx.cli import image_options
+    from deprune_onnx.evaluation import images
     from deprune_onnx.options import PRESET_NAMES
-    from deprune_onnx.evaluation.images import PRESET_NAMES as MODULE_NAMES
 
-    assert PRESET_NAMES == MODULE_NAMES == tuple(PRESETS)
+    assert PRESET_NAMES == image_options.PRESET_NAMES == images.PRESET_NAMES == tuple(PRESETS)
+    assert image_options.CHANNEL_ORDERS == images.CHANNEL_ORDERS
+    assert image_options.CROP_RULES == images.CROP_RULES

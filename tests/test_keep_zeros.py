@@ -52,7 +52,8 @@ def test_export_masks_keys_match_the_pytorch_state_dict_names(tmp_path: Path) ->
     assert result.exit_code == 0, result.output
     plan = load_plan(tmp_path / "pruned.plan.json")
     with np.load(tmp_path / "masks.npz") as masks:
-        keys = set(masks.files)
+        assert str(masks["__shapes__"]) == "original"  # no PW removal: the model's own shapes
+        keys = set(masks.files) - {"__shapes__"}
         for layer in plan.dw_layers:
             assert np.array_equal(masks[layer.weight], layer.keep_mask())
             torch_name = pytorch_parameter_name(layer.name, layer.weight)

@@ -15,6 +15,8 @@ from deprune_onnx.op.rewrite import rewrite_to_plugin
 
 from deprune_onnx.onnx_io.float16 import convert_to_float16
 
+pytestmark = pytest.mark.model
+
 FP16_TOLERANCE = 1e-2  # the spec's float16 max relative error vs float32
 
 

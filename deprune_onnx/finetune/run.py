@@ -5,11 +5,14 @@ Steps: choose the masks (the given plan, or the student's zero pattern checked a
 against ONNX Runtime) -> measure KL to the teacher -> distil -> measure again -> write the trained values back
 into the student's own graph -> re-apply the plan (pruned weights exactly +0). Removed PW channels stay removed
 because shapes never change: the student already lacks them and only values are trained.
+
+Either model may hold deprune's custom op (lowered to Conv first) or be float16 (``prune --dtype float16``):
+training runs on an exact float32 copy, and a float16 student is written back as float16.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import onnx
@@ -20,8 +23,11 @@ from deprune_onnx.dw.planner import DWOptions
 from deprune_onnx.errors import CheckFailed, DepruneError
 from deprune_onnx.evaluation.images import TrainingImages
 from deprune_onnx.finetune.convert import to_torch, write_back
-from deprune_onnx.finetune.distill import DistillOptions, distill, mean_kl, predict
+from deprune_onnx.evaluation.output_kind import CLASS_SCORES, DENSE, SEQUENCE, output_kind as shape_kind
+from deprune_onnx.finetune.distill import DistillOptions, check_informative, distill, mean_kl, predict
 from deprune_onnx.finetune.fixed_masks import FixedMasks
+from deprune_onnx.evaluation.runner import lower_custom_ops
+from deprune_onnx.onnx_io.float16 import convert_to_float16, convert_to_float32, is_float16
 from deprune_onnx.onnx_io.graph import ensure_unique_node_names
 from deprune_onnx.pipeline import PruneOptions, make_keep_zeros_plan
 from deprune_onnx.plan import PruningPlan
@@ -60,15 +66,23 @@ def input_shape(model: onnx.ModelProto) -> tuple[int, ...]:
     return (1, *shape[1:])
 
 
-def output_kind(model: onnx.ModelProto) -> str:
-    """logits | probabilities | log_probabilities, from the op producing the first graph output."""
+def output_kind(model: onnx.ModelProto, shape: Sequence[int]) -> str:
+    """How the first output is distilled (``deprune_onnx.finetune.distill``), from the op producing it and its
+    ``shape`` [N, ...]: logits | probabilities | log_probabilities (class scores, or a map's classes per pixel),
+    sequence:<one of those> ([N, T, C]), sigmoid (probabilities per element), map (one channel of raw values)."""
     name = model.graph.output[0].name
     producer = next((n for n in model.graph.node if name in n.output), None)
-    if producer is not None and producer.op_type == "Softmax":
-        return "probabilities"
-    if producer is not None and producer.op_type == "LogSoftmax":
-        return "log_probabilities"
-    return "logits"
+    op = producer.op_type if producer is not None else ""
+    activation = {"Softmax": "probabilities", "LogSoftmax": "log_probabilities", "Sigmoid": "sigmoid"}.get(
+        op, "logits")
+    kind = shape_kind(shape)
+    if activation == "sigmoid":
+        return activation
+    if kind == SEQUENCE:
+        return f"sequence:{activation}"
+    if kind == DENSE and activation == "logits" and (len(shape) < 2 or shape[1] == 1):
+        return "map"
+    return activation
 
 
 def resolve_plan(student: onnx.ModelProto, plan: PruningPlan | None, method: str, tile: int) -> PruningPlan:
@@ -92,6 +106,10 @@ def finetune_model(student: onnx.ModelProto, teacher: onnx.ModelProto, images: T
     ``eval_sets`` maps a name to views [N, C, H, W] on which the KL to the teacher is measured before and after
     (default: the training images' centre views and their flipped corner crops).
     """
+    half = is_float16(student)
+    student, teacher = lower_custom_ops(student, "model"), lower_custom_ops(teacher, "--teacher")
+    student = convert_to_float32(student) if half else student
+    teacher = convert_to_float32(teacher) if is_float16(teacher) else teacher
     ensure_unique_node_names(student)
     shape = input_shape(student)
     if input_shape(teacher) != shape:
@@ -99,24 +117,27 @@ def finetune_model(student: onnx.ModelProto, teacher: onnx.ModelProto, images: T
                            f"{list(shape)}")
     plan = resolve_plan(student, plan, method, tile)
     apply_dw_masks(student, plan.dw_layers)
-    kind = output_kind(student)
     torch_student = to_torch(student, "model", shape)
     torch_teacher = to_torch(teacher, "--teacher", shape)
     torch_student.module.to(options.device)
     torch_teacher.module.to(options.device)
     for parameter in torch_teacher.module.parameters():
         parameter.requires_grad_(False)
-    probe = images.centre_views()[:1]
-    classes = int(predict(torch_teacher, probe, kind, options.device).shape[1])
-    student_classes = int(predict(torch_student, probe, kind, options.device).shape[1])
-    if classes != student_classes:
-        raise DepruneError(f"--teacher: {classes} outputs per image, the model has {student_classes}")
+    probe = images.centre_views()[:2]
+    raw = list(predict(torch_teacher, probe, "map", options.device).shape)
+    student_raw = list(predict(torch_student, probe, "map", options.device).shape)
+    if raw != student_raw:
+        per_image = [" x ".join(map(str, shape[1:])) for shape in (raw, student_raw)]
+        raise DepruneError(f"--teacher: {per_image[0]} outputs per image, the model has {per_image[1]}")
+    kind = output_kind(student, raw)
+    check_informative(predict(torch_teacher, probe, kind, options.device), kind, options.temperature, raw)
+    classes = raw[1] if shape_kind(raw) == CLASS_SCORES and len(raw) == 2 else 0
     masks = FixedMasks.from_plan(torch_student, student, plan)
     sets = eval_sets if eval_sets is not None else {"train_centre": images.centre_views(),
                                                      "train_corner_flips": images.corner_flip_views()}
     before = {name: mean_kl(torch_student, torch_teacher, views, kind, options.device)
               for name, views in sets.items()}
-    use_labels = _labels_usable(images, classes) and options.label_weight > 0
+    use_labels = classes > 0 and _labels_usable(images, classes) and options.label_weight > 0
     losses = distill(torch_student, torch_teacher, images, masks, kind, use_labels, options, on_step)
     broken = masks.violations()
     if broken:
@@ -124,6 +145,7 @@ def finetune_model(student: onnx.ModelProto, teacher: onnx.ModelProto, images: T
     after = {name: mean_kl(torch_student, torch_teacher, views, kind, options.device)
              for name, views in sets.items()}
     tuned = apply_dw_masks(write_back(student, torch_student), plan.dw_layers)
+    tuned = convert_to_float16(tuned) if half else tuned
     return FinetuneResult(
         model=tuned, plan=plan, losses=losses, kl_before=before, kl_after=after, output_kind=kind,
         labels_used=use_labels, micro_batch=torch_student.micro_batch, masked_parameters=masks.parameters,

@@ -17,7 +17,7 @@ from deprune_onnx.dw.planner import resolve_layer_ratios
 from deprune_onnx.options import CalibOptions, DWOptions
 
 if TYPE_CHECKING:
-    from deprune_onnx.evaluation.images import ImageSet
+    from deprune_onnx.evaluation.images import ImageSet, Preset, PreprocessOptions
 
 # Without --calib-crops, every calibration image gives enough views for this many samples (at most 10 each).
 CALIB_TARGET_SAMPLES = 64
@@ -25,15 +25,19 @@ CALIB_MAX_AUTO_VIEWS = 10
 
 
 def calibration_set(model: onnx.ModelProto, calib: CalibOptions) -> "ImageSet":
-    """The preprocessed calibration samples: the first ``n`` images, ``crops`` views each."""
-    from deprune_onnx.evaluation.images import find_images, load_image_set, resolve_preset
-    from deprune_onnx.evaluation.runner import ModelRunner
+    """The preprocessed calibration samples: the first ``n`` images, ``crops`` views each, in the model's own
+    input type (float16 for a float16 model)."""
+    from deprune_onnx.evaluation.images import find_images, load_image_set, preprocessing_for
+    from deprune_onnx.evaluation.runner import ModelRunner, image_input_dtype
 
     paths = find_images(calib.sources, "--calib")
     if calib.n is not None:  # >= 1 (options.check_calib_options)
         paths = paths[: calib.n]
     views = calib.crops or min(CALIB_MAX_AUTO_VIEWS, math.ceil(CALIB_TARGET_SAMPLES / len(paths)))
-    return load_image_set(paths, resolve_preset(calib.preprocess, ModelRunner.image_input_shape(model)), views)
+    preset = preprocessing_for(calib.preprocess, ModelRunner.image_input_shape(model), (model, "model"))
+    samples = load_image_set(paths, preset, views)
+    samples.inputs = samples.inputs.astype(image_input_dtype(model), copy=False)
+    return samples
 
 
 def _evenly(inputs: np.ndarray, count: int) -> np.ndarray:

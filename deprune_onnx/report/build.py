@@ -127,7 +127,7 @@ def build_report(plan: PruningPlan, analysis: ModelAnalysis, record: PruneRecord
     if record is not None:
         report.update({"format": record.output_format, "dtype": record.dtype})
         sections = {"pw": record.pw, "pw_nm24": record.pw_nm24, "rewrite": record.rewrite,
-                    "keep_zeros": record.keep_zeros}
+                    "format_auto": record.format_auto, "keep_zeros": record.keep_zeros}
         report.update({key: value for key, value in sections.items() if value is not None})
     return report
 
@@ -198,6 +198,7 @@ def _rewrite_lines(report: dict[str, Any]) -> list[str]:
     lines = [f"rewrite: {len(done)} DW conv(s) -> DRSparseDepthwiseConv "
              f"({sum(bool(r['activation'] != 'none') for r in done)} with a fused activation)"]
     lines += [f"not rewritten {r['layer']}: {r['reason']}" for r in records if not r["rewritten"]]
+    lines += [f"no activation fused into {r['layer']}: {r['no_fusion']}" for r in done if r.get("no_fusion")]
     return lines
 
 
