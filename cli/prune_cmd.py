@@ -74,7 +74,10 @@ def _parse_damp(value: str) -> float | None:
 @click.option("--format", "output_format", type=click.Choice(OUTPUT_FORMATS), default="plugin",
               show_default=True,
               help="plugin = pruned DW convs become the DRSparseDepthwiseConv custom op (compact DR weights, "
-                   "TensorRT plugin); dense = standard Conv with masked weights (portable, the reference).")
+                   "TensorRT plugin); dense = standard Conv with masked weights (portable, the reference); auto = "
+                   "the custom op only where --timings measured it faster than the native conv.")
+@click.option("--timings", "timings_path", type=click.Path(dir_okay=False),
+              help="Timings file of `deprune-onnx tune` (GPU) that --format auto decides from.")
 @click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True,
               help="float16 converts weights, activations and I/O (TensorRT 11 takes precision from the model).")
 @click.option("--calib", "calib_sources", multiple=True, metavar="DIR|FILE|GLOB",
@@ -101,6 +104,10 @@ def _parse_damp(value: str) -> float | None:
               help="Ratios at which --allocate measures each layer.")
 @click.option("--allocate-samples", type=int, default=DEFAULT_ALLOCATE_SAMPLES, show_default=True, metavar="N",
               help="Calibration samples --allocate measures on (evenly spaced).")
+@click.option("--drop-initializer-inputs", is_flag=True,
+              help="Remove initializers from the graph inputs so they are constants and can be pruned (from ONNX "
+                   "IR 4 on, an initializer listed as an input can be overridden at run time; the output no "
+                   "longer takes those inputs).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors (no progress bars).")
 @click.option("--verbose", "-v", count=True, help="Log each pass with its time and peak memory; -vv for debug.")
@@ -109,10 +116,11 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, tar
             exclude: tuple[str, ...], tile: int, hsr_timings: str | None, hsr_rank: str, pw_ratio: float, pw_align: int,
             pw_scope: str, pw_method: str, plan_path: str | None, keep_zeros: bool,
             plan_out: str | None, report_path: str | None,
-            output_format: str, dtype: str, calib_sources: tuple[str, ...], calib_n: int | None,
+            output_format: str, timings_path: str | None, dtype: str, calib_sources: tuple[str, ...],
+            calib_n: int | None,
             calib_preprocessing: PreprocessOptions, calib_crops: int | None, calib_damp: str, calib_saliency: bool,
-            refit: bool, allocate: str | None, allocate_ratios: str, allocate_samples: int, as_json: bool,
-            quiet: bool, verbose: int) -> None:
+            refit: bool, allocate: str | None, allocate_ratios: str, allocate_samples: int,
+            drop_initializer_inputs: bool, as_json: bool, quiet: bool, verbose: int) -> None:
     """Prune the depthwise convs of IN.onnx the DEPrune way and write OUT.onnx.
 
     Writes OUT.onnx, OUT.report.json (every layer: target and achieved PR, Real DW, K per sub-GEMM,
@@ -138,6 +146,7 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, tar
     from deprune_onnx.options import CalibOptions, DWOptions, PruneOptions, PWOptions
     from deprune_onnx.pipeline import prune_file
     from deprune_onnx.progress import configure_progress
+    from deprune_onnx.trt.layer_choice import load_timings
 
     configure(QUIET if quiet else verbose)
     configure_progress(False if quiet else None)
@@ -153,15 +162,17 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, tar
                      exclude=list(exclude), tile=tile, hsr_alphas=load_hsr_timings(hsr_timings) if hsr_timings else {},
                      hsr_rank=hsr_rank, target_speedup=target_speedup),
         pw=PWOptions(ratio=pw_ratio, align=pw_align, scope=pw_scope, method=pw_method),
-        output_format=output_format, dtype=dtype, calib=calib, keep_zeros=keep_zeros)
+        output_format=output_format, dtype=dtype, calib=calib, keep_zeros=keep_zeros,
+        timings=load_timings(timings_path) if timings_path else None)
     files = prune_file(input_path, output_path, options, plan_path=plan_path, report_path=report_path,
-                       plan_out=plan_out)
+                       plan_out=plan_out, drop_initializer_inputs=drop_initializer_inputs)
     _echo_summary(files, as_json=as_json, quiet=quiet, keep_zeros=keep_zeros)
 
 
 def _echo_summary(files: PrunedFiles, as_json: bool, quiet: bool, keep_zeros: bool) -> None:
     """The report on stdout: JSON, or the table, what was written and the note on accuracy."""
     from deprune_onnx.report.build import format_calibration, format_report_table
+    from deprune_onnx.trt.layer_choice import format_decisions
 
     result = files.result
     if as_json:
@@ -170,6 +181,8 @@ def _echo_summary(files: PrunedFiles, as_json: bool, quiet: bool, keep_zeros: bo
     if quiet:
         return
     click.echo(format_report_table(result.report))
+    if result.record.format_auto is not None:
+        click.echo("\n".join(format_decisions(result.record.format_auto)))
     for layer, lines in (result.record.keep_zeros or {}).get("violations", {}).items():
         click.echo(f"--keep-zeros: {layer}: {'; '.join(lines)}")
     click.echo(f"wrote {files.model_path}, {files.report_path}, {files.plan_path}")

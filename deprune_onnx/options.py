@@ -30,7 +30,7 @@ PW_METHODS = ("l2", "nm24")
 # project = the projection PW of each block (the paper); all = every PW, expansion too.
 PW_SCOPES = ("project", "all")
 # plugin = DRSparseDepthwiseConv custom op; dense = standard Conv with masked weights.
-OUTPUT_FORMATS = ("plugin", "dense")
+OUTPUT_FORMATS = ("plugin", "dense", "auto")  # auto: the custom op only where measured faster (trt/layer_choice)
 DTYPES = ("float32", "float16")
 # Image preprocessing presets; the presets themselves live in evaluation/images.py (a test checks the names).
 PRESET_NAMES = ("imagenet", "pplcnet", "efficientnet-lite", "keras-mobilenet", "ppocr-cls")
@@ -180,6 +180,8 @@ class PruneOptions:
         calib: calibration (refit, allocation); None = none.
         keep_zeros: the masks are the input's DW zero pattern, checked against ``dw.method``'s rules and aligned
             (bh); ratio options are not used; not with a plan.
+        timings: trt.layer_choice.Timings (a `deprune-onnx tune` file): required by, and only read with,
+            output_format "auto".
 
     Errors: :class:`OptionError` from :func:`check_prune_options`.
     """
@@ -190,6 +192,7 @@ class PruneOptions:
     dtype: str = "float32"
     calib: CalibOptions | None = None
     keep_zeros: bool = False
+    timings: Any = None
 
 
 def check_choice(value: Any, choices: tuple[str, ...], param: str) -> None:
@@ -276,6 +279,9 @@ def check_prune_options(options: PruneOptions, plan_given: bool = False) -> None
     check_choice(options.dtype, DTYPES, "dtype")
     if options.keep_zeros and plan_given:
         raise OptionError("{keep_zeros} and {plan}: choose one source of masks")
+    if (options.output_format == "auto") != (options.timings is not None):
+        raise OptionError("{output_format} auto and {timings} go together: auto decides from a timings file "
+                          "written by `deprune-onnx tune` on the GPU")
     if options.calib is not None:
         check_calib_options(options.calib, options.dw, plan_given)
 

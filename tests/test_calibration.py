@@ -84,6 +84,7 @@ def test_refit_recovers_weights_that_fit_the_mask_exactly() -> None:
     assert np.all(fitted[:, :-1][~keep] == 0.0)
 
 
+@pytest.mark.model
 def test_reconstruction_at_bh_03_cuts_heldout_kl_at_least_3x(mobilenet: dict) -> None:
     dw = DWOptions(method="bh", dw_ratio=0.3)
     plain_result, plain = prune_and_measure(mobilenet, dw, None)
@@ -108,6 +109,7 @@ def test_reconstruction_at_bh_03_cuts_heldout_kl_at_least_3x(mobilenet: dict) ->
     assert result.report["dw_layers"][0]["calibration"]["samples"] == 20
 
 
+@pytest.mark.model
 def test_ratio_zero_with_calibration_changes_nothing(mobilenet: dict) -> None:
     model = onnx.ModelProto()
     model.CopyFrom(mobilenet["source"])
@@ -120,6 +122,7 @@ def test_ratio_zero_with_calibration_changes_nothing(mobilenet: dict) -> None:
     assert before == after and result.record.calibration.layers_refit == 0
 
 
+@pytest.mark.model
 def test_saliency_reselection_keeps_every_k_per_subgemm(mobilenet: dict) -> None:
     model = onnx.ModelProto()
     model.CopyFrom(mobilenet["source"])
@@ -156,6 +159,7 @@ def test_allocation_dp_meets_the_target_and_beats_every_uniform_choice() -> None
     assert allocation.predicted_total == pytest.approx(best, abs=1e-9)
 
 
+@pytest.mark.model
 def test_allocation_with_calibration_at_05_beats_uniform_bh_by_2x(mobilenet: dict) -> None:
     dw = DWOptions(method="bh", dw_ratio=0.5)
     _, uniform = prune_and_measure(mobilenet, dw, calib(crops=2))

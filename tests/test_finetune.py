@@ -30,6 +30,8 @@ from deprune_onnx.dw.masks import dcp_mask
 from deprune_onnx.pipeline import PruneOptions, prune_model
 from support.op_testing import run_ort
 
+pytestmark = pytest.mark.torch
+
 IMAGES = imagenet_samples()
 # Two OpenMP threads beside ONNX Runtime's pool on a 2-core machine make small convs 10x slower (measured on
 # the MobileNetV3-Small classifier: 0.14 s vs 1.7 s per batch of 32); one thread keeps these tests fast.

@@ -46,8 +46,8 @@ def test_refit_of_the_readers_brings_the_reduced_model_back_towards_the_unpruned
     energy = channel_energy(original, calib)
     assert set(energy) == {"dw_act"} and energy["dw_act"].shape == (64,)
     plan = plan_pw_pruning(original, ratio=0.5, align=8, scope="all", energy=energy)
-    plain = apply_pw_plan(original, plan)
-    refit = apply_pw_plan(original, plan)
+    plain, _ = apply_pw_plan(original, plan)
+    refit, _ = apply_pw_plan(original, plan)
     records = refit_pw_readers(refit, original, plan, calib)
     assert [r["layer"] for r in records] == ["project_pw"]
     assert records[0]["residual_after"] < 0.75 * records[0]["residual_before"]
