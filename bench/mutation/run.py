@@ -36,7 +36,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
                "tests/test_pinned_patterns.py"]),
     "planner": ("deprune_onnx/dw/planner.py",
                 ["tests/test_masks.py", "tests/test_mask_rules.py", "tests/test_baselines.py",
-                 "tests/test_pinned_patterns.py"]),
+                 "tests/test_pinned_patterns.py", "tests/test_planner_options.py"]),
     "packing": ("deprune_onnx/op/packing.py",
                 ["tests/test_op_packing.py", "tests/test_dr_layout_reference.py"]),
     "oracle": ("deprune_onnx/op/oracle.py",
@@ -144,6 +144,7 @@ def summary(keys: list[str]) -> str:
 
 
 def main() -> None:
+    global WORK
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("modules", nargs="*", help=f"any of {', '.join(ORDER)}, or all")
     parser.add_argument("--max-children", type=int, default=2, help="parallel mutant workers (default 2)")
@@ -152,7 +153,9 @@ def main() -> None:
                         help="re-run only the mutants that were not killed last time, with today's tests")
     parser.add_argument("--collect-only", action="store_true",
                         help="re-read the statuses of finished runs (after mutmut run was interrupted)")
+    parser.add_argument("--work", type=Path, default=WORK, help="scratch folder (default bench/.work/mutation)")
     args = parser.parse_args()
+    WORK = args.work.resolve()
     keys = ORDER if args.modules in ([], ["all"]) else args.modules
     unknown = [k for k in keys if k not in MODULES]
     if unknown:
