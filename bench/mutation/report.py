@@ -42,6 +42,10 @@ EQUIVALENT: list[tuple[str, str, str]] = [
     ("pack_dr_weights", r"np\.zeros\(groups, (None)?\)|np\.zeros\(0, (None)?\)|\(total\) or True|"
      r"np\.array\(tap_indices, (dtype=None)?\)",
      "only reached with no kept tap (an empty result) or cast to int32 at the end anyway"),
+    ("run_dr_sparse_dwconv", r"np\.zeros\(\(n, params\.out_channels, h_out, w_out\), (dtype=None)?\)",
+     "np.zeros is float64 by default, the dtype named"),
+    ("run_dr_sparse_dwconv", r"\(0, 1\), \(top", "one more zero channel at the end of the padded input: no tap reads it"),
+    ("run_dr_sparse_dwconv", r"errstate\(over=None\)", "only whether numpy warns changes; the values are the same"),
     ("_balance_hsr", r"extra\[plan\.name\] (=|-=|\+= 2)", "extra is only read as a truth value (non-zero = moved)"),
     ("_balance_hsr", r"key <= best\[0\]", "keys end with the layer position, so two keys are never equal"),
     ("_balance_hsr", r"current >= target", "at equality the loop condition (distance > tolerance) is already false"),

@@ -62,6 +62,9 @@ def _toml_list(values: list[str]) -> str:
     return "[" + ", ".join(json.dumps(v) for v in values) + "]"
 
 
+SOURCE_COMMIT: str | None = None  # --source-commit: mutate the package as of this commit (tests stay current)
+
+
 def prepare(key: str) -> Path:
     """A fresh scratch copy of the checkout configured to mutate one module."""
     source, tests = MODULES[key]
@@ -70,8 +73,13 @@ def prepare(key: str) -> Path:
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    shutil.copytree(REPO / "deprune_onnx", folder / "deprune_onnx",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    if SOURCE_COMMIT:
+        archive = subprocess.run(["git", "archive", SOURCE_COMMIT, "deprune_onnx"], cwd=REPO, check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    else:
+        shutil.copytree(REPO / "deprune_onnx", folder / "deprune_onnx",
+                        ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(REPO / "tests", folder / "tests", ignore=shutil.ignore_patterns("__pycache__"))
     os.symlink(REPO / "samples", folder / "samples")
     pyproject = (REPO / "pyproject.toml").read_text(encoding="utf-8")
@@ -144,7 +152,7 @@ def summary(keys: list[str]) -> str:
 
 
 def main() -> None:
-    global WORK
+    global WORK, SOURCE_COMMIT
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("modules", nargs="*", help=f"any of {', '.join(ORDER)}, or all")
     parser.add_argument("--max-children", type=int, default=2, help="parallel mutant workers (default 2)")
@@ -153,9 +161,11 @@ def main() -> None:
                         help="re-run only the mutants that were not killed last time, with today's tests")
     parser.add_argument("--collect-only", action="store_true",
                         help="re-read the statuses of finished runs (after mutmut run was interrupted)")
+    parser.add_argument("--source-commit", help="mutate deprune_onnx/ as of this commit (to re-check a run made "
+                        "before the code changed; mutant names depend on the code)")
     parser.add_argument("--work", type=Path, default=WORK, help="scratch folder (default bench/.work/mutation)")
     args = parser.parse_args()
-    WORK = args.work.resolve()
+    WORK, SOURCE_COMMIT = args.work.resolve(), args.source_commit
     keys = ORDER if args.modules in ([], ["all"]) else args.modules
     unknown = [k for k in keys if k not in MODULES]
     if unknown:
