@@ -21,8 +21,8 @@ import click
                    "not yet measured).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of the table.")
 @click.option("--build-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="CMake build folder holding libdeprune_drdw_kernels.so (default: build/native, where "
-                   "build-plugin puts it).")
+              help="CMake build folder holding libdeprune_drdw_kernels.so (default: where build-plugin puts it: "
+                   "build/native in a source checkout, else ~/.cache/deprune-onnx/native).")
 def command(model: Path, batches: str, warmup: int, iters: int, kernel: str, as_json: bool,
             build_dir: Path | None) -> None:
     """Check and time each DRSparseDepthwiseConv layer of MODEL: our CUDA kernel vs PyTorch's cuDNN conv.

@@ -84,6 +84,10 @@ if TYPE_CHECKING:
               help="Ratios at which --allocate measures each layer.")
 @click.option("--allocate-samples", type=int, default=DEFAULT_ALLOCATE_SAMPLES, show_default=True, metavar="N",
               help="Calibration samples --allocate measures on (evenly spaced).")
+@click.option("--drop-initializer-inputs", is_flag=True,
+              help="Remove initializers from the graph inputs so they are constants and can be pruned (from ONNX "
+                   "IR 4 on, an initializer listed as an input can be overridden at run time; the output no "
+                   "longer takes those inputs).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors (no progress bars).")
 @click.option("--verbose", "-v", count=True, help="Log each pass with its time and peak memory; -vv for debug.")
@@ -94,8 +98,8 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, lay
             output_format: str, timings_path: str | None, dtype: str, calib_sources: tuple[str, ...],
             calib_n: int | None,
             calib_preprocessing: PreprocessOptions, calib_crops: int | None, calib_damp: float, calib_saliency: bool,
-            refit: bool, allocate: str | None, allocate_ratios: str, allocate_samples: int, as_json: bool,
-            quiet: bool, verbose: int) -> None:
+            refit: bool, allocate: str | None, allocate_ratios: str, allocate_samples: int,
+            drop_initializer_inputs: bool, as_json: bool, quiet: bool, verbose: int) -> None:
     """Prune the depthwise convs of IN.onnx the DEPrune way and write OUT.onnx.
 
     Writes OUT.onnx, OUT.report.json (every layer: target and achieved PR, Real DW, K per sub-GEMM,
@@ -139,7 +143,7 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, lay
         output_format=output_format, dtype=dtype, calib=calib, keep_zeros=keep_zeros,
         timings=load_timings(timings_path) if timings_path else None)
     files = prune_file(input_path, output_path, options, plan_path=plan_path, report_path=report_path,
-                       plan_out=plan_out)
+                       plan_out=plan_out, drop_initializer_inputs=drop_initializer_inputs)
     _echo_summary(files, as_json=as_json, quiet=quiet, keep_zeros=keep_zeros)
 
 

@@ -122,6 +122,9 @@ class PruningPlan:
     settings: PlanSettings = field(default_factory=PlanSettings)
     format_version: int = PLAN_FORMAT_VERSION
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dw_layers", tuple(self.dw_layers))  # a list given by a caller becomes a tuple
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["dw_layers"] = list(data["dw_layers"])
@@ -139,8 +142,8 @@ class PruningPlan:
         unknown = set(data) - {f for f in cls.__dataclass_fields__}
         if unknown:
             raise ValueError(f"unknown plan field(s) {', '.join(sorted(unknown))}")
-        return cls(method=data["method"], dw_ratio=data["dw_ratio"], tile=data["tile"],
-                   subgemm_channels=data["subgemm_channels"],
+        fields = {key: data[key] for key in ("method", "dw_ratio", "tile", "subgemm_channels") if key in data}
+        return cls(**fields,  # a missing field is a TypeError naming it
                    dw_layers=tuple(DWLayerPlan(**layer) for layer in data.get("dw_layers", [])),
                    pw=PWPlan.from_dict(data["pw"]) if data.get("pw") else None,
                    settings=PlanSettings.from_dict(data.get("settings") or {}),

@@ -118,8 +118,31 @@ def test_keep_masks_keep_exact_zero_weights_and_select_layers():
         rewrite_to_plugin(model, {"dw": mask[:1]})
 
 
+def _same_upper_stride2_dynamic_size(model: onnx.ModelProto) -> None:
+    conv = model.graph.node[0]
+    kept = [a for a in conv.attribute if a.name != "strides"]
+    del conv.attribute[:]
+    conv.attribute.extend(kept + [helper.make_attribute("auto_pad", "SAME_UPPER"),
+                                  helper.make_attribute("strides", [2, 2])])
+    for axis, name in ((2, "H"), (3, "W")):
+        model.graph.input[0].type.tensor_type.shape.dim[axis].dim_param = name
+
+
+@pytest.mark.parametrize("auto_pad,strides,hw", [("SAME_UPPER", 1, (9, 11)), ("SAME_LOWER", 1, (9, 11)),
+                                                 ("SAME_UPPER", 2, (9, 11)), ("SAME_LOWER", 2, (10, 12))])
+def test_same_auto_pad_becomes_explicit_pads(auto_pad: str, strides: int, hw: tuple[int, int]) -> None:
+    """SAME_* is resolved to the pads ONNX defines (stride 1: any size; stride 2: the static input size), so the
+    op and its lowering compute exactly what the SAME-padded Conv computes."""
+    model = dw_model(WEIGHT, BIAS, activation="relu", strides=(strides, strides), hw=hw,
+                     extra_conv_attrs={"auto_pad": auto_pad})
+    rewritten, (record,) = rewrite_to_plugin(model, {"dw": WEIGHT != 0})
+    assert record.rewritten, record.reason
+    x = {"X": np.random.default_rng(3).standard_normal((2, 40, *hw)).astype(np.float32)}
+    assert max_rel_err(run_ort(lower(rewritten), x)[0], run_ort(model, x)[0]) <= 1e-6
+
+
 @pytest.mark.parametrize("mutate,reason", [
-    (lambda m: m.graph.node[0].attribute.append(helper.make_attribute("auto_pad", "SAME_UPPER")), "auto_pad"),
+    (_same_upper_stride2_dynamic_size, "auto_pad=SAME_UPPER with stride 2x2 and unknown input spatial size"),
     (lambda m: m.graph.initializer.pop(0) or m.graph.input.append(
         helper.make_tensor_value_info("W", onnx.TensorProto.FLOAT, [40, 1, 3, 3])), "not an initializer"),
 ])

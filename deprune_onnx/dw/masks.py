@@ -34,9 +34,9 @@ def subgemm_sizes(channels: int, width: int = SUBGEMM_CHANNELS) -> np.ndarray:
 
 
 def subgemm_vectors(weight_shape: tuple[int, ...], width: int = SUBGEMM_CHANNELS) -> np.ndarray:
-    """V_g, the number of weights (K vectors) of every sub-GEMM of a DW weight [C_out, 1, kh, kw]."""
-    channels, _, kh, kw = weight_shape
-    return subgemm_sizes(channels, width) * kh * kw
+    """V_g, the number of weights (K vectors) of every sub-GEMM of a DW weight [C_out, 1, kh, kw] (or a 1-D
+    DW weight [C_out, 1, k], the 1xk case)."""
+    return subgemm_sizes(int(weight_shape[0]), width) * int(np.prod(weight_shape[2:]))
 
 
 def kept_per_subgemm(keep: np.ndarray, width: int = SUBGEMM_CHANNELS) -> np.ndarray:

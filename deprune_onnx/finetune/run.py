@@ -101,7 +101,8 @@ def finetune_model(student: onnx.ModelProto, teacher: onnx.ModelProto, images: T
                    plan: PruningPlan | None = None, method: str = "bh", tile: int = 32,
                    eval_sets: dict[str, np.ndarray] | None = None,
                    on_step: Callable[[int, float], None] | None = None) -> FinetuneResult:
-    """Distil ``teacher`` into ``student`` (modified in place: masks applied) and return the fine-tuned model.
+    """Distil ``teacher`` into ``student`` (modified in place, masks applied, unless it is float16 or holds the
+    custom op: then a float32 / lowered copy is trained) and return the fine-tuned model.
 
     ``eval_sets`` maps a name to views [N, C, H, W] on which the KL to the teacher is measured before and after
     (default: the training images' centre views and their flipped corner crops).
@@ -116,7 +117,7 @@ def finetune_model(student: onnx.ModelProto, teacher: onnx.ModelProto, images: T
         raise DepruneError(f"--teacher: input shape {list(input_shape(teacher))} differs from the model's "
                            f"{list(shape)}")
     plan = resolve_plan(student, plan, method, tile)
-    apply_dw_masks(student, plan.dw_layers)
+    apply_dw_masks(student, plan.dw_layers, in_place=True)
     torch_student = to_torch(student, "model", shape)
     torch_teacher = to_torch(teacher, "--teacher", shape)
     torch_student.module.to(options.device)
@@ -127,7 +128,7 @@ def finetune_model(student: onnx.ModelProto, teacher: onnx.ModelProto, images: T
     raw = list(predict(torch_teacher, probe, "map", options.device).shape)
     student_raw = list(predict(torch_student, probe, "map", options.device).shape)
     if raw != student_raw:
-        per_image = [" x ".join(map(str, shape[1:])) for shape in (raw, student_raw)]
+        per_image = [" x ".join(map(str, dims[1:])) for dims in (raw, student_raw)]
         raise DepruneError(f"--teacher: {per_image[0]} outputs per image, the model has {per_image[1]}")
     kind = output_kind(student, raw)
     check_informative(predict(torch_teacher, probe, kind, options.device), kind, options.temperature, raw)
@@ -144,8 +145,8 @@ def finetune_model(student: onnx.ModelProto, teacher: onnx.ModelProto, images: T
         raise CheckFailed(f"pruned weights moved during training: {broken}")
     after = {name: mean_kl(torch_student, torch_teacher, views, kind, options.device)
              for name, views in sets.items()}
-    tuned = apply_dw_masks(write_back(student, torch_student), plan.dw_layers)
-    tuned = convert_to_float16(tuned) if half else tuned
+    tuned, _ = apply_dw_masks(write_back(student, torch_student), plan.dw_layers, in_place=True)
+    tuned = convert_to_float16(tuned)[0] if half else tuned
     return FinetuneResult(
         model=tuned, plan=plan, losses=losses, kl_before=before, kl_after=after, output_kind=kind,
         labels_used=use_labels, micro_batch=torch_student.micro_batch, masked_parameters=masks.parameters,

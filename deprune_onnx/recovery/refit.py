@@ -22,6 +22,7 @@ w_p^2 / [H^-1]_pp (H = the channel's damped Gram) instead of |w|, keeping exactl
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -185,17 +186,31 @@ def stacked(weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
     return np.concatenate([weight.reshape(weight.shape[0], -1), bias[:, None]], axis=1).astype(np.float64)
 
 
-def reconstruct(model: onnx.ModelProto, reference: onnx.ModelProto, analysis: ModelAnalysis,
-                plans: list[DWLayerPlan], inputs: np.ndarray, damp: float = DEFAULT_DAMP,
-                saliency: bool = False) -> tuple[list[dict], dict[str, np.ndarray]]:
-    """Refit the pruned DW layers of ``model`` (masks applied) against the unpruned ``reference``, in place.
+@dataclass
+class RefitRecord:
+    """What the refit did: one entry per refit layer (``layer``, ``residual_before``/``residual_after``: relative
+    output error ||Y - Y_ref||^2 / ||Y_ref||^2, ``samples``, ``damp``, ``saliency``), and the keep masks
+    ``saliency`` chose per layer name (empty without it; the caller puts them into a new plan)."""
 
-    ``inputs`` are the preprocessed calibration samples [N, ...]. Returns one record per refit layer (relative
-    residual ||Y_fit - Y_ref||^2 / ||Y_ref||^2 before and after), and the keep masks ``saliency`` chose per
-    layer (empty without it; the caller puts them into a new plan). ``plans`` are not changed.
+    layers: list[dict]
+    masks: dict[str, np.ndarray]
+
+
+def reconstruct(model: onnx.ModelProto, reference: onnx.ModelProto, analysis: ModelAnalysis,
+                plans: Sequence[DWLayerPlan], inputs: np.ndarray, damp: float = DEFAULT_DAMP,
+                saliency: bool = False, *, in_place: bool = False) -> tuple[onnx.ModelProto, RefitRecord]:
+    """Refit the pruned DW layers of ``model`` (masks applied) against the unpruned ``reference``: a copy of
+    ``model``, or ``model`` itself with ``in_place=True``.
+
+    ``inputs`` are the preprocessed calibration samples [N, ...]. Returns the model and the RefitRecord.
+    ``plans`` are not changed.
     """
     if damp < 0 or not np.isfinite(damp):
         raise DepruneError(f"--calib-damp {damp}: must be a finite number >= 0")
+    if not in_place:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        model = copy
     layers = analysis.dw_by_name()
     index = GraphIndex(reference.graph)
     input_name = analysis_input(reference)
@@ -229,7 +244,7 @@ def reconstruct(model: onnx.ModelProto, reference: onnx.ModelProto, analysis: Mo
         writer.write(plan.name, 1, fitted[:, :-1].reshape(weight.shape).astype(weight.dtype), "refit_weight")
         writer.write(plan.name, 2, fitted[:, -1].astype(bias.dtype), "refit_bias")
         records.append({"layer": plan.name, **record})
-    return records, chosen
+    return model, RefitRecord(records, chosen)
 
 
 def analysis_input(model: onnx.ModelProto) -> str:

@@ -5,6 +5,9 @@ Predicted speedups use HSR's tile cost model (README.md, "What `prune` does", st
 ceil(K_g/T) tile steps per output pixel, the slowest sub-GEMM sets the layer's time, and the layer's G sub-GEMMs
 run side by side, so a layer costs G * H_out * W_out * max_g ceil(K_g/T). This is the paper's model, not a
 measurement; measured kernel times live in bench/results/.
+In the plugin format a layer the rewrite left a standard Conv (QDQ weights, say) gets no predicted speedup and
+counts at its dense cost in the total. Layers or sub-GEMMs that keep no weight are reported as warnings: their
+channels output act(bias).
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from deprune_onnx.analysis import ConvLayer, ModelAnalysis
-from deprune_onnx.dw.masks import tile_time
+from deprune_onnx.dw.masks import SUBGEMM_CHANNELS, tile_time
 from deprune_onnx.plan import DWLayerPlan, PruningPlan
 from deprune_onnx.record import PruneRecord
 
@@ -65,6 +68,21 @@ def dw_layer_row(layer: ConvLayer | None, plan: DWLayerPlan, tile: int, calibrat
     }
 
 
+def empty_subgemm_warnings(plan: DWLayerPlan, width: int = SUBGEMM_CHANNELS) -> list[str]:
+    """Warnings for a layer, or sub-GEMMs of it, that keep no weight: those channels output act(bias) whatever
+    the input (a ratio near 1, or a small sub-GEMM under BWT rounding)."""
+    kept = plan.kept_per_subgemm
+    if not any(kept):
+        return [f"{plan.name}: every weight is pruned, so the layer's output is act(bias) whatever its input"]
+    channels = plan.shape[0]
+    empty = [g for g, k in enumerate(kept) if k == 0]
+    if not empty:
+        return []
+    spans = ", ".join(f"{g} (channels {g * width}-{min(channels, (g + 1) * width) - 1})"
+                      for g in empty)
+    return [f"{plan.name}: sub-GEMM(s) {spans} keep no weight, so those channels output act(bias)"]
+
+
 def build_report(plan: PruningPlan, analysis: ModelAnalysis, record: PruneRecord | None = None
                  ) -> dict[str, Any]:
     """Report data for ``out.report.json``: per DW layer rows and model totals, the plan's settings, and the
@@ -75,6 +93,14 @@ def build_report(plan: PruningPlan, analysis: ModelAnalysis, record: PruneRecord
     rows = [dw_layer_row(layers.get(p.name), p, plan.tile,
                          calibration.layers.get(p.name) if calibration else None,
                          allocation.layers.get(p.name) if allocation else None) for p in plan.dw_layers]
+    records = record.rewrite if record is not None else None
+    nothing_rewritten = records is not None and not any(entry["rewritten"] for entry in records)
+    if records is not None:  # plugin format: only a rewritten layer runs the sparse op and can be faster
+        rewritten = {entry["layer"] for entry in records if entry["rewritten"]}
+        for row in rows:
+            row["rewritten"] = row["name"] in rewritten
+            if not row["rewritten"]:
+                row["tile_steps_pruned"], row["predicted_speedup"] = row["tile_steps_dense"], None
     weights = sum(row["weights"] for row in rows)
     kept = sum(row["kept_weights"] for row in rows)
     cost_dense = cost_pruned = 0
@@ -91,8 +117,9 @@ def build_report(plan: PruningPlan, analysis: ModelAnalysis, record: PruneRecord
         "dw_ratio_achieved": float(1.0 - kept / weights) if weights else 0.0,
         "real_dw_min": min((row["real_dw"] for row in rows if row["method"] != "none"), default=0.0),
         "dw_pattern": plan.dw_pattern_string() if plan.method == "bh" else None,
-        "predicted_dw_speedup": (cost_dense / cost_pruned) if cost_pruned else None,
+        "predicted_dw_speedup": (cost_dense / cost_pruned) if cost_pruned and not nothing_rewritten else None,
         "skipped_layers": [{"name": s.name, "reason": s.reason} for s in analysis.skipped],
+        "warnings": [line for p in plan.dw_layers for line in empty_subgemm_warnings(p, plan.subgemm_channels)],
     }
     report = {"method": plan.method, "tile": plan.tile, "settings": asdict(plan.settings), "dw_layers": rows,
               "totals": totals, "calibration": calibration.summary() if calibration else None,
@@ -129,7 +156,8 @@ def format_report_table(report: dict[str, Any]) -> str:
     for row in report["dw_layers"]:
         stride = "x".join(map(str, row["strides"])) if row["strides"] and row["strides"][0] != row["strides"][1] \
             else str(row["strides"][0] if row["strides"] else "?")
-        speedup = f"{row['predicted_speedup']:.2f}x" if row["predicted_speedup"] else "all"
+        speedup = f"{row['predicted_speedup']:.2f}x" if row["predicted_speedup"] else \
+            "-" if row.get("rewritten") is False else "all"
         lines.append(f"{_short(row['name'], 40):<40} {row['channels']:>5} {row['kernel'][0]:>3} {stride:>3} "
                      f"{row['subgemms']:>3} {row['target_ratio']:>6.3f} {row['achieved_ratio']:>6.3f} "
                      f"{row['real_dw']:>6.3f} {row['pattern']:>4} {speedup:>7}  "
@@ -145,6 +173,7 @@ def format_report_table(report: dict[str, Any]) -> str:
     lines.append(summary)
     for skipped in totals["skipped_layers"]:
         lines.append(f"skipped {skipped['name']}: {skipped['reason']}")
+    lines += [f"warning: {line}" for line in totals.get("warnings", [])]
     lines += _pw_lines(report) + _rewrite_lines(report)
     return "\n".join(lines)
 
