@@ -62,13 +62,14 @@ def _toml_list(values: list[str]) -> str:
     return "[" + ", ".join(json.dumps(v) for v in values) + "]"
 
 
+SKIP_TESTS: set[str] = set()  # --skip-test: tests that cannot import the --source-commit package
 SOURCE_COMMIT: str | None = None  # --source-commit: mutate the package as of this commit (tests stay current)
 
 
 def prepare(key: str) -> Path:
     """A fresh scratch copy of the checkout configured to mutate one module."""
     source, tests = MODULES[key]
-    tests = [test for test in tests if (REPO / test).exists()]
+    tests = [test for test in tests if (REPO / test).exists() and test not in SKIP_TESTS]
     folder = WORK / key
     if folder.exists():
         shutil.rmtree(folder)
@@ -130,7 +131,8 @@ def run(key: str, max_children: int, only: list[str] | None = None) -> dict:
             counts[status] = counts.get(status, 0) + 1
         result = {"statuses": statuses, "survivors": survivors, "counts": counts,
                   "rechecked": {name: result["statuses"][name] for name in only}}
-    result.update(module=MODULES[key][0], tests=[t for t in MODULES[key][1] if (REPO / t).exists()],
+    result.update(module=MODULES[key][0], tests=[t for t in MODULES[key][1] if (REPO / t).exists()
+                                                  and t not in SKIP_TESTS],
                   seconds=round(time.monotonic() - start), returncode=proc.returncode)
     (folder / "result.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
     return result
@@ -163,9 +165,11 @@ def main() -> None:
                         help="re-read the statuses of finished runs (after mutmut run was interrupted)")
     parser.add_argument("--source-commit", help="mutate deprune_onnx/ as of this commit (to re-check a run made "
                         "before the code changed; mutant names depend on the code)")
+    parser.add_argument("--skip-test", action="append", default=[], help="leave this test file out of the selection")
     parser.add_argument("--work", type=Path, default=WORK, help="scratch folder (default bench/.work/mutation)")
     args = parser.parse_args()
     WORK, SOURCE_COMMIT = args.work.resolve(), args.source_commit
+    SKIP_TESTS.update(args.skip_test)
     keys = ORDER if args.modules in ([], ["all"]) else args.modules
     unknown = [k for k in keys if k not in MODULES]
     if unknown:
