@@ -9,8 +9,8 @@ the group. Depthwise convs carry the channels through and are not scored.
 
 With calibration activations (``prune --calib`` with ``--pw-ratio``) the score is what a channel feeds forward
 instead: for every reader that is a Conv with group 1, sum_over_readers E[x_c^2] * ||W_reader[:, c]||^2, the
-energy channel c contributes to the reader's output (the structured form of Wanda's |w| * ||x||, which onnxsim
-and SparseGPT-style pruners use for weights). Readers of another kind (Gemm, grouped convs) do not count; a group
+energy channel c contributes to the reader's output (a squared, structured form of Wanda's |w| * ||x||
+score). Readers of another kind (Gemm, grouped convs) do not count; a group
 with no such reader keeps the l2 rule.
 """
 from __future__ import annotations
