@@ -188,7 +188,7 @@ def removed_constant_indices(model: onnx.ModelProto, plan: PWPlan) -> list[Remov
     with unique node names (as the prune pipeline has it); it is not modified. Raises DepruneError like
     apply_pw_plan when the plan does not fit the model."""
     graph = build_dependency_graph(model)
-    removed = _removed_channels(graph, plan) if plan.groups else {}
+    removed = removed_channels(graph, plan) if plan.groups else {}
     per_input: dict[tuple[int, int], dict[int, np.ndarray]] = {}
     for edit in graph.edits:
         if isinstance(edit, SliceConstant) and edit.tensor in removed:
