@@ -15,6 +15,8 @@ from support.samples import REPO, sample_model
 from deprune_onnx.cli.main import main
 from deprune_onnx.plan import load_plan
 
+pytestmark = pytest.mark.torch
+
 
 def recipe_helpers() -> dict[str, object]:
     """Run the docs' python block that defines attach_masks / reapply_masks and return its namespace."""

@@ -1,29 +1,33 @@
 """Fine-tune a pruned ONNX model by distillation, masks fixed: the library call behind ``deprune-onnx finetune``.
 
-Steps: choose the masks (the given plan, or the student's zero pattern checked and aligned like
-``prune --keep-zeros``) -> apply them to the student -> convert student and teacher to PyTorch (each checked
-against ONNX Runtime) -> measure KL to the teacher -> distil -> measure again -> write the trained values back
-into the student's own graph -> re-apply the plan (pruned weights exactly +0). Removed PW channels stay removed
-because shapes never change: the student already lacks them and only values are trained.
+Steps: the fixed masks (``structure.resolve_masks``: a plan, or the zero pattern as it is) -> applied to the
+student (a no-op unless re-alignment was asked for) -> student and teacher converted to PyTorch (each checked
+against ONNX Runtime) -> ``train.Trainer`` (epochs, validation, checkpoints, the best epoch kept) -> the trained
+values written back into the student's own graph -> the plan re-applied (pruned weights exactly +0) -> checked
+against the pruned input (``structure.structure_changes``). Removed PW channels stay removed because shapes
+never change: the student already lacks them and only values are trained.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import onnx
 
-from deprune_onnx.analysis import analyze
 from deprune_onnx.dw.apply import apply_dw_masks
-from deprune_onnx.dw.planner import DWOptions
 from deprune_onnx.errors import CheckFailed, DepruneError
-from deprune_onnx.evaluation.images import TrainingImages
+from deprune_onnx.evaluation.images import Preset, preprocess
 from deprune_onnx.finetune.convert import to_torch, write_back
-from deprune_onnx.finetune.distill import DistillOptions, distill, mean_kl, predict
+from deprune_onnx.finetune.data import ImageList, PresetImages
+from deprune_onnx.finetune.distill import predict
+from deprune_onnx.finetune.distributed import Processes
 from deprune_onnx.finetune.fixed_masks import FixedMasks
+from deprune_onnx.finetune.structure import MaskSource, structure_changes
+from deprune_onnx.finetune.train import Trainer, TrainOptions, TrainResult
 from deprune_onnx.onnx_io.graph import ensure_unique_node_names
-from deprune_onnx.pipeline import PruneOptions, make_keep_zeros_plan
 from deprune_onnx.plan import PruningPlan
 
 
@@ -31,21 +35,25 @@ from deprune_onnx.plan import PruningPlan
 class FinetuneResult:
     model: onnx.ModelProto
     plan: PruningPlan
-    losses: list[float]
-    kl_before: dict[str, float]
-    kl_after: dict[str, float]
+    training: TrainResult
+    masks: MaskSource
     output_kind: str
     labels_used: bool
     micro_batch: int | None
     masked_parameters: list[str]
+    data: dict[str, Any] = field(default_factory=dict)
     frozen: dict[str, str] = field(default_factory=dict)
-    options: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The ``OUT.finetune.json`` record (everything but the model and the plan)."""
-        data = asdict(self)
-        del data["model"], data["plan"]
-        return data
+        training = asdict(self.training)
+        return {"best_epoch": self.training.best_epoch, "selected_by": self.training.selected_by,
+                "best": self.training.history[self.training.best_epoch], "history": training.pop("history"),
+                "training": training, "masks": self.masks.to_dict(), "output_kind": self.output_kind,
+                "labels_used": self.labels_used, "micro_batch": self.micro_batch,
+                "masked_parameters": self.masked_parameters, "data": self.data, "frozen": self.frozen,
+                "structure_check": "passed: same nodes and initializer shapes as the pruned input, every pruned "
+                                   "DW weight +0.0 (after training and after write-back)"}
 
 
 def input_shape(model: onnx.ModelProto) -> tuple[int, ...]:
@@ -71,61 +79,63 @@ def output_kind(model: onnx.ModelProto) -> str:
     return "logits"
 
 
-def resolve_plan(student: onnx.ModelProto, plan: PruningPlan | None, method: str, tile: int) -> PruningPlan:
-    """The plan whose masks stay fixed: ``plan``, or the student's zero pattern (checked, aligned for bh)."""
-    if plan is not None:
-        return plan
-    options = PruneOptions(dw=DWOptions(method=method, tile=tile), keep_zeros=True)
-    return make_keep_zeros_plan(student, options, analyze(student))
+def fingerprint(student: onnx.ModelProto, teacher: onnx.ModelProto, train: ImageList, val: ImageList,
+                options: TrainOptions, plan: PruningPlan) -> str:
+    """What a checkpoint must have been trained on to be resumed: models, data lists, masks, options (the
+    number of epochs and the device may change on resume)."""
+    digest = hashlib.sha256()
+    for model in (student, teacher):
+        digest.update(model.SerializeToString(deterministic=True))
+    for images in (train, val):
+        digest.update(json.dumps([[str(p), l] for p, l in zip(images.paths, images.labels)]).encode())
+    settings = {k: v for k, v in asdict(options).items() if k not in ("epochs", "device", "workers")}
+    digest.update(json.dumps([settings, plan.to_dict()], sort_keys=True, default=str).encode())
+    return digest.hexdigest()
 
 
-def _labels_usable(images: TrainingImages, classes: int) -> bool:
-    return all(label is not None and 0 <= label < classes for label in images.labels)
-
-
-def finetune_model(student: onnx.ModelProto, teacher: onnx.ModelProto, images: TrainingImages, options: DistillOptions,
-                   plan: PruningPlan | None = None, method: str = "bh", tile: int = 32,
-                   eval_sets: dict[str, np.ndarray] | None = None,
-                   on_step: Callable[[int, float], None] | None = None) -> FinetuneResult:
-    """Distil ``teacher`` into ``student`` (modified in place: masks applied) and return the fine-tuned model.
-
-    ``eval_sets`` maps a name to views [N, C, H, W] on which the KL to the teacher is measured before and after
-    (default: the training images' centre views and their flipped corner crops).
-    """
+def finetune_model(student: onnx.ModelProto, teacher: onnx.ModelProto, train: ImageList, val: ImageList,
+                   preset: Preset, options: TrainOptions, masks: MaskSource, processes: Processes,
+                   checkpoints: Path | None = None, resume: bool = False,
+                   log: Callable[[str], None] = lambda _: None) -> FinetuneResult:
+    """Distil ``teacher`` into ``student`` (modified in place: masks applied) and return the best epoch's model."""
     ensure_unique_node_names(student)
+    pruned = onnx.ModelProto()
+    pruned.CopyFrom(student)
     shape = input_shape(student)
     if input_shape(teacher) != shape:
         raise DepruneError(f"--teacher: input shape {list(input_shape(teacher))} differs from the model's "
                            f"{list(shape)}")
-    plan = resolve_plan(student, plan, method, tile)
+    plan = masks.plan
     apply_dw_masks(student, plan.dw_layers)
     kind = output_kind(student)
     torch_student = to_torch(student, "model", shape)
     torch_teacher = to_torch(teacher, "--teacher", shape)
-    torch_student.module.to(options.device)
-    torch_teacher.module.to(options.device)
+    torch_student.module.to(processes.device)
+    torch_teacher.module.to(processes.device)
     for parameter in torch_teacher.module.parameters():
         parameter.requires_grad_(False)
-    probe = images.centre_views()[:1]
-    classes = int(predict(torch_teacher, probe, kind, options.device).shape[1])
-    student_classes = int(predict(torch_student, probe, kind, options.device).shape[1])
+    probe = preprocess(train.paths[0], preset, 1)
+    classes = int(predict(torch_teacher, probe, kind, str(processes.device)).shape[1])
+    student_classes = int(predict(torch_student, probe, kind, str(processes.device)).shape[1])
     if classes != student_classes:
         raise DepruneError(f"--teacher: {classes} outputs per image, the model has {student_classes}")
-    masks = FixedMasks.from_plan(torch_student, student, plan)
-    sets = eval_sets if eval_sets is not None else {"train_centre": images.centre_views(),
-                                                     "train_corner_flips": images.corner_flip_views()}
-    before = {name: mean_kl(torch_student, torch_teacher, views, kind, options.device)
-              for name, views in sets.items()}
-    use_labels = _labels_usable(images, classes) and options.label_weight > 0
-    losses = distill(torch_student, torch_teacher, images, masks, kind, use_labels, options, on_step)
-    broken = masks.violations()
+    fixed = FixedMasks.from_plan(torch_student, student, plan)
+    use_labels = train.labelled(classes) and options.label_weight > 0
+    trainer = Trainer(torch_student, torch_teacher, fixed, kind, use_labels,
+                      PresetImages(train, preset, augment=True, min_scale=options.min_scale, seed=options.seed),
+                      PresetImages(val, preset, augment=False), options, processes, checkpoints,
+                      fingerprint(pruned, teacher, train, val, options, plan), log)
+    result = trainer.run(resume, options.select)
+    broken = fixed.violations()
     if broken:
-        raise CheckFailed(f"pruned weights moved during training: {broken}")
-    after = {name: mean_kl(torch_student, torch_teacher, views, kind, options.device)
-             for name, views in sets.items()}
+        raise CheckFailed(f"pruned weights are not zero after training: {broken}")
     tuned = apply_dw_masks(write_back(student, torch_student), plan.dw_layers)
-    return FinetuneResult(
-        model=tuned, plan=plan, losses=losses, kl_before=before, kl_after=after, output_kind=kind,
-        labels_used=use_labels, micro_batch=torch_student.micro_batch, masked_parameters=masks.parameters,
-        frozen=torch_student.frozen, options=asdict(options))
-
+    problems = structure_changes(pruned, tuned, plan)
+    if problems:
+        raise CheckFailed("the fine-tuned model differs from the pruned input beyond kept weight values: "
+                          + "; ".join(problems))
+    data = {"train_images": len(train.paths), "val_images": len(val.paths), "classes": classes,
+            "val_labelled": val.labelled(classes), "preset": asdict(preset)}
+    return FinetuneResult(model=tuned, plan=plan, training=result, masks=masks, output_kind=kind,
+                          labels_used=use_labels, micro_batch=torch_student.micro_batch,
+                          masked_parameters=fixed.parameters, data=data, frozen=torch_student.frozen)
