@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import click
 
-from deprune_onnx.cli.image_options import preprocess_option
-from deprune_onnx.cli.prune_cmd import sidecar_path
+from deprune_onnx.cli.image_options import preprocessing_options
+
+if TYPE_CHECKING:
+    from deprune_onnx.evaluation.images import PreprocessOptions
 
 
 @click.command("finetune")
@@ -21,7 +24,7 @@ from deprune_onnx.cli.prune_cmd import sidecar_path
               help="Validation images (same layouts) [default: --val-fraction of --images, held out].")
 @click.option("--val-fraction", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=0.1,
               show_default=True, help="Share of --images held out for validation when --val-images is not given.")
-@preprocess_option()
+@preprocessing_options()
 @click.option("--plan", "plan_path", type=click.Path(dir_okay=True),
               help="The plan whose masks stay fixed [default: PRUNED.plan.json when it exists, else the DW zero "
                    "pattern of PRUNED.onnx exactly as it is].")
@@ -56,9 +59,10 @@ from deprune_onnx.cli.prune_cmd import sidecar_path
 @click.option("--amp/--no-amp", default=True, show_default=True, help="Mixed precision on CUDA (ignored on CPU).")
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
               help="DataLoader worker processes decoding images.")
-@click.option("--select", type=click.Choice(["auto", "loss", "kl", "accuracy"]), default="auto", show_default=True,
+@click.option("--select", type=click.Choice(["auto", "loss", "kl", "accuracy", "last"]), default="auto",
+              show_default=True,
               help="Validation metric that picks the written epoch: auto = accuracy when the validation images "
-                   "carry labels, else the validation loss.")
+                   "carry labels, else the validation loss; last = the last epoch, whatever validation says.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the data order, views and split.")
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False),
@@ -71,7 +75,7 @@ from deprune_onnx.cli.prune_cmd import sidecar_path
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 def command(input_path: str, output_path: str, teacher_path: str, images_source: str, val_source: str | None,
-            val_fraction: float, preprocess: str | None, plan_path: str | None, realign: str | None, tile: int,
+            val_fraction: float, preprocessing: "PreprocessOptions", plan_path: str | None, realign: str | None, tile: int,
             epochs: int, batch: int, accumulate: int, optimizer: str, lr: float | None, weight_decay: float,
             schedule: str, step_epochs: int, step_gamma: float, temperature: float, label_weight: float,
             min_scale: float, batchnorm: str, amp: bool, workers: int, select: str, device: str, seed: int,
@@ -83,7 +87,7 @@ def command(input_path: str, output_path: str, teacher_path: str, images_source:
     PRUNED.plan.json beside it, else from its zero pattern as it is; they never change unless --realign asks.
     Student and teacher are converted to PyTorch (onnx2torch, checked against ONNX Runtime) and the student
     is trained for --epochs on random resized crops and flips of --images (streamed by DataLoader workers,
-    preprocessed by the --preprocess preset, as 'eval' does) to match the teacher (KL at temperature T, plus
+    preprocessed as 'eval' would: --preprocess, --mean/--std/..., the teacher's metadata_props) to match the teacher (KL at temperature T, plus
     cross-entropy when the images carry labels). Every epoch is validated and checkpointed; OUT.onnx holds the
     best epoch's weights, written back into PRUNED.onnx's own graph and checked against it (same nodes and
     shapes, pruned weights +0.0), so it rewrites to the plugin op (last line of the example). Writes
@@ -103,16 +107,15 @@ def command(input_path: str, output_path: str, teacher_path: str, images_source:
     require_torch()
     from pathlib import Path
 
-    from deprune_onnx.evaluation.images import resolve_preset
+    from deprune_onnx.evaluation.images import preprocessing_for
     from deprune_onnx.finetune import distributed
     from deprune_onnx.finetune.curves import curve_png
     from deprune_onnx.finetune.data import hold_out, list_images
     from deprune_onnx.finetune.run import finetune_model, input_shape
-    from deprune_onnx.finetune.structure import resolve_masks
     from deprune_onnx.errors import DepruneError
     from deprune_onnx.finetune.train import TrainOptions, loader_batch
-    from deprune_onnx.onnx_io.load_save import (check_output_path, load_model, save_model, write_bytes_atomic,
-                                                write_json_atomic)
+    from deprune_onnx.onnx_io.load_save import (check_output_path, load_model, save_model, sidecar_path,
+                                                write_bytes_atomic, write_json_atomic)
     from deprune_onnx.plan import load_plan
     from deprune_onnx.progress import configure_progress
 
@@ -134,8 +137,8 @@ def command(input_path: str, output_path: str, teacher_path: str, images_source:
                            batchnorm=batchnorm, amp=amp, workers=workers, min_scale=min_scale, select=select,
                            seed=seed, device=device)
     student, teacher = load_model(input_path), load_model(teacher_path)
-    masks = resolve_masks(student, plan, plan_source, realign, tile)
-    preset = resolve_preset(preprocess, input_shape(student))
+    preset = preprocessing_for(preprocessing, input_shape(student), (teacher, str(teacher_path)),
+                               (student, str(input_path)))
     train = list_images(images_source)
     val = list_images(val_source, "--val-images") if val_source else None
     if val is None:
@@ -149,17 +152,8 @@ def command(input_path: str, output_path: str, teacher_path: str, images_source:
         configure_progress(None if talk else False)
         if processes.main:
             checkpoints.mkdir(parents=True, exist_ok=True)
-        if talk:
-            click.echo(f"masks: {masks.source}; {len(masks.changed)} layer(s) changed by --realign"
-                       if realign else f"masks: {masks.source} (unchanged)")
-            for layer, change in masks.changed.items():
-                click.echo(f"  {layer}: {change['newly_pruned']} weight(s) newly pruned, "
-                           f"{change['restored_zero_taps']} zero-valued tap(s) restored")
-            click.echo(f"data: {len(train.paths)} training, {len(val.paths)} validation image(s)"
-                       f"{'' if val_source else f' (held out from --images, fraction {val_fraction})'}; "
-                       f"{processes.world} process(es)")
-        result = finetune_model(student, teacher, train, val, preset, options, masks, processes, checkpoints,
-                                resume, log=click.echo if talk else (lambda _: None))
+        result = finetune_model(student, teacher, train, val, preset, options, processes, plan, plan_source,
+                                realign, tile, checkpoints, resume, log=click.echo if talk else (lambda _: None))
         if processes.main:
             report = result.to_dict()
             report["data"].update(train_source=images_source, val_source=val_source or

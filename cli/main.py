@@ -14,7 +14,10 @@ from typing import Any
 
 import click
 
+from deprune_onnx.cli.options import FLAG_NAMES
 from deprune_onnx.errors import EXIT_USAGE, DepruneError
+from deprune_onnx.extras import missing_dependency_error
+from deprune_onnx.options import OptionError
 
 
 class ErrorReportingGroup(click.Group):
@@ -41,7 +44,8 @@ class ErrorReportingGroup(click.Group):
         try:
             return super().invoke(ctx)
         except DepruneError as exc:
-            click.echo(f"deprune-onnx: error: {exc}", err=True)
+            message = exc.render(FLAG_NAMES) if isinstance(exc, OptionError) else str(exc)
+            click.echo(f"deprune-onnx: error: {message}", err=True)
             ctx.exit(exc.exit_code)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
@@ -49,6 +53,11 @@ class ErrorReportingGroup(click.Group):
             click.echo("deprune-onnx: interrupted", err=True)
             ctx.exit(130)
         except Exception as exc:  # a bug, or an input case we did not foresee: still one line, never a traceback
+            missing = missing_dependency_error(exc, ctx.invoked_subcommand) \
+                if isinstance(exc, ModuleNotFoundError) else None
+            if missing is not None:  # an optional dependency imported lazily: name the pip extra
+                click.echo(f"deprune-onnx: error: {missing}", err=True)
+                ctx.exit(missing.exit_code)
             if os.environ.get("DEPRUNE_DEBUG"):
                 raise
             message = " ".join(f"{type(exc).__name__}: {exc}".split())

@@ -1,7 +1,23 @@
-"""Option parsers shared by several commands."""
+"""Option parsers shared by several commands, and the flag name of every library option.
+
+The commands only map flags to ``deprune_onnx.options`` types; the rules live there. A library OptionError
+names parameters the library way (``dw.dw_ratio``); ``cli/main.py`` renders it with FLAG_NAMES (``--dw-ratio``).
+"""
 from __future__ import annotations
 
 import click
+
+# Library parameter (deprune_onnx.options) -> the flag that sets it.
+FLAG_NAMES = {
+    "dw.method": "--method", "dw.dw_ratio": "--dw-ratio", "dw.layer_ratios": "--layer-ratio",
+    "dw.exclude": "--exclude", "dw.tile": "--tile", "dw.hsr_alphas": "--hsr-timings",
+    "pw.ratio": "--pw-ratio", "pw.align": "--pw-align", "pw.scope": "--pw-scope", "pw.method": "--pw-method",
+    "output_format": "--format", "dtype": "--dtype", "keep_zeros": "--keep-zeros", "plan": "--plan",
+    "calib.sources": "--calib", "calib.n": "--calib-n", "calib.preprocess": "--calib-preprocess",
+    "calib.crops": "--calib-crops", "calib.damp": "--calib-damp", "calib.saliency": "--calib-saliency",
+    "calib.refit": "--refit", "calib.allocate": "--allocate", "calib.allocate_ratios": "--allocate-ratios",
+    "calib.allocate_samples": "--allocate-samples",
+}
 
 
 def parse_layer_ratios(values: tuple[str, ...]) -> list[tuple[str, float]]:

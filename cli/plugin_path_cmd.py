@@ -11,7 +11,8 @@ import click
               help="plugin: self-registering libdeprune_trt.so (polygraphy --plugins, trtexec --staticPlugins); "
                    "dynamic: libdeprune_trt_dynamic.so (trtexec --dynamicPlugins); kernels: the CUDA C ABI library.")
 @click.option("--build-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="CMake build folder used by build-plugin (default: build/native in the source checkout).")
+              help="CMake build folder used by build-plugin (default: build/native in a source checkout, else "
+                   "~/.cache/deprune-onnx/native).")
 def command(kind: str, build_dir: Path | None) -> None:
     """Print the path of a built library ($DEPRUNE_TRT_PLUGIN overrides --kind plugin).
 

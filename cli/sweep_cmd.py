@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from deprune_onnx.cli.image_options import image_source_options, load_images
 from deprune_onnx.cli.options import parse_ratio_list
+
+if TYPE_CHECKING:
+    from deprune_onnx.evaluation.images import PreprocessOptions
 
 
 @click.command("sweep")
@@ -26,12 +30,14 @@ from deprune_onnx.cli.options import parse_ratio_list
                                                                            "sweep.png (matplotlib) here.")
 @click.option("--no-plot", is_flag=True, help="Do not draw sweep.png.")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON on stdout.")
-def command(model_path: str, images: tuple[str, ...], preprocess: str | None, crops: int, labels: str | None,
+def command(model_path: str, images: tuple[str, ...], preprocessing: "PreprocessOptions", crops: int,
+            labels: str | None,
             ratios: str, methods: str, calib_sources: tuple[str, ...], calib_crops: int | None,
             output_dir: str | None, no_plot: bool, as_json: bool) -> None:
     """Prune MODEL.onnx at every ratio with every method and measure each against the unpruned model.
 
-    Prints a Markdown table (top-1 agreement and mean KL per method and ratio; with --calib, also after
+    Prints a Markdown table (top-1 agreement and mean KL per method and ratio for class-score models, relative
+    L2 error and cosine for maps and sequences; with --calib, also after
     calibrated reconstruction) and, with -o, writes it with a JSON copy and a PNG plot.
 
     \b
@@ -40,12 +46,11 @@ def command(model_path: str, images: tuple[str, ...], preprocess: str | None, cr
       deprune-onnx sweep mobilenet_v2.onnx --images 'samples/imagenet_0[5-9]_*.jpg' --crops 10 \\
           --calib 'samples/imagenet_0[0-4]_*.jpg' -o sweep/
     """
-    from deprune_onnx.dw.planner import DW_METHODS, check_ratio
     from deprune_onnx.errors import DepruneError
     from deprune_onnx.evaluation.images import find_images
-    from deprune_onnx.evaluation.runner import ModelRunner
+    from deprune_onnx.evaluation.runner import ModelRunner, lower_custom_ops
     from deprune_onnx.onnx_io.load_save import load_model, write_bytes_atomic, write_json_atomic, write_text_atomic
-    from deprune_onnx.recovery.calibration import CalibOptions
+    from deprune_onnx.options import DW_METHODS, CalibOptions, check_ratio
     from deprune_onnx.report.plots import have_matplotlib
     from deprune_onnx.progress import configure_progress
     from deprune_onnx.evaluation.sweep import format_sweep_table, plot_sweep, sweep
@@ -61,12 +66,13 @@ def command(model_path: str, images: tuple[str, ...], preprocess: str | None, cr
     plot = out is not None and not no_plot
     if plot and not have_matplotlib():
         raise DepruneError("sweep.png needs matplotlib: pip install 'deprune-onnx[plot]', or pass --no-plot")
-    model = load_model(model_path)
-    image_set = load_images(images, preprocess, crops, labels, ModelRunner.image_input_shape(model))
+    model = lower_custom_ops(load_model(model_path), str(model_path))  # a plugin-format model: its dense form
+    image_set = load_images(images, preprocessing, crops, labels, ModelRunner.image_input_shape(model),
+                            (model, str(model_path)))
     calib = None
     notes: list[str] = []
     if calib_sources:
-        calib = CalibOptions(sources=list(calib_sources), preprocess=image_set.preset, crops=calib_crops)
+        calib = CalibOptions(sources=list(calib_sources), preprocess=image_set.preprocessing, crops=calib_crops)
         overlap = set(find_images(calib_sources, "--calib")) & set(image_set.paths)
         if overlap:
             notes.append(f"warning: {len(overlap)} image(s) are both calibration and evaluation images: the KL "
@@ -75,7 +81,8 @@ def command(model_path: str, images: tuple[str, ...], preprocess: str | None, cr
     baseline, rows = sweep(model, image_set, method_list, ratio_list, calib)
     table = format_sweep_table(rows)
     data = {"model": str(model_path), "images": [str(p) for p in image_set.paths], "views": image_set.views,
-            "preprocess": image_set.preset, "calibration_images": list(calib_sources), "baseline": baseline,
+            "preprocess": image_set.preset, "preprocessing": image_set.preprocessing.describe(),
+            "calibration_images": list(calib_sources), "baseline": baseline,
             "rows": rows, "notes": notes}
     if out is not None:
         write_json_atomic(out / "sweep.json", data)

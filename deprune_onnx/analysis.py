@@ -20,10 +20,9 @@ import numpy as np
 import onnx
 
 from deprune_onnx.onnx_io.graph import GraphIndex, node_attributes
+from deprune_onnx.op.spec import SUBGEMM_CHANNELS
 from deprune_onnx.progress import progress
-from deprune_onnx.onnx_io.shapes import Shape, concrete, infer_tensor_shapes
-
-SUBGEMM_CHANNELS = 32
+from deprune_onnx.onnx_io.shapes import Shape, concrete, conv_output_size, infer_tensor_shapes
 
 # Ops a block's main path may pass through: element-wise, shape-preserving per channel.
 ELEMENTWISE_OPS = frozenset({
@@ -137,10 +136,9 @@ def _resolve_pads(attrs: dict[str, Any], input_shape: tuple[int, ...] | None, ke
 
 def conv_output_hw(in_hw: tuple[int, int], kernel: tuple[int, int], strides: tuple[int, int],
                    pads: tuple[int, int, int, int], dilations: tuple[int, int]) -> tuple[int, int]:
-    """Standard convolution output size (floor mode)."""
+    """Standard convolution output size (floor mode) of both spatial axes."""
     return tuple(  # type: ignore[return-value]
-        (in_hw[a] + pads[a] + pads[a + 2] - dilations[a] * (kernel[a] - 1) - 1) // strides[a] + 1
-        for a in range(2))
+        conv_output_size(in_hw[a], pads[a], pads[a + 2], kernel[a], strides[a], dilations[a]) for a in range(2))
 
 
 def _classify_conv(node: onnx.NodeProto, index: GraphIndex, shapes: dict[str, Shape]

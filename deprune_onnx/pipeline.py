@@ -6,55 +6,50 @@ touched).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import onnx
 
 from deprune_onnx.analysis import ModelAnalysis, analyze
 from deprune_onnx.dw.apply import apply_dw_masks
-from deprune_onnx.dw.planner import DWOptions, plan_dw_layers
+from deprune_onnx.dw.planner import plan_dw_layers
 from deprune_onnx.errors import DepruneError
 from deprune_onnx.onnx_io.graph import ensure_unique_node_names
 from deprune_onnx.dw.keep_zeros import plan_keep_zeros
 from deprune_onnx.logging_utils import timed_pass
 from deprune_onnx.dw.masks import SUBGEMM_CHANNELS
-from deprune_onnx.plan import PruningPlan
+from deprune_onnx.options import (CalibOptions, DWOptions, PruneOptions, PWOptions, check_prune_options,
+                                  options_for_plan)
+from deprune_onnx.plan import PlanSettings, PruningPlan
+from deprune_onnx.record import AllocationRecord, CalibrationRecord, PruneRecord
 from deprune_onnx.pw import PWPlan, apply_nm24, apply_pw_plan, plan_pw_pruning, pw_report, summarize_model
-from deprune_onnx.recovery.calibration import CalibOptions, allocate_layer_ratios, calibration_set
+from deprune_onnx.recovery.calibration import allocate_layer_ratios, calibration_set
 from deprune_onnx.report.build import build_report
 
-OUTPUT_FORMATS = ("dense", "plugin")
-DTYPES = ("float32", "float16")
-PW_METHODS = ("l2", "nm24")
-
-
-@dataclass
-class PWOptions:
-    """PW pruning: ``l2`` filter pruning that removes channels (``ratio`` > 0), or ``nm24`` 2:4 masks."""
-
-    ratio: float = 0.0
-    align: int = 32
-    scope: str = "project"
-    method: str = "l2"
-
-
-@dataclass
-class PruneOptions:
-    dw: DWOptions = field(default_factory=DWOptions)
-    pw: PWOptions = field(default_factory=PWOptions)
-    output_format: str = "plugin"
-    dtype: str = "float32"
-    calib: CalibOptions | None = None
-    keep_zeros: bool = False  # masks = the input's DW zero pattern, checked and aligned (keep_zeros.py)
+__all__ = ["CalibOptions", "DWOptions", "PWOptions", "PruneOptions", "PruneResult", "PrunedFiles", "prune_file",
+           "prune_model"]
 
 
 @dataclass
 class PruneResult:
+    """What ``prune_model`` returns.
+
+    Fields:
+        model: the pruned model (the input ModelProto, changed in place, or a new one after float16/rewrite).
+        plan: the decisions (PruningPlan, format version 2): what ``--plan`` re-applies.
+        record: what happened (PruneRecord): PW/rewrite/nm24 rows, calibration and allocation results.
+        report: the report data (report/build.py), rendered from plan, record and analysis.
+        analysis: the DW/PW layers of the model the DW masks were planned on (after PW removal).
+    """
+
     model: onnx.ModelProto
     plan: PruningPlan
     report: dict[str, Any]
     analysis: ModelAnalysis
+    record: PruneRecord
 
 
 def _require_dw_layers(analysis: ModelAnalysis) -> None:
@@ -65,30 +60,40 @@ def _require_dw_layers(analysis: ModelAnalysis) -> None:
     raise DepruneError(f"no depthwise conv layer (Conv with group == input channels) to prune{detail}")
 
 
+def _settings(options: PruneOptions) -> PlanSettings:
+    return PlanSettings(dw=options.dw, pw=options.pw, keep_zeros=options.keep_zeros)
+
+
 def make_plan(model: onnx.ModelProto, options: PruneOptions, analysis: ModelAnalysis,
-              pw_plan: PWPlan | None) -> PruningPlan:
-    """Decide every DW mask (on the model after PW removal); pure with respect to the model."""
+              pw_plan: PWPlan | None) -> tuple[PruningPlan, dict[str, Any] | None]:
+    """Decide every DW mask (on the model after PW removal); pure with respect to the model. Returns the plan
+    and, with ``keep_zeros``, the findings for the record (the violations of the zero pattern)."""
     if options.keep_zeros:
-        plan = make_keep_zeros_plan(model, options, analysis)
-        plan.pw = pw_plan.to_dict() if pw_plan else None
-        plan.options["pw"] = asdict(options.pw)
-        return plan
+        return keep_zeros_plan(model, options, analysis, pw_plan)
     return PruningPlan(method=options.dw.method, dw_ratio=options.dw.dw_ratio, tile=options.dw.tile,
-                       subgemm_channels=SUBGEMM_CHANNELS, dw_layers=plan_dw_layers(model, analysis, options.dw),
-                       pw=pw_plan.to_dict() if pw_plan else None,
-                       options={"dw": asdict(options.dw), "pw": asdict(options.pw)})
+                       subgemm_channels=SUBGEMM_CHANNELS,
+                       dw_layers=tuple(plan_dw_layers(model, analysis, options.dw)), pw=pw_plan,
+                       settings=_settings(options)), None
+
+
+def keep_zeros_plan(model: onnx.ModelProto, options: PruneOptions, analysis: ModelAnalysis,
+                    pw_plan: PWPlan | None = None) -> tuple[PruningPlan, dict[str, Any]]:
+    """The plan of ``--keep-zeros`` (the zero pattern as masks) and the violations found, for the record."""
+    found = plan_keep_zeros(model, analysis, options.dw.method, options.dw.tile)
+    weights = sum(sum(layer.vectors_per_subgemm) for layer in found.dw_layers)
+    zeros = sum(sum(layer.vectors_per_subgemm) - sum(layer.kept_per_subgemm) for layer in found.dw_layers)
+    ratio = round(zeros / weights, 6) if weights else 0.0
+    dw = DWOptions(method=options.dw.method, dw_ratio=ratio, tile=options.dw.tile)
+    plan = PruningPlan(method=options.dw.method, dw_ratio=ratio, tile=options.dw.tile,
+                       subgemm_channels=SUBGEMM_CHANNELS, dw_layers=tuple(found.dw_layers), pw=pw_plan,
+                       settings=PlanSettings(dw=dw, pw=options.pw, keep_zeros=True))
+    return plan, found.to_dict()
 
 
 def make_keep_zeros_plan(model: onnx.ModelProto, options: PruneOptions, analysis: ModelAnalysis
                          ) -> PruningPlan:
-    """The plan of ``--keep-zeros``: the zero pattern as masks; the violations found go into plan.options."""
-    found = plan_keep_zeros(model, analysis, options.dw.method, options.dw.tile)
-    weights = sum(sum(layer.vectors_per_subgemm) for layer in found.dw_layers)
-    zeros = sum(sum(layer.vectors_per_subgemm) - sum(layer.kept_per_subgemm) for layer in found.dw_layers)
-    return PruningPlan(method=options.dw.method, dw_ratio=round(zeros / weights, 6) if weights else 0.0,
-                       tile=options.dw.tile, subgemm_channels=SUBGEMM_CHANNELS, dw_layers=found.dw_layers,
-                       options={"keep_zeros": found.to_dict(),
-                                "dw": {"method": options.dw.method, "tile": options.dw.tile}})
+    """The plan of ``--keep-zeros`` alone (fine-tuning's masks when no plan is given)."""
+    return keep_zeros_plan(model, options, analysis)[0]
 
 
 def _pw_structural(model: onnx.ModelProto, options: PWOptions, plan: PruningPlan | None,
@@ -96,7 +101,7 @@ def _pw_structural(model: onnx.ModelProto, options: PWOptions, plan: PruningPlan
     """Remove PW channels from ``model`` in place, first (a saved plan's groups, or l2 filter pruning); the DW
     masks are decided afterwards on the reduced model. Returns the PW plan and its report section."""
     if plan is not None:
-        pw_plan = PWPlan.from_dict(plan.pw) if plan.pw else None
+        pw_plan = plan.pw
     elif options.method == "l2" and options.ratio > 0:
         pw_plan = plan_pw_pruning(model, ratio=options.ratio, align=options.align, scope=options.scope,
                                   analysis=analysis)
@@ -116,21 +121,19 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan
     With ``options.calib``: ``--allocate`` chooses per-layer ratios from measured sensitivity before planning,
     and the refit (``reconstruct``) adjusts the kept DW weights and biases after the masks are applied.
     The sensitivity and refit loops report through ``deprune_onnx.progress`` (bars on a terminal only).
+    Errors: OptionError (options.check_prune_options) before the model is touched; DepruneError for a model
+    without DW layers or one the plan does not fit.
     """
-    if options.output_format not in OUTPUT_FORMATS:
-        raise DepruneError(f"--format '{options.output_format}': expected one of {', '.join(OUTPUT_FORMATS)}")
-    if options.dtype not in DTYPES:
-        raise DepruneError(f"--dtype '{options.dtype}': expected one of {', '.join(DTYPES)}")
-    if options.pw.method not in PW_METHODS:
-        raise DepruneError(f"--pw-method '{options.pw.method}': expected one of {', '.join(PW_METHODS)}")
-    if plan is not None:  # a saved plan brings its own PW options (nm24 is re-applied, not recorded as groups)
-        options = replace(options, pw=PWOptions(**plan.options["pw"]) if plan.options.get("pw") else PWOptions())
+    check_prune_options(options, plan_given=plan is not None)
+    if plan is not None:
+        options = options_for_plan(options, plan)
+    record = PruneRecord(output_format=options.output_format, dtype=options.dtype)
     ensure_unique_node_names(model)
     with timed_pass("analyze"):
         analysis = analyze(model)
     _require_dw_layers(analysis)
     with timed_pass("pw"):
-        pw_plan, pw_section = _pw_structural(model, options.pw, plan, analysis)
+        pw_plan, record.pw = _pw_structural(model, options.pw, plan, analysis)
         if pw_plan is not None and pw_plan.groups:
             analysis = analyze(model)  # channels were removed: DW masks are planned on the reduced model
     calib = options.calib
@@ -141,54 +144,103 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan
         reference = onnx.ModelProto()
         reference.CopyFrom(model)
     if plan is None:
-        summary = per_layer = None
         if calib is not None and calib.allocate:
             layer_ratios, summary, per_layer = allocate_layer_ratios(reference, analysis, options.dw, calib,
                                                                      samples.inputs)
+            record.allocation = AllocationRecord(summary, per_layer)
             options = replace(options, dw=replace(options.dw, layer_ratios=layer_ratios))
         with timed_pass("plan"):
-            plan = make_plan(model, options, analysis, pw_plan)
-        if summary is not None:
-            plan.allocation = summary
-            for layer in plan.dw_layers:
-                layer.sensitivity = per_layer.get(layer.name)
-    elif calib is not None and calib.allocate:
-        raise DepruneError("--allocate: cannot be combined with --plan (the plan already fixes every ratio)")
+            plan, record.keep_zeros = make_plan(model, options, analysis, pw_plan)
     with timed_pass("apply"):
         apply_dw_masks(model, plan.dw_layers)
     if calib is not None and calib.refit:
         from deprune_onnx.recovery.refit import reconstruct
 
         with timed_pass("refit"):
-            refits = reconstruct(model, reference, analysis, plan.dw_layers, samples.inputs, calib.damp,
-                                 calib.saliency)
-        plan.calibration = {"images": [str(p) for p in samples.paths], "views": samples.views,
-                            "samples": int(len(samples.inputs)), "preprocess": samples.preset,
-                            "damp": calib.damp, "saliency": calib.saliency, "layers_refit": len(refits)}
-    extra: dict[str, Any] = {"format": options.output_format, "dtype": options.dtype}
-    if pw_section is not None:
-        extra["pw"] = pw_section
+            refits, chosen = reconstruct(model, reference, analysis, list(plan.dw_layers), samples.inputs,
+                                         calib.damp, calib.saliency)
+        plan = plan.with_masks(chosen)  # --calib-saliency chose other taps (same K per sub-GEMM)
+        record.calibration = CalibrationRecord(
+            images=[str(p) for p in samples.paths], views=samples.views, samples=int(len(samples.inputs)),
+            preprocess=samples.preset, damp=calib.damp, saliency=calib.saliency, layers_refit=len(refits),
+            layers={refit.pop("layer"): refit for refit in refits})
     if options.pw.method == "nm24":
-        model, extra["pw_nm24"] = apply_nm24(model, analysis)
+        model, record.pw_nm24 = apply_nm24(model, analysis)
     if options.output_format == "plugin":
         with timed_pass("rewrite"):
-            model, records = _rewrite(model, plan)
-        extra["rewrite"] = records
+            model, record.rewrite = _rewrite(model, plan)
     if options.dtype == "float16":
         from deprune_onnx.onnx_io.float16 import convert_to_float16
 
         with timed_pass("float16"):
             model = convert_to_float16(model)
-    report = build_report(plan, analysis, extra)
-    return PruneResult(model, plan, report, analysis)
+    report = build_report(plan, analysis, record)
+    return PruneResult(model, plan, report, analysis, record)
 
 
 def _rewrite(model: onnx.ModelProto, plan: PruningPlan) -> tuple[onnx.ModelProto, list[dict[str, Any]]]:
-    """Every pruned DW conv (excluded layers stay Conv) -> DRSparseDepthwiseConv with the plan's masks."""
-    from deprune_onnx.op.rewrite import rewrite_to_plugin
+    """Every pruned DW conv -> DRSparseDepthwiseConv with the plan's masks. Excluded layers, and layers whose
+    mask keeps every weight (ratio 0, e.g. chosen by --allocate), stay standard Convs: the sparse op only pays
+    off where taps are skipped."""
+    from deprune_onnx.op.rewrite import RewriteRecord, rewrite_to_plugin
 
     keep_masks = {layer.name: layer.keep_mask() for layer in plan.dw_layers if layer.method != "none"}
+    dense = [name for name, keep in keep_masks.items() if keep.all()]
+    for name in dense:
+        del keep_masks[name]
     model, records = rewrite_to_plugin(model, keep_masks, k_tile=plan.tile,
                                        subgemm_channels=plan.subgemm_channels, in_place=True)
+    records += [RewriteRecord(name, False, "nothing pruned (the mask keeps every weight): left as a standard Conv")
+                for name in dense]
+    order = {layer.name: position for position, layer in enumerate(plan.dw_layers)}
+    records.sort(key=lambda record: order.get(record.layer, len(order)))
     return model, [record.to_dict() for record in records]
 
+
+@dataclass
+class PrunedFiles:
+    """What ``prune_file`` did.
+
+    Fields:
+        result: the PruneResult (model, plan, record, report, analysis).
+        model_path / report_path / plan_path: the three files written (pruned model, report JSON, plan JSON).
+    """
+
+    result: PruneResult
+    model_path: Path
+    report_path: Path
+    plan_path: Path
+
+
+def prune_file(input_path: str | os.PathLike[str], output_path: str | os.PathLike[str], options: PruneOptions,
+               plan_path: str | os.PathLike[str] | None = None, report_path: str | os.PathLike[str] | None = None,
+               plan_out: str | os.PathLike[str] | None = None) -> PrunedFiles:
+    """``deprune-onnx prune`` as one call: check the options and output paths, load, prune, write.
+
+    Writes the pruned model to ``output_path``, the report to ``report_path`` (default ``OUT.report.json``)
+    and the plan to ``plan_out`` (default ``OUT.plan.json``), each atomically; ``plan_path`` re-applies a
+    saved plan. The input is never modified. Every check that needs no model runs before the model is loaded.
+    Errors: OptionError (bad options), DepruneError (bad files, a model the tool cannot prune).
+    """
+    from deprune_onnx.onnx_io.load_save import (check_output_path, load_model, save_model, sidecar_path,
+                                                write_json_atomic)
+    from deprune_onnx.plan import load_plan
+
+    check_prune_options(options, plan_given=plan_path is not None)
+    output = check_output_path(output_path, input_path)
+    report_file = check_output_path(report_path or sidecar_path(output, ".report.json"), input_path)
+    plan_file = check_output_path(plan_out or sidecar_path(output, ".plan.json"), input_path)
+    plan = load_plan(plan_path) if plan_path else None
+
+    def load() -> onnx.ModelProto:
+        with timed_pass("load"):
+            return load_model(input_path)
+
+    # The loaded model goes straight into the pipeline and no reference is kept here: with PW removal and the
+    # rewrite working in place, a multi-GB model is held about once (bench/results/prune_speed.md).
+    result = prune_model(load(), options, plan)
+    with timed_pass("save"):
+        save_model(result.model, output)
+        write_json_atomic(report_file, result.report)
+        write_json_atomic(plan_file, result.plan.to_dict())
+    return PrunedFiles(result, output, report_file, plan_file)

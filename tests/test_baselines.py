@@ -9,8 +9,8 @@ import pytest
 
 from support.samples import sample_model
 from deprune_onnx.analysis import analyze
-from deprune_onnx.dw.planner import DWOptions, plan_dw_layers
-from deprune_onnx.errors import DepruneError
+from deprune_onnx.dw.planner import plan_dw_layers
+from deprune_onnx.options import DWOptions, OptionError
 from deprune_onnx.dw.masks import channel_mask, global_masks
 from test_masks import plans_for
 
@@ -52,5 +52,6 @@ def test_baselines_meet_the_model_wide_ratio_on_mobilenet_v2(method: str) -> Non
 
 def test_global_refuses_per_layer_ratios() -> None:
     model = onnx.load(str(sample_model("mobilenet_v3_small")))
-    with pytest.raises(DepruneError, match="--layer-ratio"):
+    with pytest.raises(OptionError, match="^dw.layer_ratios: not available with dw.method global") as error:
         plan_dw_layers(model, analyze(model), DWOptions(method="global", layer_ratios=[("*", 0.3)]))
+    assert error.value.params[:2] == ("dw.layer_ratios", "dw.method")

@@ -92,7 +92,8 @@ def test_reconstruction_at_bh_03_cuts_heldout_kl_at_least_3x(mobilenet: dict) ->
     # Same masks as plain bh, and they pass the same structural checks.
     for plan, plain_plan in zip(result.plan.dw_layers, plain_result.plan.dw_layers):
         assert plan.mask == plain_plan.mask
-        assert plan.calibration["residual_after"] <= plan.calibration["residual_before"]
+        refit = result.record.calibration.layers[plan.name]
+        assert refit["residual_after"] <= refit["residual_before"]
     index = GraphIndex(mobilenet["source"].graph)
     layers = analyze(mobilenet["source"]).dw_layers
     weights = {layer.name: index.constant(layer.weight) for layer in layers}
@@ -102,7 +103,7 @@ def test_reconstruction_at_bh_03_cuts_heldout_kl_at_least_3x(mobilenet: dict) ->
     for plan in result.plan.dw_layers:
         written = refit_weights[nodes[plan.name].input[1]]
         assert not written[~plan.keep_mask()].any()         # pruned taps stay exactly zero
-    assert result.plan.calibration["samples"] == 20
+    assert result.record.calibration.samples == 20
     assert result.report["dw_layers"][0]["calibration"]["samples"] == 20
 
 
@@ -115,7 +116,7 @@ def test_ratio_zero_with_calibration_changes_nothing(mobilenet: dict) -> None:
                                              output_format="dense"))
     before = {t.name: t.SerializeToString() for t in mobilenet["source"].graph.initializer}
     after = {t.name: t.SerializeToString() for t in model.graph.initializer}
-    assert before == after and result.plan.calibration["layers_refit"] == 0
+    assert before == after and result.record.calibration.layers_refit == 0
 
 
 def test_saliency_reselection_keeps_every_k_per_subgemm(mobilenet: dict) -> None:
@@ -128,8 +129,12 @@ def test_saliency_reselection_keeps_every_k_per_subgemm(mobilenet: dict) -> None
     for plan in result.plan.dw_layers:
         keep = plan.keep_mask()
         assert [int(keep[s].sum()) for s in subgemm_slices(plan.shape[0])] == plan.kept_per_subgemm
-        changed += plan.calibration["saliency"]
+        changed += result.record.calibration.layers[plan.name]["saliency"]
     assert changed == len(result.plan.dw_layers)
+    # The saliency-chosen masks are the plan's (the plan is rebuilt, never changed) and the ones applied.
+    nodes = {n.name: n for n in result.model.graph.node}
+    weights = {t.name: numpy_helper.to_array(t) for t in result.model.graph.initializer}
+    assert all(not weights[nodes[p.name].input[1]][~p.keep_mask()].any() for p in result.plan.dw_layers)
 
 
 def test_allocation_dp_meets_the_target_and_beats_every_uniform_choice() -> None:
@@ -158,7 +163,9 @@ def test_allocation_with_calibration_at_05_beats_uniform_bh_by_2x(mobilenet: dic
     assert abs(result.report["totals"]["dw_ratio_achieved"] - 0.5) <= 0.01
     ratios = {p.target_ratio for p in result.plan.dw_layers}
     assert len(ratios) > 1                                    # per-layer ratios differ
-    assert result.plan.allocation["samples"] == 5
+    assert result.record.allocation.summary["samples"] == 5
+    assert result.report["allocation"]["samples"] == 5
     for plan in result.plan.dw_layers:
-        assert plan.sensitivity["chosen_ratio"] == pytest.approx(plan.target_ratio)
-        assert plan.sensitivity["why"]
+        sensitivity = result.record.allocation.layers[plan.name]
+        assert sensitivity["chosen_ratio"] == pytest.approx(plan.target_ratio)
+        assert sensitivity["why"]

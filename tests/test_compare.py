@@ -9,6 +9,7 @@ import pytest
 from support.cli_testing import run_cli as _invoke
 from support.op_testing import MODELS_DIR, imagenet_samples, custom_nodes, dense_masked, dw_model, random_masks, run_ort
 
+from deprune_onnx.evaluation.compare import image_feeds, input_specs
 from deprune_onnx.op.rewrite import rewrite_to_plugin
 
 RNG = np.random.default_rng(11)
@@ -52,9 +53,21 @@ def test_loose_tolerance_passes(tiny):
     assert _invoke("compare", original, plugin, "--n", "2", "--rtol", "1e9", "--atol", "1e9").exit_code == 0
 
 
+def classifier(weight: np.ndarray) -> onnx.ModelProto:
+    """The DW model followed by global average pooling and Flatten: class scores [1, 40]."""
+    model = dw_model(weight, None, batch=1)
+    graph = model.graph
+    graph.node[-1].output[0] = "maps"
+    graph.node.extend([onnx.helper.make_node("GlobalAveragePool", ["maps"], ["pooled"], name="pool"),
+                       onnx.helper.make_node("Flatten", ["pooled"], [graph.output[0].name], name="flatten")])
+    graph.output[0].CopyFrom(onnx.helper.make_tensor_value_info(graph.output[0].name, onnx.TensorProto.FLOAT,
+                                                                [1, weight.shape[0]]))
+    return model
+
+
 def test_min_agreement_alone_replaces_the_tolerance_check(tmp_path):
-    original = _save(dw_model(WEIGHT, None, batch=1), tmp_path / "a.onnx")
-    flipped = _save(dw_model(-WEIGHT, None, batch=1), tmp_path / "b.onnx")  # arg-max over the last axis flips
+    original = _save(classifier(WEIGHT), tmp_path / "a.onnx")
+    flipped = _save(classifier(-WEIGHT), tmp_path / "b.onnx")  # every class score negated: the arg-max moves
     same = _invoke("compare", original, original, "--min-agreement", "1", "--n", "3", "--json")
     assert same.exit_code == 0
     data = json.loads(same.stdout)
@@ -67,7 +80,6 @@ def test_min_agreement_alone_replaces_the_tolerance_check(tmp_path):
 
 
 def test_float16_pruned_model_is_fed_float16(tiny, tmp_path):
-    pytest.importorskip("onnxconverter_common", reason="float16 conversion needs onnxconverter-common")
     from deprune_onnx.onnx_io.float16 import convert_to_float16
 
     _, dense, plugin = tiny
@@ -86,7 +98,17 @@ def test_real_model_with_images(tmp_path):
     data = json.loads(result.stdout)
     assert [(s["source"], s["samples"]) for s in data["sets"]] == [("random", 3), ("images", 3)]
     stats = data["sets"][1]["outputs"][0]
-    assert 0 < stats["max_abs"] and -1 <= stats["cosine"] <= 1 and 0 <= stats["top1_agreement"] <= 1
+    # The numbers, recomputed here with ONNX Runtime and numpy on the same three preprocessed images.
+    feeds = image_feeds(input_specs(model), [imagenet_samples()], 3)
+    original = [run_ort(model, feed)[0].astype(np.float64) for feed in feeds]
+    pruned = [run_ort(dense_masked(model, masks), feed)[0].astype(np.float64) for feed in feeds]
+    cosines = [float(p.ravel() @ o.ravel() / (np.linalg.norm(p) * np.linalg.norm(o))) for p, o in zip(pruned, original)]
+    agreement = np.mean([p.reshape(-1, p.shape[-1]).argmax(-1) == o.reshape(-1, o.shape[-1]).argmax(-1)
+                         for p, o in zip(pruned, original)])
+    assert stats["cosine"] == pytest.approx(np.mean(cosines), abs=1e-5) and stats["cosine"] < 1 - 1e-6
+    assert stats["top1_agreement"] == pytest.approx(agreement)
+    assert stats["max_abs"] == pytest.approx(max(np.abs(p - o).max() for p, o in zip(pruned, original)),
+                                             rel=1e-3, abs=1e-6)
 
 
 @pytest.mark.parametrize("args,message", [

@@ -14,7 +14,7 @@ from PIL import Image
 from support.cli_testing import run_cli
 from support.samples import imagenet_samples, sample_model
 from deprune_onnx.errors import DepruneError
-from deprune_onnx.evaluation.images import (PRESETS, find_images, image_labels,
+from deprune_onnx.evaluation.images import (PRESETS, PreprocessOptions, find_images, image_labels,
                                             label_from_name, preprocess)
 from deprune_onnx.evaluation.metrics import agreement_metrics, label_metrics, log_probabilities
 from deprune_onnx.evaluation.runner import ModelRunner
@@ -126,16 +126,21 @@ def test_compare_images_use_the_guessed_preset_and_mean_std_override() -> None:
 
     paths = find_images(imagenet_samples())[:2]
     ocr = [InputSpec("x", (1, 3, 48, 192), np.dtype(np.float32))]
-    feeds = image_feeds(ocr, [str(p) for p in paths], 5)
-    assert len(feeds) == 2
+    feeds, found = image_feeds(ocr, [str(p) for p in paths], 5)
+    assert len(feeds) == found == 2
     np.testing.assert_array_equal(feeds[0]["x"], preprocess(paths[0], PRESETS["ppocr-cls"]))
-    override = image_feeds(ocr, paths, 1, "ppocr-cls", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    override, found = image_feeds(ocr, paths, 1, PreprocessOptions(preset="ppocr-cls", mean=(0.0, 0.0, 0.0),
+                                                                   std=(1.0, 1.0, 1.0)))
+    assert len(override) == 1 and found == 2
     plain = replace(PRESETS["ppocr-cls"], mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     np.testing.assert_array_equal(override[0]["x"], preprocess(paths[0], plain))
 
 
 def test_cli_preset_names_are_the_presets() -> None:
-    from deprune_onnx.cli.image_options import PRESET_NAMES
-    from deprune_onnx.evaluation.images import PRESET_NAMES as MODULE_NAMES
+    from deprune_onnx.cli import image_options
+    from deprune_onnx.evaluation import images
+    from deprune_onnx.options import PRESET_NAMES
 
-    assert PRESET_NAMES == MODULE_NAMES == tuple(PRESETS)
+    assert PRESET_NAMES == image_options.PRESET_NAMES == images.PRESET_NAMES == tuple(PRESETS)
+    assert image_options.CHANNEL_ORDERS == images.CHANNEL_ORDERS
+    assert image_options.CROP_RULES == images.CROP_RULES

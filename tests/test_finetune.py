@@ -364,7 +364,7 @@ def test_fixed_batch_graph_trains_one_sample_at_a_time() -> None:
     train, val = ImageList(images.paths[:6], images.labels[:6]), ImageList(images.paths[6:], images.labels[6:])
     options = TrainOptions(epochs=2, batch=3, optimizer="adam", lr=1e-3, workers=0, select="kl")
     result = finetune_model(student, teacher, train, val, fit_preset(PRESETS["imagenet"], (1, 3, 16, 16)),
-                            options, resolve_masks(student, None, None, None), ONE_PROCESS)
+                            options, ONE_PROCESS)
     assert result.micro_batch == 1 and not result.labels_used  # 3 outputs: ImageNet labels unusable
     assert result.training.steps_per_epoch == 2 and not result.training.batchnorm_train
     assert all(np.isfinite(r["train_loss"]) for r in result.training.history[1:])

@@ -1,4 +1,4 @@
-"""DCP / BWT / HSR masks: the structural rules of DESIGN.md section 3, checked on real and random weights.
+"""DCP / BWT / HSR masks: the structural rules of README.md's step 4, checked on real and random weights.
 
 The checks here do not reuse the code under test: the largest-magnitude property and the per-sub-GEMM counts
 are recomputed with plain loops over sub-GEMMs.

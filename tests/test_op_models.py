@@ -7,7 +7,7 @@ import pytest
 from support.op_testing import (MODEL_PATHS, conv_weights_by_node, custom_nodes, dangling_nodes, dense_masked, dw_convs,
                         is_toposorted, max_rel_err, orphan_initializers, random_feeds, random_masks, run_ort)
 
-from deprune_onnx.op.attributes import node_attributes
+from deprune_onnx.onnx_io.graph import node_attributes
 from deprune_onnx.op.lower import lower
 from deprune_onnx.op.oracle import run_dr_sparse_dwconv
 from deprune_onnx.op.rewrite import rewrite_to_plugin

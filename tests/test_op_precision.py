@@ -7,13 +7,13 @@ import pytest
 from support.op_testing import MODEL_PATHS, custom_nodes, max_rel_err, random_feeds, random_masks, run_ort
 
 from deprune_onnx.errors import DepruneError
-from deprune_onnx.op.attributes import decode_attributes, node_attributes
+from deprune_onnx.onnx_io.graph import node_attributes
+from deprune_onnx.op.attributes import decode_attributes
 from deprune_onnx.op.lower import lower
 from deprune_onnx.op.oracle import run_dr_sparse_dwconv
 from deprune_onnx.op.rewrite import rewrite_to_plugin
 
-pytest.importorskip("onnxconverter_common", reason="float16 conversion needs onnxconverter-common")
-from deprune_onnx.onnx_io.float16 import convert_to_float16  # noqa: E402
+from deprune_onnx.onnx_io.float16 import convert_to_float16
 
 FP16_TOLERANCE = 1e-2  # the spec's float16 max relative error vs float32
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import helper, numpy_helper
+from onnx import helper
 from support.op_testing import (conv_weights_by_node, custom_nodes, dangling_nodes, dw_model, is_toposorted, max_rel_err,
                         orphan_initializers, random_feeds, random_masks, run_ort)
 
 from deprune_onnx.errors import DepruneError
 from deprune_onnx.op.activations import HARD_SWISH_PARAMS
-from deprune_onnx.op.attributes import node_attributes
+from deprune_onnx.onnx_io.graph import node_attributes
 from deprune_onnx.op.lower import lower
 from deprune_onnx.op.oracle import run_dr_sparse_dwconv
 from deprune_onnx.op.rewrite import rewrite_to_plugin
@@ -148,7 +148,7 @@ def test_float16_model_rewrites_with_float16_taps():
     model = dw_model(WEIGHT.astype(np.float16), BIAS.astype(np.float16), activation="relu")
     rewritten, _ = rewrite_to_plugin(model)
     attrs = node_attributes(rewritten.graph.node[0])
-    assert numpy_helper.to_array(attrs["tap_values"]).dtype == np.float16
+    assert attrs["tap_values"].dtype == np.float16
     x16 = {"X": X["X"].astype(np.float16)}
     assert np.array_equal(run_ort(lower(rewritten), x16)[0], run_ort(model, x16)[0])
 

@@ -5,12 +5,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml  # the test extra (pyyaml)
 
 from deprune_onnx.op import spec
 from deprune_onnx.op.attributes import DRConvParams, encode_attributes
 from deprune_onnx.op.packing import pack_dr_weights
 
-yaml = pytest.importorskip("yaml", reason="pyyaml (test extra) parses the op spec")
 
 SPEC_PATH = Path(__file__).resolve().parents[1] / "trt_plugins/dr_sparse_dwconv/DRSparseDepthwiseConv_PluginConfig.yaml"
 

@@ -3,6 +3,7 @@ packer read back through a file, output shapes equal to ONNX shape inference on 
 and exact re-serialization (what getFieldsToSerialize stores in an engine)."""
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -12,10 +13,31 @@ import pytest
 from support.plugin_native import (build_test_native, op_fields, pack_layer, random_keep_mask, read_field_file,
                             real_dw_layers, run_tool, write_field_file)
 
+SPEC_PATH = Path(__file__).resolve().parents[1] / "trt_plugins/dr_sparse_dwconv/DRSparseDepthwiseConv_PluginConfig.yaml"
+
 
 @pytest.fixture(scope="module")
 def build_dir() -> Path:
     return build_test_native()
+
+
+def test_cpp_names_and_defaults_follow_the_yaml_spec(build_dir: Path) -> None:
+    """The C++ side's plugin identity, creator field names (in spec order) and Params defaults are the YAML's."""
+    yaml = pytest.importorskip("yaml", reason="pyyaml (test extra) parses the op spec")
+    config = yaml.safe_load(SPEC_PATH.read_text())
+    result = run_tool(build_dir, "spec")
+    assert result.returncode == 0, result.stderr
+    cpp = json.loads(result.stdout)
+    assert cpp["name"] == config["name"]
+    assert cpp["namespace"] == config["domain"] == config["attributes"]["plugin_namespace"]["default"]
+    assert cpp["version"] == str(config["version"]) == config["attributes"]["plugin_version"]["default"]
+    # The creator advertises every attribute but the two that only route the ONNX parser to the plugin.
+    assert cpp["fields"] == [name for name in config["attributes"] if not name.startswith("plugin_")]
+    assert cpp["activations"] == config["attributes"]["activation"]["values"]
+    spec_defaults = {name: entry["default"] for name, entry in config["attributes"].items()
+                     if "default" in entry and not name.startswith("plugin_")}
+    assert cpp["defaults"] == spec_defaults
+    assert f"1..{cpp['max_kernel']}" in config["attributes"]["kernel_shape"]["description"]
 
 
 def test_cpp_unit_tests_pass(build_dir: Path) -> None:

@@ -50,7 +50,7 @@ def test_every_real_dw_layer_matches_numpy(build_dir: Path, tmp_path: Path) -> N
                            dilations=layer.dilations, activation=activation, activation_params=params)
         # Half of the layers with the batch-1 channel slicing of a 132-SM GPU, half with whole sub-GEMMs.
         y, _ = run_emulated_conv(build_dir, tmp_path, x, fields, 132 if number % 2 else 0, layer.output_shape)
-        ref = reference_dw_conv(x, packed, c_out=layer.weight.shape[0], kernel=kernel, strides=layer.strides,
+        ref = reference_dw_conv(x, np.where(keep, layer.weight, 0), layer.bias, strides=layer.strides,
                                 pads=layer.pads, dilations=layer.dilations, activation=activation,
                                 activation_params=params)
         assert max_rel_err(y, ref) <= 1e-5, f"{layer.model}/{layer.name}"
@@ -58,10 +58,13 @@ def test_every_real_dw_layer_matches_numpy(build_dir: Path, tmp_path: Path) -> N
 
 @pytest.mark.parametrize("case", [
     dict(c=40, k=(5, 5), s=(2, 1), p=(2, 1, 3, 0), d=(1, 2), m=1, act="silu", params=(), hw=(13, 17), n=2),
-    dict(c=24, k=(7, 7), s=(1, 1), p=(3, 3, 3, 3), d=(1, 1), m=2, act="relu", params=(), hw=(9, 40), n=1),
+    dict(c=24, k=(7, 7), s=(1, 1), p=(3, 3, 3, 3), d=(1, 1), m=2, act="relu", params=(), hw=(9, 40), n=1,
+         bias=False),
     dict(c=70, k=(3, 3), s=(2, 2), p=(0, 0, 1, 1), d=(2, 2), m=1, act="hard_swish", params=(0.2, 0.5), hw=(15, 15),
          n=3),
-    dict(c=8, k=(15, 3), s=(1, 2), p=(7, 1, 7, 1), d=(1, 1), m=3, act="clip", params=(-1.0, 1.0), hw=(20, 6), n=1),
+    dict(c=8, k=(15, 3), s=(1, 2), p=(7, 1, 7, 1), d=(1, 1), m=3, act="clip", params=(-1.0, 1.0), hw=(20, 6), n=1,
+         bias=False),
+    dict(c=36, k=(3, 5), s=(2, 1), p=(1, 2, 0, 2), d=(2, 1), m=1, act="none", params=(), hw=(11, 9), n=2),
     dict(c=33, k=(1, 1), s=(1, 1), p=(0, 0, 0, 0), d=(1, 1), m=1, act="none", params=(), hw=(3, 70), n=1),
 ])
 @pytest.mark.parametrize("sms", [0, 132])
@@ -70,9 +73,10 @@ def test_conv_attributes_match_numpy(build_dir: Path, tmp_path: Path, case: dict
     c_out = case["c"] * case["m"]
     weight = rng.standard_normal((c_out, 1, *case["k"])).astype(np.float32)
     keep = random_keep_mask(weight, 0.4, seed=c_out)
-    packed = pack_layer(weight, rng.standard_normal(c_out).astype(np.float32), keep)
+    bias = rng.standard_normal(c_out).astype(np.float32) if case.get("bias", True) else None
+    packed = pack_layer(weight, bias, keep)
     x = rng.standard_normal((case["n"], case["c"], *case["hw"])).astype(np.float32)
-    ref = reference_dw_conv(x, packed, c_out=c_out, kernel=case["k"], strides=case["s"], pads=case["p"],
+    ref = reference_dw_conv(x, np.where(keep, weight, 0), bias, strides=case["s"], pads=case["p"],
                             dilations=case["d"], depth_multiplier=case["m"], activation=case["act"],
                             activation_params=case["params"])
     fields = op_fields(packed, channels=case["c"], kernel=case["k"], strides=case["s"], pads=case["p"],

@@ -121,7 +121,7 @@ def test_pruned_dense_model_is_valid_exact_and_structured(blocks: list[BlockSpec
 @PROPERTY_SETTINGS
 @given(blocks=block_specs(), options=options_strategy, seed=st.integers(0, 3))
 def test_lowered_rewrite_equals_the_dense_model(blocks: list[BlockSpec], options: DWOptions, seed: int) -> None:
-    """lower(rewrite_to_plugin(dense, masks)) computes what the dense masked model computes (DESIGN.md 5, 8)."""
+    """lower(rewrite_to_plugin(dense, masks)) computes what the dense masked model computes (docs/op.md)."""
     result = prune_model(dsconv_network(blocks, size=SIZE, seed=seed), PruneOptions(dw=options, output_format="dense"))
     dense = result.model
     masks = {layer.name: layer.keep_mask() for layer in result.plan.dw_layers}

@@ -23,13 +23,19 @@ def _load(name: str) -> onnx.ModelProto:
     return onnx.load(str(path))
 
 
-def _passes_full_check(model: onnx.ModelProto) -> bool:
-    """The ppocr export ships value_info with dim -1: it fails the full check before any pruning."""
-    try:
+# The ppocr export ships value_info with dim -1, so it fails ONNX's full check before any pruning; only it is
+# checked without shape inference (test_only_ppocr_fails_the_full_check_before_pruning keeps this true).
+NO_FULL_CHECK = {"ppocr_mobile_v2_cls_mobilenetv3_small"}
+
+
+@pytest.mark.parametrize("name", sorted(ALIGN))
+def test_only_ppocr_fails_the_full_check_before_pruning(name):
+    model = _load(name)
+    if name in NO_FULL_CHECK:
+        with pytest.raises(onnx.shape_inference.InferenceError):
+            onnx.checker.check_model(model, full_check=True)
+    else:
         onnx.checker.check_model(model, full_check=True)
-    except Exception:
-        return False
-    return True
 
 
 @pytest.mark.parametrize("scope", ["project", "all"])
@@ -38,7 +44,7 @@ def test_real_model_pruned_exactly_with_reduced_shapes_and_costs(name, scope):
     model = _load(name)
     align = ALIGN[name]
     plan, pruned = assert_exact_pruning(model, ratio=0.5, align=align, scope=scope,
-                                        full_check=_passes_full_check(model))
+                                        full_check=name not in NO_FULL_CHECK)
     shapes = infer_tensor_shapes(pruned)
     for entry in plan.groups:
         assert entry.kept % align == 0 and entry.aligned
@@ -59,7 +65,8 @@ def test_real_model_pruned_exactly_with_reduced_shapes_and_costs(name, scope):
 def test_real_model_nm24(name):
     model = _load(name)
     masked, rows = apply_nm24(model)
-    assert rows and all(row["sparsity_after"] >= 0.5 for row in rows if row["qualifies"])
+    assert any(row["qualifies"] for row in rows)
+    assert all(row["sparsity_after"] >= 0.5 for row in rows if row["qualifies"])
     feeds = random_feeds(model)
     assert [o.shape for o in run(masked, feeds)] == [o.shape for o in run(model, feeds)]
     assert np.isfinite(run(masked, feeds)[0]).all()

@@ -24,7 +24,7 @@ def test_masks_on_a_model_and_report_rows():
     masked, rows = apply_nm24(model)
     onnx.checker.check_model(masked, full_check=True)
     by_layer = {row["layer"]: row for row in rows}
-    assert len(rows) == 2
+    assert len(rows) == 2 and sorted(row["qualifies"] for row in rows) == [False, True]
     for node in (n for n in masked.graph.node if n.name in by_layer):
         row = by_layer[node.name]
         w = weight(masked, node.name)

@@ -28,8 +28,7 @@ import numpy as np
 import onnx
 
 from deprune_onnx.analysis import ModelAnalysis
-from deprune_onnx.dw.planner import DW_METHODS
-from deprune_onnx.errors import DepruneError
+from deprune_onnx.options import DW_METHODS, check_choice, check_tile
 from deprune_onnx.onnx_io.graph import GraphIndex
 from deprune_onnx.dw.masks import (SUBGEMM_CHANNELS, Misalignment, align_subgemms, choose_hsr_patterns,
                                 kept_per_subgemm, misalignment, subgemm_sizes, subgemm_vectors)
@@ -111,10 +110,8 @@ def _zero_pattern_plan(name: str, weight_name: str, keep: np.ndarray, method: st
 def plan_keep_zeros(model: onnx.ModelProto, analysis: ModelAnalysis, method: str = "bh",
                     tile: int = 32) -> KeepZerosPlan:
     """DWLayerPlan entries whose masks are the DW weights' zero patterns, checked (and for ``bh`` aligned)."""
-    if method not in DW_METHODS:
-        raise DepruneError(f"--method '{method}': expected one of {', '.join(DW_METHODS)}")
-    if tile < 1:
-        raise DepruneError(f"--tile {tile}: must be a positive number of vectors")
+    check_choice(method, DW_METHODS, "dw.method")
+    check_tile(tile)
     index = GraphIndex(model.graph)
     plans: list[DWLayerPlan] = []
     weights: dict[str, np.ndarray] = {}

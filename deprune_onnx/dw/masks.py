@@ -1,4 +1,5 @@
-"""DEPrune masks for depthwise convolutions: DCP, BWT and HSR (DESIGN.md section 3), in pure numpy.
+"""DEPrune masks for depthwise convolutions: DCP, BWT and HSR (the paper's three steps; README.md, "What `prune`
+does", step 4), in pure numpy.
 
 Diagonal-wise Refactorization (DR) sees a DW layer with C_out output channels as G = ceil(C_out/32) sub-GEMMs;
 sub-GEMM g owns channels [32g, min(32g+32, C_out)) and its "vectors" are those channels' (ky, kx) weights,
@@ -16,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SUBGEMM_CHANNELS = 32
-DEFAULT_TILE = 32
+from deprune_onnx.op.spec import K_TILE as DEFAULT_TILE
+from deprune_onnx.op.spec import SUBGEMM_CHANNELS
 
 
 def round_half_up(value: float) -> int:

@@ -1,4 +1,5 @@
-"""Decide the DW masks of a model: per-layer ratios, DCP/BWT masks, HSR alignment (DESIGN.md section 3).
+"""Decide the DW masks of a model: per-layer ratios, DCP/BWT masks, HSR alignment (README.md,
+"What `prune` does", step 4).
 
 Produces DWLayerPlan entries from a ModelAnalysis; reads weights, writes nothing. HSR needs every layer's BWT
 result before it can rank layers by beta, so planning is two passes: masks per layer, then the model-wide
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import fnmatch
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
@@ -21,34 +21,18 @@ from deprune_onnx.onnx_io.graph import GraphIndex
 from deprune_onnx.dw.masks import (SUBGEMM_CHANNELS, Misalignment, align_subgemms, bwt_mask, channel_mask,
                                 choose_hsr_patterns, dcp_mask, global_masks, kept_per_subgemm, misalignment,
                                 subgemm_vectors)
+from deprune_onnx.options import DWOptions, OptionError, check_dw_options, literal
 from deprune_onnx.plan import DWLayerPlan, encode_mask
 from deprune_onnx.progress import progress
 
-DW_METHODS = ("dcp", "b", "bh", "channel", "global")
 
-
-@dataclass
-class DWOptions:
-    method: str = "bh"
-    dw_ratio: float = 0.5
-    layer_ratios: list[tuple[str, float]] = field(default_factory=list)  # (name or glob, ratio); last wins
-    exclude: list[str] = field(default_factory=list)                     # globs of layers left dense
-    tile: int = 32
-    hsr_alphas: dict[str, float] = field(default_factory=dict)           # measured alpha per layer
-
-
-def check_ratio(value: float, option: str) -> float:
-    if not 0.0 <= value < 1.0:
-        raise DepruneError(f"{option} {value}: a pruning ratio must be in [0, 1)")
-    return value
-
-
-def _matching(names: list[str], pattern: str, option: str) -> list[str]:
+def _matching(names: list[str], pattern: str, param: str) -> list[str]:
     """DW layer names equal to ``pattern`` or matching it as a glob; a pattern matching nothing is an error,
     so a typo never silently prunes at the default ratio."""
     matched = [n for n in names if n == pattern or fnmatch.fnmatchcase(n, pattern)]
     if not matched:
-        raise DepruneError(f"{option} '{pattern}': matches no DW layer (list them with 'deprune-onnx inspect')")
+        raise OptionError(f"{{{param}}} '{literal(pattern)}': matches no DW layer (list them with "
+                          "'deprune-onnx inspect')")
     return matched
 
 
@@ -56,10 +40,10 @@ def resolve_layer_ratios(names: list[str], options: DWOptions) -> dict[str, floa
     """Ratio per DW layer (None = excluded), from --dw-ratio, --layer-ratio and --exclude."""
     ratios: dict[str, float | None] = {name: options.dw_ratio for name in names}
     for pattern, ratio in options.layer_ratios:
-        for name in _matching(names, pattern, "--layer-ratio"):
+        for name in _matching(names, pattern, "dw.layer_ratios"):
             ratios[name] = ratio
     for pattern in options.exclude:
-        for name in _matching(names, pattern, "--exclude"):
+        for name in _matching(names, pattern, "dw.exclude"):
             ratios[name] = None
     return ratios
 
@@ -104,19 +88,10 @@ def layer_mask(weight: np.ndarray, method: str, ratio: float) -> np.ndarray:
 
 def plan_dw_layers(model: onnx.ModelProto, analysis: ModelAnalysis, options: DWOptions) -> list[DWLayerPlan]:
     """One DWLayerPlan per DW layer of ``analysis`` (excluded layers too, with method 'none')."""
-    if options.method not in DW_METHODS:
-        raise DepruneError(f"--method '{options.method}': expected one of {', '.join(DW_METHODS)}")
-    check_ratio(options.dw_ratio, "--dw-ratio")
-    for _, ratio in options.layer_ratios:
-        check_ratio(ratio, "--layer-ratio")
-    if options.method == "global" and options.layer_ratios:
-        raise DepruneError("--layer-ratio: not available with --method global (one ranking across all DW layers "
-                           "decides every layer's ratio); use --exclude to leave layers out")
-    if options.tile < 1:
-        raise DepruneError(f"--tile {options.tile}: must be a positive number of vectors")
+    check_dw_options(options)
     unknown = sorted(set(options.hsr_alphas) - {layer.name for layer in analysis.dw_layers})
     if unknown:
-        raise DepruneError(f"--hsr-timings: layer '{unknown[0]}' is not a DW layer of the model")
+        raise OptionError(f"{{dw.hsr_alphas}}: layer '{literal(unknown[0])}' is not a DW layer of the model")
 
     index = GraphIndex(model.graph)
     ratios = resolve_layer_ratios([layer.name for layer in analysis.dw_layers], options)

@@ -6,26 +6,33 @@ first (ONNX Runtime cannot load the TensorRT plugin). Polygraphy's comparator ju
 supplies the error statistics, with the original as the reference:
   elementwise, an output value fails when |pruned - original| > atol AND |pruned - original| / |original| > rtol
   (Polygraphy's ``elemwise`` check; a reference value of exactly 0 makes its relative error huge, by design).
-On top we report the cosine similarity (per sample, then averaged) and, for outputs shaped like class scores
-([..., K] with K > 1), the top-1 agreement: the fraction of samples whose arg-max class is the same.
+On top we report the relative L2 error and cosine similarity (per sample, then averaged) and, only for outputs
+that are class scores (``deprune_onnx.evaluation.output_kind``: [N, K], not a map or a sequence), the top-1
+agreement: the fraction of samples whose arg-max class is the same. ``judge="images"`` lets only the image
+inputs decide the checks (random noise is no input a deployed model sees; its results are still reported).
 
-Images are preprocessed by the presets of ``deprune_onnx.evaluation.images`` (the standard view, fitted to the
-model's H x W), guessed from the input shape unless named; ``mean``/``std`` replace the preset's own.
+Images are preprocessed as ``eval`` does (``deprune_onnx.evaluation.images.preprocessing_for``: the options over
+the original's metadata_props, else the pruned model's, else the preset guessed from the input shape), in the
+standard view; at most ``n`` of them, and the report notes when the folder held more.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 
 from deprune_onnx.errors import DepruneError
+from deprune_onnx.evaluation.metrics import error_metrics
+from deprune_onnx.evaluation.output_kind import CLASS_SCORES, DENSE, output_kind
+from deprune_onnx.evaluation.runner import lower_custom_ops
 from deprune_onnx.op import spec as op_spec
-from deprune_onnx.op.graphs import model_uses_custom_op
-from deprune_onnx.op.lower import lower
+
+if TYPE_CHECKING:
+    from deprune_onnx.evaluation.images import Preset, PreprocessOptions
 
 DEFAULT_RTOL = 1e-5
 DEFAULT_ATOL = 1e-5
@@ -47,8 +54,10 @@ class OutputStats:
     mean_abs: float
     max_rel: float
     mean_rel: float
+    rel_l2: float                 # mean over samples of ||pruned - original|| / ||original||
     cosine: float
-    top1_agreement: float | None  # None when the output is not shaped like class scores
+    kind: str                     # class_scores | sequence | dense (deprune_onnx.evaluation.output_kind)
+    top1_agreement: float | None  # class scores only
     within_tolerance: bool
 
 
@@ -63,12 +72,15 @@ class InputSetResult:
 class CompareReport:
     """Everything ``compare`` found; ``failures`` empty means every requested check passed."""
 
-    lowered_ops: int
+    lowered_ops: int               # DRSparseDepthwiseConv nodes of the pruned model lowered to Conv
+    lowered_ops_original: int      # the same for the original model
     rtol: float | None
     atol: float | None
     min_agreement: float | None
+    judged: str = "all"            # which input sets the checks judge: "all" or "images"
     sets: list[InputSetResult] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -110,24 +122,21 @@ def random_feeds(specs: Sequence[InputSpec], n: int, seed: int) -> list[dict[str
     return [{spec.name: rng.standard_normal(spec.shape, dtype=np.float32) for spec in specs} for _ in range(n)]
 
 
-def image_feeds(specs: Sequence[InputSpec], sources: Sequence[str | Path], n: int, preprocess: str | None = None,
-                mean: Sequence[float] | None = None, std: Sequence[float] | None = None
-                ) -> list[dict[str, np.ndarray]]:
-    """The first ``n`` images of ``sources`` (sorted by name), one per feed, for a single [N, 3, H, W] input:
-    the preset's standard view (``preprocess``, or guessed from the shape), its mean/std replaced where given."""
-    from dataclasses import replace
+def image_feeds(specs: Sequence[InputSpec], sources: Sequence[str | Path], n: int,
+                preprocessing: "PreprocessOptions | Preset | str | None" = None,
+                *models: "tuple[onnx.ModelProto, str] | None") -> tuple[list[dict[str, np.ndarray]], int]:
+    """The first ``n`` images of ``sources`` (sorted by name), one per feed, for a single [N, 3, H, W] input, in
+    the standard view of the preprocessing ``eval`` would use (``preprocessing_for``: options over the
+    metadata_props of ``models``); and how many images the sources hold (more than ``n``: capped)."""
+    from deprune_onnx.evaluation.images import find_images, preprocess as preprocess_image, preprocessing_for
 
-    from deprune_onnx.evaluation.images import find_images, preprocess as preprocess_image, resolve_preset
-
-    paths = find_images(sources)[:n]
+    found = find_images(sources)
     if len(specs) != 1 or len(specs[0].shape) != 4 or specs[0].shape[1] != 3:
         raise DepruneError("--images needs a model with one [N, 3, H, W] input, got "
                            + ", ".join(f"{s.name} {list(s.shape)}" for s in specs))
     spec = specs[0]
-    preset = resolve_preset(preprocess, spec.shape)
-    preset = replace(preset, mean=tuple(mean) if mean is not None else preset.mean,
-                     std=tuple(std) if std is not None else preset.std)
-    return [{spec.name: np.repeat(preprocess_image(p, preset), spec.shape[0], axis=0)} for p in paths]
+    preset = preprocessing_for(preprocessing, spec.shape, *models)
+    return [{spec.name: np.repeat(preprocess_image(p, preset), spec.shape[0], axis=0)} for p in found[:n]], len(found)
 
 
 def _run(model: onnx.ModelProto, name: str, feeds: Sequence[dict[str, np.ndarray]]) -> list[Any]:
@@ -146,19 +155,12 @@ def _run(model: onnx.ModelProto, name: str, feeds: Sequence[dict[str, np.ndarray
     return results
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    denominator = np.linalg.norm(a) * np.linalg.norm(b)
-    if denominator == 0:
-        return 1.0 if np.array_equal(a, b) else 0.0
-    return float(a @ b / denominator)
-
-
 def _top1_agreement(pruned: list[np.ndarray], original: list[np.ndarray]) -> float | None:
-    if pruned[0].ndim < 2 or pruned[0].shape[-1] < 2:
+    """Fraction of samples whose arg-max class agrees; None unless the output is class scores."""
+    if output_kind(original[0].shape) != CLASS_SCORES:
         return None
-    pruned_top = np.concatenate([p.reshape(-1, p.shape[-1]).argmax(-1) for p in pruned])
-    original_top = np.concatenate([o.reshape(-1, o.shape[-1]).argmax(-1) for o in original])
+    pruned_top = np.concatenate([p.reshape(len(p), -1).argmax(-1) for p in pruned])
+    original_top = np.concatenate([o.reshape(len(o), -1).argmax(-1) for o in original])
     return float(np.mean(pruned_top == original_top))
 
 
@@ -182,49 +184,68 @@ def _compare_set(source: str, original: onnx.ModelProto, pruned: onnx.ModelProto
     stats = []
     for output in runs["original"][0]:
         results = [iteration[output] for iteration in per_iteration]
-        pruned_values = [iteration[output] for iteration in runs["pruned"]]
-        original_values = [iteration[output] for iteration in runs["original"]]
+        pruned_values = [np.asarray(iteration[output]) for iteration in runs["pruned"]]
+        original_values = [np.asarray(iteration[output]) for iteration in runs["original"]]
+        errors = error_metrics(np.concatenate([o.reshape(1, -1) for o in original_values]),
+                               np.concatenate([p.reshape(1, -1) for p in pruned_values]))
         stats.append(OutputStats(
             output=output,
             max_abs=float(max(r.max_absdiff for r in results)),
             mean_abs=float(np.mean([r.mean_absdiff for r in results])),
             max_rel=float(max(r.max_reldiff for r in results)),
             mean_rel=float(np.mean([r.mean_reldiff for r in results])),
-            cosine=float(np.mean([_cosine(p, o) for p, o in zip(pruned_values, original_values)])),
+            rel_l2=errors.rel_l2_mean, cosine=errors.cosine_mean,
+            kind=output_kind(original_values[0].shape) if original_values[0].ndim else DENSE,
             top1_agreement=_top1_agreement(pruned_values, original_values),
             within_tolerance=all(bool(r) for r in results)))
     return InputSetResult(source, len(feeds), tuple(stats))
 
 
+JUDGED_INPUTS = ("all", "images")
+
+
 def compare_models(original: onnx.ModelProto, pruned: onnx.ModelProto, *, n: int = 16, seed: int = 0,
                    images: Sequence[str | Path] = (), rtol: float | None = None, atol: float | None = None,
-                   min_agreement: float | None = None, preprocess: str | None = None,
-                   mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> CompareReport:
+                   min_agreement: float | None = None,
+                   preprocessing: "PreprocessOptions | Preset | str | None" = None,
+                   judge: str = "all") -> CompareReport:
     """Run both models and check them.
 
     Checks: the tolerance check (rtol/atol; defaults 1e-5/1e-5) unless only ``min_agreement`` is given, and
-    the top-1 agreement of every class-score output when ``min_agreement`` is given. Failures are listed in
-    the report, not raised: the caller decides (the CLI exits 1).
+    the top-1 agreement of every class-score output when ``min_agreement`` is given. ``judge`` "images" lets
+    only the image inputs decide (random inputs are still run and reported). Failures are listed in the report,
+    not raised: the caller decides (the CLI exits 1).
     """
     if n < 1:
         raise DepruneError(f"--n must be >= 1, got {n}")
     if min_agreement is not None and not 0.0 <= min_agreement <= 1.0:
         raise DepruneError(f"--min-agreement must be in [0, 1], got {min_agreement}")
+    if judge not in JUDGED_INPUTS:
+        raise DepruneError(f"--judge '{judge}': expected one of {', '.join(JUDGED_INPUTS)}")
+    if judge == "images" and not images:
+        raise DepruneError("--judge images: give the images with --images")
     check_tolerance = not (min_agreement is not None and rtol is None and atol is None)
     rtol = DEFAULT_RTOL if rtol is None else rtol
     atol = DEFAULT_ATOL if atol is None else atol
-    lowered_ops = sum(node.op_type == op_spec.OP_TYPE and node.domain == op_spec.DOMAIN for node in pruned.graph.node)
-    runnable = lower(pruned) if model_uses_custom_op(pruned) else pruned
+    lowered = [len(op_spec.custom_nodes(model)) for model in (pruned, original)]
+    runnable = lower_custom_ops(pruned, "PRUNED")
+    metadata_sources = ((original, "ORIGINAL"), (pruned, "PRUNED"))
+    original = lower_custom_ops(original, "ORIGINAL")
 
     specs = input_specs(original)
-    report = CompareReport(lowered_ops, rtol if check_tolerance else None, atol if check_tolerance else None,
-                           min_agreement)
+    report = CompareReport(lowered[0], lowered[1], rtol if check_tolerance else None,
+                           atol if check_tolerance else None, min_agreement, judge)
     feed_sets = [("random", random_feeds(specs, n, seed))]
     if images:
-        feed_sets.append(("images", image_feeds(specs, images, n, preprocess, mean, std)))
+        feeds, found = image_feeds(specs, images, n, preprocessing, *metadata_sources)
+        feed_sets.append(("images", feeds))
+        if found > n:
+            report.notes.append(f"images: the first {n} of {found} (by name) were used; --n caps them")
     for source, feeds in feed_sets:
         result = _compare_set(source, original, runnable, feeds, rtol, atol)
         report.sets.append(result)
+        if judge == "images" and source != "images":
+            continue
         for stats in result.outputs:
             if check_tolerance and not stats.within_tolerance:
                 report.failures.append(f"{source}/{stats.output}: outside rtol={rtol:g} atol={atol:g} "
@@ -234,30 +255,35 @@ def compare_models(original: onnx.ModelProto, pruned: onnx.ModelProto, *, n: int
                 report.failures.append(f"{source}/{stats.output}: top-1 agreement {stats.top1_agreement:.3f} "
                                        f"< {min_agreement:g}")
     if min_agreement is not None and all(s.top1_agreement is None for r in report.sets for s in r.outputs):
-        raise DepruneError("--min-agreement given, but no output is shaped like class scores [..., K]")
+        kinds = ", ".join(sorted({s.kind for r in report.sets for s in r.outputs}))
+        raise DepruneError(f"--min-agreement given, but no output is class scores (outputs: {kinds}); judge maps "
+                           "and sequences with --rtol/--atol, or 'eval --max-rel-error'")
     return report
 
 
 def format_report(report: CompareReport) -> str:
     """A fixed-width table, one row per (input set, output), and the verdict."""
     lines = []
-    if report.lowered_ops:
-        lines.append(f"pruned model: {report.lowered_ops} DRSparseDepthwiseConv node(s) lowered to Conv for "
-                     "ONNX Runtime")
+    for which, count in (("original", report.lowered_ops_original), ("pruned", report.lowered_ops)):
+        if count:
+            lines.append(f"{which} model: {count} DRSparseDepthwiseConv node(s) lowered to Conv for ONNX Runtime")
     header = f"{'inputs':<8} {'n':>3}  {'output':<28} {'max abs':>10} {'mean abs':>10} {'max rel':>10} " \
-             f"{'cosine':>9} {'top-1':>7}"
+             f"{'rel L2':>10} {'cosine':>9} {'top-1':>7}"
     lines += [header, "-" * len(header)]
     for result in report.sets:
         for s in result.outputs:
             top1 = "-" if s.top1_agreement is None else f"{s.top1_agreement:.3f}"
             lines.append(f"{result.source:<8} {result.samples:>3}  {s.output[:28]:<28} {s.max_abs:>10.3g} "
-                         f"{s.mean_abs:>10.3g} {s.max_rel:>10.3g} {s.cosine:>9.6f} {top1:>7}")
+                         f"{s.mean_abs:>10.3g} {s.max_rel:>10.3g} {s.rel_l2:>10.3g} {s.cosine:>9.6f} {top1:>7}")
     checks = []
     if report.rtol is not None:
         checks.append(f"rtol={report.rtol:g} atol={report.atol:g}")
     if report.min_agreement is not None:
         checks.append(f"min top-1 agreement={report.min_agreement:g}")
+    if report.judged != "all":
+        checks.append(f"judged on {report.judged} only")
     verdict = "PASSED" if report.passed else "FAILED"
+    lines += [f"note: {note}" for note in report.notes]
     lines.append(f"{verdict} ({', '.join(checks)})")
     lines += [f"  {failure}" for failure in report.failures]
     return "\n".join(lines)

@@ -8,6 +8,14 @@ log-probabilities first, so every metric means the same for either kind of model
 - KL: mean over samples of KL(reference || model) = sum p_ref (log p_ref - log p_model), in nats.
 - logit cosine: cosine similarity of the centred logits (log-probabilities minus their mean, which equals raw
   logits minus their mean), mean over samples.
+
+Those are class metrics, for outputs that are class scores (``deprune_onnx.evaluation.output_kind``). Every kind
+of output (maps, sequences, class scores) also gets error metrics against the reference, per sample on the
+flattened output, then averaged:
+
+- relative L2 error: ||model - reference|| / ||reference|| (0 when both are 0, inf when only the reference is).
+- cosine: cosine similarity of the raw outputs (1 when both are 0).
+- max abs error: the largest |model - reference| over all samples and elements.
 """
 from __future__ import annotations
 
@@ -98,3 +106,35 @@ def label_metrics(outputs: np.ndarray, labels: np.ndarray) -> LabelMetrics:
     outputs = np.asarray(outputs).reshape(len(outputs), -1)
     top5 = float(topk_hits(outputs, labels, 5).mean()) if outputs.shape[1] >= 5 else None
     return LabelMetrics(samples=len(outputs), top1=float(topk_hits(outputs, labels, 1).mean()), top5=top5)
+
+
+@dataclass
+class ErrorMetrics:
+    """A model's raw outputs against its reference's over the same samples (any output kind)."""
+
+    samples: int
+    rel_l2_mean: float
+    rel_l2_max: float
+    cosine_mean: float
+    max_abs: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def error_metrics(reference_outputs: np.ndarray, model_outputs: np.ndarray) -> ErrorMetrics:
+    """Relative L2 error, cosine and max abs error of ``model_outputs`` against ``reference_outputs`` [N, ...]."""
+    if reference_outputs.shape != model_outputs.shape:
+        raise ValueError(f"output shapes differ: {reference_outputs.shape} vs {model_outputs.shape}")
+    ref = np.asarray(reference_outputs, dtype=np.float64).reshape(len(reference_outputs), -1)
+    mod = np.asarray(model_outputs, dtype=np.float64).reshape(len(model_outputs), -1)
+    ref_norm, mod_norm = np.linalg.norm(ref, axis=1), np.linalg.norm(mod, axis=1)
+    diff_norm = np.linalg.norm(mod - ref, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(ref_norm > 0, diff_norm / np.where(ref_norm > 0, ref_norm, 1.0),
+                       np.where(diff_norm > 0, np.inf, 0.0))
+    norms = ref_norm * mod_norm
+    cosine = np.where(norms > 0, np.sum(ref * mod, axis=1) / np.where(norms > 0, norms, 1.0),
+                      np.where(diff_norm > 0, 0.0, 1.0))
+    return ErrorMetrics(samples=len(ref), rel_l2_mean=float(rel.mean()), rel_l2_max=float(rel.max()),
+                        cosine_mean=float(cosine.mean()), max_abs=float(np.abs(mod - ref).max()) if ref.size else 0.0)

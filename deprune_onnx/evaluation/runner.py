@@ -3,7 +3,9 @@
 The shared models are exported with a static batch of 1. Running one image at a time wastes most of the time in
 per-call overhead, so the runner gives the model a symbolic batch dimension (input, outputs; stale value_info
 dropped) and falls back to batch 1 when the graph hard-codes its batch (a Reshape to [1, -1], say). A model that
-holds deprune's custom op is lowered to standard ops first, when this installation has the lowering.
+holds deprune's custom op is lowered to standard ops first, when this installation has the lowering. Samples
+are prepared in float32 and fed in the model's own input type (a ``prune --dtype float16`` model gets float16);
+outputs come back as float32.
 """
 from __future__ import annotations
 
@@ -14,21 +16,17 @@ import numpy as np
 import onnx
 
 from deprune_onnx.errors import DepruneError
+from deprune_onnx.op import spec
 
 if TYPE_CHECKING:
     import onnxruntime as ort
 
-CUSTOM_DOMAIN = "deprune"
 DEFAULT_BATCH = 16
-
-
-def has_custom_ops(model: onnx.ModelProto) -> bool:
-    return any(node.domain == CUSTOM_DOMAIN for node in model.graph.node)
 
 
 def lower_custom_ops(model: onnx.ModelProto, name: str = "model") -> onnx.ModelProto:
     """Standard-op copy of a model with DRSparseDepthwiseConv nodes (``deprune_onnx.op.lower``), else the model."""
-    if not has_custom_ops(model):
+    if not spec.custom_nodes(model):
         return model
     try:
         lowering = importlib.import_module("deprune_onnx.op.lower")
@@ -70,8 +68,19 @@ def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [v for v in model.graph.input if v.name not in initializers]
 
 
+def image_input_dtype(model: onnx.ModelProto) -> np.dtype:
+    """numpy dtype of the model's first non-initializer input (float32 for most models, float16 after
+    ``prune --dtype float16``): what every sample is cast to before it is fed."""
+    inputs = _graph_inputs(model)
+    if not inputs:
+        raise DepruneError("the model has no input")
+    elem_type = inputs[0].type.tensor_type.elem_type
+    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)) if elem_type else np.dtype(np.float32)
+
+
 class ModelRunner:
-    """One ORT session of a model (lowered, batch made dynamic) that maps [N, ...] inputs to its first output."""
+    """One ORT session of a model (lowered, batch made dynamic) that maps [N, ...] inputs to its first output,
+    each sample cast to the model's input type (``input_dtype``)."""
 
     def __init__(self, model: onnx.ModelProto, name: str = "model", batch_size: int = DEFAULT_BATCH) -> None:
         model = lower_custom_ops(model, name)
@@ -81,6 +90,7 @@ class ModelRunner:
         self.name = name
         self.input_name = inputs[0].name
         self.input_shape = self.image_input_shape(model)
+        self.input_dtype = image_input_dtype(model)
         self._model = model
         self.batch_size = max(1, batch_size)
         self._session = make_session(with_dynamic_batch(model))
@@ -99,7 +109,8 @@ class ModelRunner:
         self._session = make_session(self._model)
 
     def run(self, inputs: np.ndarray, progress: Callable[[int], None] | None = None) -> np.ndarray:
-        """First output of the model for every row of ``inputs``, as float32 [N, ...]."""
+        """First output of the model for every row of ``inputs``, as float32 [N, ...] (the output's own shape
+        after the batch axis)."""
         expected = self.input_shape[1:]
         if tuple(inputs.shape[1:]) != tuple(d for d in expected) and all(isinstance(d, int) for d in expected):
             raise DepruneError(f"{self.name}: input '{self.input_name}' wants [N, {', '.join(map(str, expected))}], "
@@ -110,7 +121,7 @@ class ModelRunner:
         while start < len(inputs):
             batch = inputs[start:start + self.batch_size]
             try:
-                result = self._session.run(None, {self.input_name: batch})[0]
+                result = self._session.run(None, {self.input_name: batch.astype(self.input_dtype, copy=False)})[0]
             except Exception as exc:  # a graph that hard-codes batch 1: run it one sample at a time
                 if self.batch_size == 1:
                     message = " ".join(str(exc).split())
@@ -118,7 +129,7 @@ class ModelRunner:
                         from None
                 self._fall_back_to_batch_one()
                 continue
-            outputs.append(np.asarray(result, dtype=np.float32).reshape(len(batch), -1))
+            outputs.append(np.asarray(result, dtype=np.float32))
             start += len(batch)
             if progress is not None:
                 progress(len(batch))

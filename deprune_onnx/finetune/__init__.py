@@ -15,8 +15,9 @@ from __future__ import annotations
 import importlib.util
 
 from deprune_onnx.errors import DepruneError
+from deprune_onnx.extras import install_hint
 
-INSTALL_HINT = "pip install 'deprune-onnx[finetune]'"
+INSTALL_HINT = install_hint("finetune")
 
 
 def require_torch() -> None:

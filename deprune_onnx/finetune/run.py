@@ -6,6 +6,9 @@ against ONNX Runtime) -> ``train.Trainer`` (epochs, validation, checkpoints, the
 values written back into the student's own graph -> the plan re-applied (pruned weights exactly +0) -> checked
 against the pruned input (``structure.structure_changes``). Removed PW channels stay removed because shapes
 never change: the student already lacks them and only values are trained.
+
+Either model may hold deprune's custom op (lowered to Conv first) or be float16 (``prune --dtype float16``):
+training runs on an exact float32 copy, and a float16 student is written back as float16.
 """
 from __future__ import annotations
 
@@ -13,20 +16,24 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
+import numpy as np
 import onnx
 
 from deprune_onnx.dw.apply import apply_dw_masks
 from deprune_onnx.errors import CheckFailed, DepruneError
 from deprune_onnx.evaluation.images import Preset, preprocess
+from deprune_onnx.evaluation.output_kind import CLASS_SCORES, DENSE, SEQUENCE, output_kind as shape_kind
+from deprune_onnx.evaluation.runner import lower_custom_ops
 from deprune_onnx.finetune.convert import to_torch, write_back
 from deprune_onnx.finetune.data import ImageList, PresetImages
-from deprune_onnx.finetune.distill import predict
+from deprune_onnx.finetune.distill import check_informative, predict
 from deprune_onnx.finetune.distributed import Processes
 from deprune_onnx.finetune.fixed_masks import FixedMasks
-from deprune_onnx.finetune.structure import MaskSource, structure_changes
+from deprune_onnx.finetune.structure import MaskSource, resolve_masks, structure_changes
 from deprune_onnx.finetune.train import Trainer, TrainOptions, TrainResult
+from deprune_onnx.onnx_io.float16 import convert_to_float16, convert_to_float32, is_float16
 from deprune_onnx.onnx_io.graph import ensure_unique_node_names
 from deprune_onnx.plan import PruningPlan
 
@@ -68,15 +75,23 @@ def input_shape(model: onnx.ModelProto) -> tuple[int, ...]:
     return (1, *shape[1:])
 
 
-def output_kind(model: onnx.ModelProto) -> str:
-    """logits | probabilities | log_probabilities, from the op producing the first graph output."""
+def output_kind(model: onnx.ModelProto, shape: Sequence[int]) -> str:
+    """How the first output is distilled (``deprune_onnx.finetune.distill``), from the op producing it and its
+    ``shape`` [N, ...]: logits | probabilities | log_probabilities (class scores, or a map's classes per pixel),
+    sequence:<one of those> ([N, T, C]), sigmoid (probabilities per element), map (one channel of raw values)."""
     name = model.graph.output[0].name
     producer = next((n for n in model.graph.node if name in n.output), None)
-    if producer is not None and producer.op_type == "Softmax":
-        return "probabilities"
-    if producer is not None and producer.op_type == "LogSoftmax":
-        return "log_probabilities"
-    return "logits"
+    op = producer.op_type if producer is not None else ""
+    activation = {"Softmax": "probabilities", "LogSoftmax": "log_probabilities", "Sigmoid": "sigmoid"}.get(
+        op, "logits")
+    kind = shape_kind(shape)
+    if activation == "sigmoid":
+        return activation
+    if kind == SEQUENCE:
+        return f"sequence:{activation}"
+    if kind == DENSE and activation == "logits" and (len(shape) < 2 or shape[1] == 1):
+        return "map"
+    return activation
 
 
 def fingerprint(student: onnx.ModelProto, teacher: onnx.ModelProto, train: ImageList, val: ImageList,
@@ -94,10 +109,17 @@ def fingerprint(student: onnx.ModelProto, teacher: onnx.ModelProto, train: Image
 
 
 def finetune_model(student: onnx.ModelProto, teacher: onnx.ModelProto, train: ImageList, val: ImageList,
-                   preset: Preset, options: TrainOptions, masks: MaskSource, processes: Processes,
+                   preset: Preset, options: TrainOptions, processes: Processes, plan: PruningPlan | None = None,
+                   plan_source: str | None = None, realign: str | None = None, tile: int = 32,
                    checkpoints: Path | None = None, resume: bool = False,
                    log: Callable[[str], None] = lambda _: None) -> FinetuneResult:
-    """Distil ``teacher`` into ``student`` (modified in place: masks applied) and return the best epoch's model."""
+    """Distil ``teacher`` into ``student`` and return the best epoch's model. The fixed masks are
+    ``structure.resolve_masks(student, plan, plan_source, realign, tile)``, taken after custom ops are lowered;
+    ``log`` receives the mask source, any re-alignment change and one line per epoch."""
+    half = is_float16(student)
+    student, teacher = lower_custom_ops(student, "model"), lower_custom_ops(teacher, "--teacher")
+    student = convert_to_float32(student) if half else student
+    teacher = convert_to_float32(teacher) if is_float16(teacher) else teacher
     ensure_unique_node_names(student)
     pruned = onnx.ModelProto()
     pruned.CopyFrom(student)
@@ -105,22 +127,33 @@ def finetune_model(student: onnx.ModelProto, teacher: onnx.ModelProto, train: Im
     if input_shape(teacher) != shape:
         raise DepruneError(f"--teacher: input shape {list(input_shape(teacher))} differs from the model's "
                            f"{list(shape)}")
+    masks = resolve_masks(student, plan, plan_source, realign, tile)
     plan = masks.plan
     apply_dw_masks(student, plan.dw_layers)
-    kind = output_kind(student)
     torch_student = to_torch(student, "model", shape)
     torch_teacher = to_torch(teacher, "--teacher", shape)
     torch_student.module.to(processes.device)
     torch_teacher.module.to(processes.device)
     for parameter in torch_teacher.module.parameters():
         parameter.requires_grad_(False)
-    probe = preprocess(train.paths[0], preset, 1)
-    classes = int(predict(torch_teacher, probe, kind, str(processes.device)).shape[1])
-    student_classes = int(predict(torch_student, probe, kind, str(processes.device)).shape[1])
-    if classes != student_classes:
-        raise DepruneError(f"--teacher: {classes} outputs per image, the model has {student_classes}")
+    probe = np.concatenate([preprocess(path, preset, 1) for path in train.paths[:2]])
+    device = str(processes.device)
+    raw = list(predict(torch_teacher, probe, "map", device).shape)
+    student_raw = list(predict(torch_student, probe, "map", device).shape)
+    if raw != student_raw:
+        per_image = [" x ".join(map(str, dims[1:])) for dims in (raw, student_raw)]
+        raise DepruneError(f"--teacher: {per_image[0]} outputs per image, the model has {per_image[1]}")
+    kind = output_kind(student, raw)
+    check_informative(predict(torch_teacher, probe, kind, device), kind, options.temperature, raw)
+    classes = raw[1] if shape_kind(raw) == CLASS_SCORES and len(raw) == 2 else 0
+    log(f"masks: {masks.source}" + (f"; {len(masks.changed)} layer(s) changed" if realign else " (unchanged)"))
+    for layer, change in masks.changed.items():
+        log(f"  {layer}: {change['newly_pruned']} weight(s) newly pruned, {change['restored_zero_taps']} "
+            "zero-valued tap(s) restored")
+    log(f"data: {len(train.paths)} training, {len(val.paths)} validation image(s); {processes.world} "
+        "process(es)")
     fixed = FixedMasks.from_plan(torch_student, student, plan)
-    use_labels = train.labelled(classes) and options.label_weight > 0
+    use_labels = classes > 0 and train.labelled(classes) and options.label_weight > 0
     trainer = Trainer(torch_student, torch_teacher, fixed, kind, use_labels,
                       PresetImages(train, preset, augment=True, min_scale=options.min_scale, seed=options.seed),
                       PresetImages(val, preset, augment=False), options, processes, checkpoints,
@@ -134,8 +167,9 @@ def finetune_model(student: onnx.ModelProto, teacher: onnx.ModelProto, train: Im
     if problems:
         raise CheckFailed("the fine-tuned model differs from the pruned input beyond kept weight values: "
                           + "; ".join(problems))
+    tuned = convert_to_float16(tuned) if half else tuned
     data = {"train_images": len(train.paths), "val_images": len(val.paths), "classes": classes,
-            "val_labelled": val.labelled(classes), "preset": asdict(preset)}
+            "val_labelled": classes > 0 and val.labelled(classes), "preset": asdict(preset)}
     return FinetuneResult(model=tuned, plan=plan, training=result, masks=masks, output_kind=kind,
                           labels_used=use_labels, micro_batch=torch_student.micro_batch,
                           masked_parameters=fixed.parameters, data=data, frozen=torch_student.frozen)

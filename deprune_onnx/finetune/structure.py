@@ -83,7 +83,6 @@ def resolve_masks(student: onnx.ModelProto, plan: PruningPlan | None, plan_sourc
     options = PruneOptions(dw=DWOptions(method=method, tile=tile), keep_zeros=True)
     plan = make_keep_zeros_plan(student, options, analyze(student))
     if realign is None:
-        plan.options["finetune_masks"] = "the zero pattern of the pruned model, unchanged"
         return MaskSource(plan, "zero pattern")
     weights = _weights(student)
     changed: dict[str, dict[str, int]] = {}
@@ -92,7 +91,6 @@ def resolve_masks(student: onnx.ModelProto, plan: PruningPlan | None, plan_sourc
         pruned, restored = int(np.sum(was_kept & ~keep)), int(np.sum(~was_kept & keep))
         if pruned or restored:
             changed[layer.name] = {"newly_pruned": pruned, "restored_zero_taps": restored}
-    plan.options["finetune_masks"] = f"the zero pattern re-aligned to {realign} (--realign)"
     return MaskSource(plan, f"zero pattern re-aligned to {realign}", changed)
 
 

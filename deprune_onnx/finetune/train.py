@@ -45,7 +45,7 @@ from deprune_onnx.progress import count_progress
 OPTIMIZERS = ("sgd", "adam")
 DEFAULT_LR = {"sgd": 1e-3, "adam": 1e-4}
 SCHEDULES = ("step", "cosine", "constant")
-SELECTIONS = ("auto", "loss", "kl", "accuracy")
+SELECTIONS = ("auto", "loss", "kl", "accuracy", "last")
 BATCHNORM_MODES = ("auto", "train", "frozen")
 CHECKPOINT_VERSION = 1
 
@@ -70,7 +70,7 @@ class TrainOptions:
     amp: bool = True                # mixed precision; CUDA only
     workers: int = 2
     min_scale: float = 0.08         # smallest crop area of the random resized crop
-    select: str = "auto"            # validation metric that picks the written epoch
+    select: str = "auto"            # validation metric that picks the written epoch, or "last"
     seed: int = 0
     device: str = "cpu"
 
@@ -113,7 +113,10 @@ def loader_batch(options: TrainOptions, processes: int) -> int:
 
 
 def selection_metric(select: str, labelled_validation: bool) -> str:
-    """The history key that picks the best epoch: ``val_accuracy`` (higher is better) or ``val_loss``/``val_kl``."""
+    """The history key that picks the best epoch: ``val_accuracy`` (higher is better) or ``val_loss``/``val_kl``
+    (lower is better); ``last`` writes the last epoch whatever the validation says."""
+    if select == "last":
+        return "last"
     if select == "auto":
         return "val_accuracy" if labelled_validation else "val_loss"
     if select == "accuracy" and not labelled_validation:
@@ -207,7 +210,7 @@ class Trainer:
                 with self._autocast():
                     output = forward(self.network, x[part], self.kind).float()
                 loss, _ = distillation_loss(output, target[part], None if labels is None else labels[part],
-                                            self.options.temperature, self.options.label_weight)
+                                            self.options.temperature, self.options.label_weight, self.kind)
                 piece = (part.stop - part.start) / len(x)
                 self.scaler.scale(loss * piece * share).backward()
             total += loss.item() * piece
@@ -241,8 +244,9 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Validation loss (the training objective on the standard views), KL to the teacher at T = 1, and
-        top-1 accuracy of student and teacher where the validation images carry usable labels."""
+        """Validation loss (the training objective on the standard views), KL to the teacher at T = 1 (mean per
+        position; the mean squared error for a "map" output), and top-1 accuracy of student and teacher where
+        the output is class scores [N, K] and the validation images carry usable labels."""
         self.student.module.eval()
         sums = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]  # loss, kl, samples, correct, teacher correct, labelled
         for x, y in self.val_loader:
@@ -252,11 +256,12 @@ class Trainer:
                 output = torch.cat([forward(self.student.module, x[part], self.kind)
                                     for part in chunks(len(x), self.student.micro_batch)]).float()
             labelled = y != UNLABELLED
-            use = y if self.use_labels and bool(labelled.all()) else None
-            loss, _ = distillation_loss(output, target, use, self.options.temperature, self.options.label_weight)
-            kl = torch.nn.functional.kl_div(output, target, log_target=True, reduction="sum")
+            use = y if self.use_labels and bool(labelled.all()) and output.ndim == 2 else None
+            loss, _ = distillation_loss(output, target, use, self.options.temperature, self.options.label_weight,
+                                        self.kind)
+            _, distance = distillation_loss(output, target, None, 1.0, 0.0, self.kind)  # KL at T = 1 (MSE: map)
             sums[0] += float(loss) * len(x)
-            sums[1] += float(kl)
+            sums[1] += float(distance) * len(x)
             sums[2] += len(x)
             if output.ndim == 2 and output.shape[1] > 1:  # class scores
                 valid = labelled & (y < output.shape[1])
@@ -318,7 +323,7 @@ class Trainer:
                 record = {"epoch": epoch, "lr": lr, "train_loss": train_loss, **self.validate(),
                           "seconds": time.monotonic() - tic}
                 history.append(record)
-                improved = _rank(record, metric) < _rank(history[best_epoch], metric)
+                improved = metric == "last" or _rank(record, metric) < _rank(history[best_epoch], metric)
                 if improved:
                     best_epoch, best_state = epoch, _cpu_state(self.student.module)
                     self._save("best.pt", {"epoch": epoch, "model": best_state})
@@ -357,4 +362,4 @@ def _epoch_line(record: dict[str, Any], metric: str, improved: bool, epochs: int
     if "val_accuracy" in record:
         parts.append(f"val acc {100 * record['val_accuracy']:.2f}%")
     parts.append(f"{record['seconds']:.0f} s, ETA {eta / 60:.1f} min")
-    return ", ".join(parts) + (f" (best {metric})" if improved else "")
+    return ", ".join(parts) + (f" (best {metric})" if improved and metric != "last" else "")

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from deprune_onnx.errors import DepruneError
 
@@ -40,3 +42,44 @@ def convert_to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
         if "already converted to float16" in str(exc):
             raise DepruneError("the model is already float16; convert the float32 model instead") from None
         raise
+
+
+def is_float16(model: onnx.ModelProto) -> bool:
+    """True when the model's first graph input (the image) is float16, as after ``prune --dtype float16``."""
+    initializers = {tensor.name for tensor in model.graph.initializer}
+    inputs = [value for value in model.graph.input if value.name not in initializers]
+    return bool(inputs) and inputs[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+
+
+def _tensor_to_float32(tensor: onnx.TensorProto) -> None:
+    if tensor.data_type == onnx.TensorProto.FLOAT16:
+        tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float32), tensor.name))
+
+
+def convert_to_float32(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A float32 copy of a float16 model: the inverse of ``convert_to_float16`` for training, which needs float32
+    weights (Adam's and SGD's updates underflow in float16).
+
+    float16 initializers, Constant/ConstantOfShape values and tensor attributes become float32, ``Cast`` to
+    float16 becomes ``Cast`` to float32 (the converter's Casts around ops it kept in float32 then do nothing), and
+    graph inputs, outputs and value_info of type float16 become float32. Every value is exact (float16 -> float32
+    loses nothing). Subgraphs (If/Loop bodies) are refused: the converter's own ones are not inverted here.
+    """
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    graph = copy.graph
+    for tensor in graph.initializer:
+        _tensor_to_float32(tensor)
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH or attribute.type == onnx.AttributeProto.GRAPHS:
+                raise DepruneError(f"node '{node.name}': float16 -> float32 of a model with subgraphs "
+                                   f"({node.op_type}) is not supported")
+            if attribute.type == onnx.AttributeProto.TENSOR:
+                _tensor_to_float32(attribute.t)
+            if node.op_type == "Cast" and attribute.name == "to" and attribute.i == onnx.TensorProto.FLOAT16:
+                attribute.i = onnx.TensorProto.FLOAT
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        if value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16:
+            value.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    return copy

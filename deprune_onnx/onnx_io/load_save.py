@@ -92,6 +92,13 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
         raise DepruneError(f"{path}: cannot read external data ({type(exc).__name__}: {exc})") from None
 
 
+def sidecar_path(output: str | os.PathLike[str], suffix: str) -> Path:
+    """``out.onnx`` -> ``out<suffix>`` (e.g. ``out.report.json``) in the same folder."""
+    output = Path(output)
+    stem = output.name[: -len(".onnx")] if output.name.endswith(".onnx") else output.name
+    return output.with_name(stem + suffix)
+
+
 def check_output_path(output: str | os.PathLike[str], *inputs: str | os.PathLike[str]) -> Path:
     """Refuse an output that would overwrite an input or that cannot be written, before any work is done."""
     output = Path(output)
@@ -186,9 +193,27 @@ def save_model(model: onnx.ModelProto, output: str | os.PathLike[str]) -> Path:
     return output
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where /proc says it (os.umask can only read by setting,
+    which would briefly widen the mode of files other threads create)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
 def write_bytes_atomic(output: str | os.PathLike[str], data: bytes) -> Path:
     """Write a file by temp file in the same folder + rename, so readers never see half of it and a failure
-    leaves nothing behind; an OS error becomes one DepruneError line naming the file."""
+    leaves nothing behind; an OS error becomes one DepruneError line naming the file.
+
+    The file gets the mode a plain ``open(output, "w")`` would give (0666 minus the umask, like the .onnx of
+    save_model), not the 0600 of the temporary file it is staged in.
+    """
     output = Path(output)
     directory = output.parent if str(output.parent) else Path(".")
     try:
@@ -198,6 +223,7 @@ def write_bytes_atomic(output: str | os.PathLike[str], data: bytes) -> Path:
     try:
         with handle:
             handle.write(data)
+            os.fchmod(handle.fileno(), 0o666 & ~_umask())
         os.replace(handle.name, output)
     except BaseException as exc:
         Path(handle.name).unlink(missing_ok=True)

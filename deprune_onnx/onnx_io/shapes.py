@@ -16,6 +16,12 @@ _KEEP_DATA_BELOW_BYTES = 4096
 Shape = tuple[int | str | None, ...]
 
 
+def conv_output_size(size: int, pad_begin: int, pad_end: int, kernel: int, stride: int, dilation: int) -> int:
+    """Output length of a convolution along one axis (ONNX Conv, floor mode; the op spec's H_out/W_out):
+    floor((size + pad_begin + pad_end - dilation*(kernel-1) - 1) / stride) + 1."""
+    return (size + pad_begin + pad_end - dilation * (kernel - 1) - 1) // stride + 1
+
+
 def _weightless_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     skeleton = onnx.ModelProto()
     skeleton.ir_version = model.ir_version

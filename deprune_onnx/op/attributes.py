@@ -35,8 +35,8 @@ class DRConvParams:
     strides: tuple[int, int] = (1, 1)
     pads: tuple[int, int, int, int] = (0, 0, 0, 0)
     dilations: tuple[int, int] = (1, 1)
-    subgemm_channels: int = spec.DEFAULT_SUBGEMM_CHANNELS
-    k_tile: int = spec.DEFAULT_K_TILE
+    subgemm_channels: int = spec.SUBGEMM_CHANNELS
+    k_tile: int = spec.K_TILE
     activation: str = "none"
     activation_params: tuple[float, ...] = ()
 
@@ -103,11 +103,6 @@ def encode_attributes(params: DRConvParams, packed: PackedDR) -> dict[str, Any]:
     if params.activation_params:
         attrs["activation_params"] = [float(v) for v in params.activation_params]
     return attrs
-
-
-def node_attributes(node: onnx.NodeProto) -> dict[str, Any]:
-    """The attributes of an ONNX node as a name -> value mapping (what the oracle and decoder accept)."""
-    return {attr.name: onnx.helper.get_attribute_value(attr) for attr in node.attribute}
 
 
 def _plain(value: Any) -> Any:

@@ -140,3 +140,27 @@ def match_activation(x: gs.Variable, graph_outputs: Collection[str]) -> FusedAct
     if other.op in ("HardSigmoid", "Sigmoid"):
         return _gated(x, other, mul, graph_outputs)
     return _decomposed_hard_swish(x, other, mul, graph_outputs)
+
+
+# Activations that ONNX has and the op's spec does not (docs/op.md): not fused, said so.
+_NOT_IN_SPEC = frozenset({"LeakyRelu", "PRelu", "Elu", "Selu", "Tanh", "Softplus", "Gelu", "Mish"})
+
+
+def no_fusion_reason(x: gs.Variable, graph_outputs: Collection[str]) -> str:
+    """Why ``match_activation(x)`` found nothing to fuse, as one phrase for the report (e.g. "output feeds Add
+    'blocks.1/Add': not an activation, nothing to fuse"). Only meaningful when match_activation returned None."""
+    if x.name in graph_outputs:
+        return "output is a graph output: nothing may be fused into it"
+    consumers = list(x.outputs)
+    if not consumers:
+        return "output is read by no node"
+    named = ", ".join(f"{node.op} '{node.name}'" for node in consumers[:3]) + (", ..." if len(consumers) > 3 else "")
+    if len(consumers) == 1:
+        op = consumers[0].op
+        if op in _NOT_IN_SPEC:
+            return f"output feeds {named}: an activation the op does not implement"
+        if op == "Clip":
+            return f"output feeds {named}: its bounds are not constants"
+        return f"output feeds {named}: not an activation, nothing to fuse"
+    return (f"output feeds {len(consumers)} nodes ({named}): an activation is fused only when the conv output feeds "
+            "nothing else, or in x*HardSigmoid(x), x*Sigmoid(x) and the decomposed hard-swish")

@@ -16,11 +16,7 @@ from deprune_onnx.onnx_io.proto_stream import tensor_nbytes
 
 
 def uses_custom_op(graph: gs.Graph) -> bool:
-    return any(node.op == spec.OP_TYPE and node.domain == spec.DOMAIN for node in graph.nodes)
-
-
-def model_uses_custom_op(model: onnx.ModelProto) -> bool:
-    return any(node.op_type == spec.OP_TYPE and node.domain == spec.DOMAIN for node in model.graph.node)
+    return any(spec.is_custom_op(node.op, node.domain) for node in graph.nodes)
 
 
 def export_like(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:

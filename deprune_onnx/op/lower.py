@@ -53,7 +53,7 @@ def lower(model: onnx.ModelProto) -> onnx.ModelProto:
     A model without the op comes back unchanged (as a copy). The ``deprune`` opset import is dropped.
     """
     graph = gs.import_onnx(model)
-    targets = [node for node in graph.nodes if node.op == spec.OP_TYPE and node.domain == spec.DOMAIN]
+    targets = [node for node in graph.nodes if spec.is_custom_op(node.op, node.domain)]
     if not targets:
         copy = onnx.ModelProto()
         copy.CopyFrom(model)

@@ -14,19 +14,15 @@ from typing import Any
 import numpy as np
 
 from deprune_onnx.errors import DepruneError
+from deprune_onnx.onnx_io.shapes import conv_output_size
 from deprune_onnx.op.activations import apply_activation
 from deprune_onnx.op.attributes import decode_attributes, kept_slot_mask
-
-
-def output_spatial(size: int, pad_begin: int, pad_end: int, kernel: int, stride: int, dilation: int) -> int:
-    """The standard conv output length (the spec's H_out/W_out formula)."""
-    return (size + pad_begin + pad_end - dilation * (kernel - 1) - 1) // stride + 1
 
 
 def run_dr_sparse_dwconv(x: np.ndarray, node_attrs: Mapping[str, Any]) -> np.ndarray:
     """Y = act(Conv(X, W_masked, B, group=channels, ...)) for X [N, C, H, W] float32/float16.
 
-    ``node_attrs`` maps attribute names to values as ``attributes.node_attributes`` or graphsurgeon give them.
+    ``node_attrs`` maps attribute names to values as ``onnx_io.graph.node_attributes`` or graphsurgeon give them.
     """
     params, packed = decode_attributes(node_attrs)
     x = np.asarray(x)
@@ -35,8 +31,8 @@ def run_dr_sparse_dwconv(x: np.ndarray, node_attrs: Mapping[str, Any]) -> np.nda
     (kh, kw), (sh, sw), (dh, dw) = params.kernel_shape, params.strides, params.dilations
     top, left, bottom, right = params.pads
     n, _, h, w = x.shape
-    h_out = output_spatial(h, top, bottom, kh, sh, dh)
-    w_out = output_spatial(w, left, right, kw, sw, dw)
+    h_out = conv_output_size(h, top, bottom, kh, sh, dh)
+    w_out = conv_output_size(w, left, right, kw, sw, dw)
     if h_out < 1 or w_out < 1:
         raise DepruneError(f"DRSparseDepthwiseConv: input {h}x{w} is too small for the kernel and pads")
 

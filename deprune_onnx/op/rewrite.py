@@ -22,7 +22,7 @@ import onnx_graphsurgeon as gs
 from deprune_onnx.errors import DepruneError
 from deprune_onnx.op import spec
 from deprune_onnx.op.attributes import FLOAT_DTYPES, DRConvParams, encode_attributes
-from deprune_onnx.op.fusion import FusedActivation, match_activation
+from deprune_onnx.op.fusion import FusedActivation, match_activation, no_fusion_reason
 from deprune_onnx.op.graphs import adopt_structure, export_like, name_factory, stubbed_copy
 from deprune_onnx.op.packing import PackedDR, pack_dr_weights, subgemm_count
 
@@ -39,6 +39,7 @@ class RewriteRecord:
     activation: str = "none"
     activation_params: tuple[float, ...] = ()
     fused_nodes: tuple[str, ...] = ()  # the activation nodes absorbed into the custom op
+    no_fusion: str | None = None  # why no activation was fused (activation "none"), for the report
     bias_fused: bool = False
     kept_taps: int = 0
     total_taps: int = 0
@@ -127,8 +128,8 @@ def _replace(graph: gs.Graph, node: gs.Node, params: DRConvParams, packed: Packe
 
 
 def rewrite_to_plugin(model: onnx.ModelProto, keep_masks: Mapping[str, np.ndarray] | None = None, *,
-                      k_tile: int = spec.DEFAULT_K_TILE,
-                      subgemm_channels: int = spec.DEFAULT_SUBGEMM_CHANNELS, in_place: bool = False
+                      k_tile: int = spec.K_TILE,
+                      subgemm_channels: int = spec.SUBGEMM_CHANNELS, in_place: bool = False
                       ) -> tuple[onnx.ModelProto, list[RewriteRecord]]:
     """Replace DW convs by DRSparseDepthwiseConv; returns the new model and one record per DW layer considered.
 
@@ -175,6 +176,7 @@ def rewrite_to_plugin(model: onnx.ModelProto, keep_masks: Mapping[str, np.ndarra
             layer=node.name, rewritten=True, activation=params.activation,
             activation_params=params.activation_params,
             fused_nodes=tuple(n.name for n in fused.nodes) if fused else (), bias_fused=has_bias,
+            no_fusion=None if fused else no_fusion_reason(node.outputs[0], graph_outputs),
             kept_taps=int(packed.kept_counts.sum()), total_taps=int(weight.size),
             packed_taps=int(packed.tap_indices.size),
             subgemms=subgemm_count(params.out_channels, subgemm_channels)))

@@ -42,7 +42,8 @@ UNARY_OPS = frozenset({
     "ThresholdedRelu", "Dropout", "Clip", "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool",
     "GlobalMaxPool", "GlobalLpPool",
 })
-ELEMENTWISE_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "PRelu", "Where"})
+# Binary (n-ary) element-wise ops whose inputs broadcast against each other: one dependency group.
+BROADCAST_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "PRelu", "Where"})
 REDUCE_OPS = frozenset({"ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL1", "ReduceL2",
                         "ReduceProd", "ReduceLogSumExp", "ReduceSumSquare"})
 
@@ -454,7 +455,7 @@ class _Rules:
             "Gemm": self.gemm, "MatMul": self.gemm,
         }
         table.update({op: self.unary for op in UNARY_OPS})
-        table.update({op: self.elementwise for op in ELEMENTWISE_OPS})
+        table.update({op: self.elementwise for op in BROADCAST_OPS})
         table.update({op: self.reduce for op in REDUCE_OPS})
         for position, node in enumerate(self.graph.node):
             touches = [t for t in list(node.input) + list(node.output) if t in self.channels]

@@ -56,12 +56,14 @@ class ModelSummary:
     params: int
     macs: int
     pw_layers: tuple[tuple[str, int | None, int, int], ...]  # (name, block, out channels, in channels)
+    dw_layers: tuple[tuple[str, int, int], ...] = ()  # (name, channels, params): what the DW report shows
 
 
 def summarize_model(model: onnx.ModelProto) -> ModelSummary:
-    layers = tuple((layer.name, layer.block, layer.out_channels, layer.in_channels)
-                   for layer in analyze(model).pw_layers)
-    return ModelSummary(count_params(model), count_macs(model), layers)
+    analysis = analyze(model)
+    layers = tuple((layer.name, layer.block, layer.out_channels, layer.in_channels) for layer in analysis.pw_layers)
+    dw = tuple((layer.name, layer.out_channels, layer.params) for layer in analysis.dw_layers)
+    return ModelSummary(count_params(model), count_macs(model), layers, dw)
 
 
 def _layer_rows(before: ModelSummary, after: onnx.ModelProto) -> list[dict[str, Any]]:
@@ -77,14 +79,35 @@ def _layer_rows(before: ModelSummary, after: onnx.ModelProto) -> list[dict[str, 
     return rows
 
 
+def _dw_rows(before: ModelSummary, after: onnx.ModelProto) -> list[dict[str, Any]]:
+    """Per DW layer of the original model: channels and params (weight + bias) before and after PW removal,
+    which deletes whole DW channels where a group runs through the DW conv. A weight still behind an
+    Identity/Cast chain afterwards was not touched (removal writes a fresh initializer), so it is unchanged."""
+    dims = {t.name: list(t.dims) for t in after.graph.initializer}
+    nodes = {node.name: node for node in after.graph.node}
+    rows = []
+    for name, channels, params in before.dw_layers:
+        node = nodes.get(name)
+        weight = dims.get(node.input[1]) if node is not None else None
+        row = {"layer": name, "channels_before": channels, "channels_after": channels,
+               "params_before": params, "params_after": params}
+        if weight is not None:
+            bias = dims.get(node.input[2], [0]) if len(node.input) > 2 and node.input[2] else [0]
+            row.update(channels_after=int(weight[0]),
+                       params_after=int(np.prod(weight, dtype=np.int64)) + int(np.prod(bias, dtype=np.int64)))
+        rows.append(row)
+    return rows
+
+
 def pw_report(plan: PWPlan, model_before: ModelSummary, model_after: onnx.ModelProto) -> dict[str, Any]:
-    """Report rows for each group (pruned and skipped, with reasons), each PW layer, and model totals."""
+    """Report rows for each group (pruned and skipped, with reasons), each PW and DW layer, and model totals."""
     before, after = plan.channels_before, plan.channels_after
     return {
         "method": plan.method, "scope": plan.scope, "target_ratio": plan.ratio, "align": plan.align,
         "pw_channels": {"before": before, "after": after, "ratio": (before - after) / before if before else 0.0},
         "groups": [_group_row(entry) for entry in plan.groups + plan.skipped],
         "layers": _layer_rows(model_before, model_after),
+        "dw_layers": _dw_rows(model_before, model_after),
         "params": {"before": model_before.params, "after": count_params(model_after)},
         "macs": {"before": model_before.macs, "after": count_macs(model_after)},
     }

@@ -8,6 +8,8 @@ inputs and outputs never change. A final strict shape inference guards the invar
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx
 from onnx import shape_inference
@@ -146,6 +148,51 @@ def apply_pw_plan(model: onnx.ModelProto, plan: PWPlan, *, in_place: bool = Fals
             shape_inference.infer_shapes(_weightless_copy(result), check_type=True, strict_mode=True)
         except Exception as exc:
             raise RuntimeError(f"internal error: PW channel removal produced an inconsistent model ({exc})") from exc
+    return result
+
+
+@dataclass(frozen=True)
+class RemovedIndices:
+    """What a PW plan deletes from one constant input of one node of the model it was made for: positions
+    (sorted, in the original tensor) along each ONNX axis of ``constant`` (the input's name, as the node reads
+    it: an initializer, or the head of an Identity/Cast chain)."""
+
+    node: str
+    op_type: str
+    input_index: int
+    constant: str
+    shape: tuple[int, ...]
+    removed: dict[int, np.ndarray]
+
+    def keep_mask(self) -> np.ndarray:
+        """Boolean array of ``shape``: False at every removed position of every axis."""
+        keep = np.ones(self.shape, dtype=bool)
+        for axis, positions in self.removed.items():
+            index = [slice(None)] * len(self.shape)
+            index[axis] = positions
+            keep[tuple(index)] = False
+        return keep
+
+
+def removed_constant_indices(model: onnx.ModelProto, plan: PWPlan) -> list[RemovedIndices]:
+    """Every constant input (weights, biases, BN parameters, classifier) that ``apply_pw_plan(model, plan)``
+    shrinks, with the removed positions per axis, in node order. ``model`` is the model the plan was made for,
+    with unique node names (as the prune pipeline has it); it is not modified. Raises DepruneError like
+    apply_pw_plan when the plan does not fit the model."""
+    graph = build_dependency_graph(model)
+    removed = _removed_channels(graph, plan) if plan.groups else {}
+    per_input: dict[tuple[int, int], dict[int, np.ndarray]] = {}
+    for edit in graph.edits:
+        if isinstance(edit, SliceConstant) and edit.tensor in removed:
+            axes = per_input.setdefault((edit.node, edit.input_index), {})
+            axes[edit.axis] = np.union1d(axes.get(edit.axis, removed[edit.tensor]), removed[edit.tensor])
+    index = GraphIndex(model.graph)
+    result = []
+    for (position, input_index), axes in sorted(per_input.items()):
+        node = model.graph.node[position]
+        constant = node.input[input_index]
+        result.append(RemovedIndices(node.name, node.op_type, input_index, constant,
+                                     tuple(index.constant(constant).shape), dict(sorted(axes.items()))))
     return result
 
 

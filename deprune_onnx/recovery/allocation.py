@@ -34,7 +34,6 @@ from deprune_onnx.onnx_io.graph import GraphIndex
 from deprune_onnx.progress import progress
 from deprune_onnx.recovery.staged import StagedForward
 
-ALLOCATORS = ("kl",)
 DEFAULT_MEASURED_RATIOS = (0.25, 0.5, 0.75, 0.9)
 GRID_STEP = 0.05
 DEFAULT_TOLERANCE = 0.005

@@ -1,60 +1,43 @@
 """Accuracy recovery without training, the pipeline's optional step (``prune --calib``, ``--allocate``).
 
 The calibration images, and the sensitivity-aware choice of per-layer DW ratios. The refit itself lives in
-calibration.py, the sensitivity measurement and the allocation programme in allocation.py; this module only
+refit.py, the sensitivity measurement and the allocation programme in allocation.py; this module only
 turns the CLI's options into their inputs, so pipeline.py stays a chain of steps.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 
 from deprune_onnx.analysis import ModelAnalysis
-from deprune_onnx.dw.planner import DWOptions, resolve_layer_ratios
-from deprune_onnx.errors import DepruneError
+from deprune_onnx.dw.planner import resolve_layer_ratios
+from deprune_onnx.options import CalibOptions, DWOptions
 
 if TYPE_CHECKING:
-    from deprune_onnx.evaluation.images import ImageSet
+    from deprune_onnx.evaluation.images import ImageSet, Preset, PreprocessOptions
 
 # Without --calib-crops, every calibration image gives enough views for this many samples (at most 10 each).
 CALIB_TARGET_SAMPLES = 64
 CALIB_MAX_AUTO_VIEWS = 10
-# --allocate measures sensitivity on at most this many of the calibration samples (evenly spaced).
-DEFAULT_ALLOCATE_SAMPLES = 16
-
-
-@dataclass
-class CalibOptions:
-    """--calib and friends: calibration images, and what to do with them (refit, allocation)."""
-
-    sources: list[str]
-    n: int | None = None               # use the first N images (sorted by name)
-    preprocess: str | None = None      # preset name; None = guess from the input shape
-    crops: int | None = None           # views per image; None = enough for CALIB_TARGET_SAMPLES
-    damp: float = 0.01
-    saliency: bool = False
-    refit: bool = True
-    allocate: str | None = None        # "kl": sensitivity-aware per-layer ratios
-    allocate_ratios: tuple[float, ...] = (0.25, 0.5, 0.75, 0.9)
-    allocate_samples: int = DEFAULT_ALLOCATE_SAMPLES
 
 
 def calibration_set(model: onnx.ModelProto, calib: CalibOptions) -> "ImageSet":
-    """The preprocessed calibration samples: the first ``n`` images, ``crops`` views each."""
-    from deprune_onnx.evaluation.images import find_images, load_image_set, resolve_preset
-    from deprune_onnx.evaluation.runner import ModelRunner
+    """The preprocessed calibration samples: the first ``n`` images, ``crops`` views each, in the model's own
+    input type (float16 for a float16 model)."""
+    from deprune_onnx.evaluation.images import find_images, load_image_set, preprocessing_for
+    from deprune_onnx.evaluation.runner import ModelRunner, image_input_dtype
 
     paths = find_images(calib.sources, "--calib")
-    if calib.n is not None:
-        if calib.n < 1:
-            raise DepruneError(f"--calib-n {calib.n}: must be at least 1")
+    if calib.n is not None:  # >= 1 (options.check_calib_options)
         paths = paths[: calib.n]
     views = calib.crops or min(CALIB_MAX_AUTO_VIEWS, math.ceil(CALIB_TARGET_SAMPLES / len(paths)))
-    return load_image_set(paths, resolve_preset(calib.preprocess, ModelRunner.image_input_shape(model)), views)
+    preset = preprocessing_for(calib.preprocess, ModelRunner.image_input_shape(model), (model, "model"))
+    samples = load_image_set(paths, preset, views)
+    samples.inputs = samples.inputs.astype(image_input_dtype(model), copy=False)
+    return samples
 
 
 def _evenly(inputs: np.ndarray, count: int) -> np.ndarray:
@@ -67,16 +50,9 @@ def allocate_layer_ratios(model: onnx.ModelProto, analysis: ModelAnalysis, dw: D
                           samples: np.ndarray) -> tuple[list[tuple[str, float]], dict[str, Any], dict[str, dict]]:
     """Per-layer ratios from measured sensitivity (``--allocate``): the ratios to plan with, the summary for
     the plan, and each layer's measured curve and choice."""
-    from deprune_onnx.recovery.allocation import ALLOCATORS, allocate_ratios, measure_sensitivity
+    from deprune_onnx.recovery.allocation import allocate_ratios, measure_sensitivity
 
-    assert calib.allocate is not None
-    if calib.allocate not in ALLOCATORS:
-        raise DepruneError(f"--allocate '{calib.allocate}': expected one of {', '.join(ALLOCATORS)}")
-    if dw.method == "global":
-        raise DepruneError("--allocate: not available with --method global (that ranking sets every ratio)")
-    if dw.layer_ratios:
-        raise DepruneError("--allocate: chooses every layer's ratio itself; drop --layer-ratio (use --exclude "
-                           "to keep layers dense)")
+    assert calib.allocate is not None  # the option rules (options.check_calib_options) ran in prune_model
     excluded = {name for name, ratio in resolve_layer_ratios([layer.name for layer in analysis.dw_layers],
                                                               dw).items() if ratio is None}
     names = [layer.name for layer in analysis.dw_layers if layer.name not in excluded]

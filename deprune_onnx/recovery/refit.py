@@ -32,7 +32,7 @@ from deprune_onnx.analysis import ConvLayer, ModelAnalysis, conv_output_hw
 from deprune_onnx.errors import DepruneError
 from deprune_onnx.onnx_io.graph import GraphIndex
 from deprune_onnx.dw.masks import keep_top_per_subgemm
-from deprune_onnx.plan import DWLayerPlan, encode_mask
+from deprune_onnx.plan import DWLayerPlan
 from deprune_onnx.progress import progress
 from deprune_onnx.recovery.staged import StagedForward
 
@@ -187,11 +187,12 @@ def stacked(weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
 
 def reconstruct(model: onnx.ModelProto, reference: onnx.ModelProto, analysis: ModelAnalysis,
                 plans: list[DWLayerPlan], inputs: np.ndarray, damp: float = DEFAULT_DAMP,
-                saliency: bool = False) -> list[dict]:
+                saliency: bool = False) -> tuple[list[dict], dict[str, np.ndarray]]:
     """Refit the pruned DW layers of ``model`` (masks applied) against the unpruned ``reference``, in place.
 
-    ``inputs`` are the preprocessed calibration samples [N, ...]. Returns one record per refit layer (and stores
-    it in the layer's plan entry): relative residual ||Y_fit - Y_ref||^2 / ||Y_ref||^2 before and after.
+    ``inputs`` are the preprocessed calibration samples [N, ...]. Returns one record per refit layer (relative
+    residual ||Y_fit - Y_ref||^2 / ||Y_ref||^2 before and after), and the keep masks ``saliency`` chose per
+    layer (empty without it; the caller puts them into a new plan). ``plans`` are not changed.
     """
     if damp < 0 or not np.isfinite(damp):
         raise DepruneError(f"--calib-damp {damp}: must be a finite number >= 0")
@@ -202,6 +203,7 @@ def reconstruct(model: onnx.ModelProto, reference: onnx.ModelProto, analysis: Mo
     reference_run = StagedForward(reference, {input_name: inputs})
     writer = ParameterWriter(model)
     records: list[dict] = []
+    chosen: dict[str, np.ndarray] = {}
     for plan in progress(plans, "refit", unit="layer"):
         keep = plan.keep_mask()
         if plan.method == "none" or keep.all():
@@ -216,8 +218,7 @@ def reconstruct(model: onnx.ModelProto, reference: onnx.ModelProto, analysis: Mo
         stats = patch_stats(x, target, layer)
         w0 = stacked(weight, bias)
         if saliency:
-            keep = saliency_keep(stats, w0, plan, damp)
-            plan.mask = encode_mask(keep)
+            keep = chosen[plan.name] = saliency_keep(stats, w0, plan, damp)
         flat_keep = keep.reshape(keep.shape[0], -1)
         before = np.where(np.concatenate([flat_keep, np.ones((len(w0), 1), bool)], axis=1), w0, 0.0)
         fitted = refit_channels(stats, w0, flat_keep, damp)
@@ -227,9 +228,8 @@ def reconstruct(model: onnx.ModelProto, reference: onnx.ModelProto, analysis: Mo
                   "samples": int(stats.samples), "damp": damp, "saliency": bool(saliency)}
         writer.write(plan.name, 1, fitted[:, :-1].reshape(weight.shape).astype(weight.dtype), "refit_weight")
         writer.write(plan.name, 2, fitted[:, -1].astype(bias.dtype), "refit_bias")
-        plan.calibration = record
         records.append({"layer": plan.name, **record})
-    return records
+    return records, chosen
 
 
 def analysis_input(model: onnx.ModelProto) -> str:

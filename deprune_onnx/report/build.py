@@ -1,12 +1,14 @@
-"""The pruning report: rendered from the PruningPlan and the analysis, as JSON data and a terminal table.
+"""The pruning report: rendered from the PruningPlan (decisions), the PruneRecord (what happened) and the
+analysis, as JSON data and a terminal table.
 
-Predicted speedups use the tile cost model of DESIGN.md section 3: a sub-GEMM costs ceil(K_g/T) tile steps per
-output pixel, the slowest sub-GEMM sets the layer's time, and the layer's G sub-GEMMs run side by side, so a
-layer costs G * H_out * W_out * max_g ceil(K_g/T). This is the paper's model, not a measurement; measured
-kernel times live in bench/results/.
+Predicted speedups use HSR's tile cost model (README.md, "What `prune` does", step 4): a sub-GEMM costs
+ceil(K_g/T) tile steps per output pixel, the slowest sub-GEMM sets the layer's time, and the layer's G sub-GEMMs
+run side by side, so a layer costs G * H_out * W_out * max_g ceil(K_g/T). This is the paper's model, not a
+measurement; measured kernel times live in bench/results/.
 """
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -14,6 +16,7 @@ import numpy as np
 from deprune_onnx.analysis import ConvLayer, ModelAnalysis
 from deprune_onnx.dw.masks import tile_time
 from deprune_onnx.plan import DWLayerPlan, PruningPlan
+from deprune_onnx.record import PruneRecord
 
 
 def _output_pixels(layer: ConvLayer) -> int:
@@ -23,7 +26,10 @@ def _output_pixels(layer: ConvLayer) -> int:
     return 1  # unknown spatial size: every layer weighs the same
 
 
-def dw_layer_row(layer: ConvLayer | None, plan: DWLayerPlan, tile: int) -> dict[str, Any]:
+def dw_layer_row(layer: ConvLayer | None, plan: DWLayerPlan, tile: int, calibration: dict[str, Any] | None = None,
+                 sensitivity: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One report row: the layer's decision, its achieved ratios and predicted speedup, and what the refit
+    (``calibration``) and the allocation (``sensitivity``) recorded for it."""
     kept = np.array(plan.kept_per_subgemm)
     vectors = np.array(plan.vectors_per_subgemm)
     t_dense, t_pruned = tile_time(vectors, tile), tile_time(kept, tile)
@@ -54,16 +60,21 @@ def dw_layer_row(layer: ConvLayer | None, plan: DWLayerPlan, tile: int) -> dict[
         "params_kept": (layer.params if layer else int(vectors.sum())) - int(vectors.sum() - kept.sum()),
         "macs": layer.macs if layer else None,
         "macs_kept": int(round(layer.macs * kept.sum() / vectors.sum())) if layer and layer.macs else None,
-        "calibration": plan.calibration,
-        "sensitivity": plan.sensitivity,
+        "calibration": calibration,
+        "sensitivity": sensitivity,
     }
 
 
-def build_report(plan: PruningPlan, analysis: ModelAnalysis, extra: dict[str, Any] | None = None
+def build_report(plan: PruningPlan, analysis: ModelAnalysis, record: PruneRecord | None = None
                  ) -> dict[str, Any]:
-    """Report data for ``out.report.json``: per DW layer rows and model totals (plus what ``extra`` adds)."""
+    """Report data for ``out.report.json``: per DW layer rows and model totals, the plan's settings, and the
+    record's sections (format, dtype, pw, pw_nm24, rewrite, keep_zeros, calibration, allocation)."""
     layers = analysis.dw_by_name()
-    rows = [dw_layer_row(layers.get(p.name), p, plan.tile) for p in plan.dw_layers]
+    calibration = record.calibration if record else None
+    allocation = record.allocation if record else None
+    rows = [dw_layer_row(layers.get(p.name), p, plan.tile,
+                         calibration.layers.get(p.name) if calibration else None,
+                         allocation.layers.get(p.name) if allocation else None) for p in plan.dw_layers]
     weights = sum(row["weights"] for row in rows)
     kept = sum(row["kept_weights"] for row in rows)
     cost_dense = cost_pruned = 0
@@ -83,10 +94,14 @@ def build_report(plan: PruningPlan, analysis: ModelAnalysis, extra: dict[str, An
         "predicted_dw_speedup": (cost_dense / cost_pruned) if cost_pruned else None,
         "skipped_layers": [{"name": s.name, "reason": s.reason} for s in analysis.skipped],
     }
-    report = {"method": plan.method, "tile": plan.tile, "options": plan.options, "dw_layers": rows,
-              "totals": totals, "calibration": plan.calibration, "allocation": plan.allocation}
-    if extra:
-        report.update(extra)
+    report = {"method": plan.method, "tile": plan.tile, "settings": asdict(plan.settings), "dw_layers": rows,
+              "totals": totals, "calibration": calibration.summary() if calibration else None,
+              "allocation": allocation.summary if allocation else None}
+    if record is not None:
+        report.update({"format": record.output_format, "dtype": record.dtype})
+        sections = {"pw": record.pw, "pw_nm24": record.pw_nm24, "rewrite": record.rewrite,
+                    "keep_zeros": record.keep_zeros}
+        report.update({key: value for key, value in sections.items() if value is not None})
     return report
 
 
@@ -154,6 +169,7 @@ def _rewrite_lines(report: dict[str, Any]) -> list[str]:
     lines = [f"rewrite: {len(done)} DW conv(s) -> DRSparseDepthwiseConv "
              f"({sum(bool(r['activation'] != 'none') for r in done)} with a fused activation)"]
     lines += [f"not rewritten {r['layer']}: {r['reason']}" for r in records if not r["rewritten"]]
+    lines += [f"no activation fused into {r['layer']}: {r['no_fusion']}" for r in done if r.get("no_fusion")]
     return lines
 
 

@@ -27,11 +27,25 @@ def have_matplotlib() -> bool:
     return True
 
 
+def distinct_colours(count: int) -> list[tuple[float, float, float, float]]:
+    """``count`` RGBA colours, none repeated (matplotlib's colour cycle repeats after 10): tab10 or tab20 while
+    they last, then evenly spaced points of the perceptual 'turbo' map."""
+    import numpy as np
+
+    plt = pyplot()
+    if count <= 10:
+        return [plt.get_cmap("tab10")(i) for i in range(count)]
+    if count <= 20:
+        return [plt.get_cmap("tab20")(i) for i in range(count)]
+    return [plt.get_cmap("turbo")(float(x)) for x in np.linspace(0.0, 1.0, count)]
+
+
 def figure_png(figure: Any) -> bytes:
-    """The figure as PNG bytes (closed afterwards, so long sweeps do not accumulate figures)."""
+    """The figure as PNG bytes (closed afterwards, so long sweeps do not accumulate figures). The saved area
+    grows to hold everything drawn, so a legend placed beside the axes is never cut off."""
     import io
 
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     pyplot().close(figure)
     return buffer.getvalue()

@@ -17,7 +17,7 @@ from typing import Any
 
 from deprune_onnx.errors import DepruneError
 from deprune_onnx.onnx_io.load_save import write_bytes_atomic
-from deprune_onnx.op.spec import DOMAIN, OP_TYPE, PLUGIN_NAMESPACE, PLUGIN_VERSION
+from deprune_onnx.op.spec import OP_TYPE, PLUGIN_NAMESPACE, PLUGIN_VERSION, custom_nodes
 
 Shape = tuple[int, ...]
 
@@ -106,7 +106,7 @@ def count_custom_nodes(model_path: Path) -> int:
         model = onnx.load_model(str(model_path), load_external_data=False)
     except Exception as exc:  # protobuf raises its own types for truncated input
         raise DepruneError(f"{model_path}: not a valid ONNX model ({type(exc).__name__}: {exc})") from None
-    return sum(1 for node in model.graph.node if node.op_type == OP_TYPE and node.domain == DOMAIN)
+    return len(custom_nodes(model))
 
 
 def _plugin_layer_names(trt: Any, network: Any) -> list[str]:

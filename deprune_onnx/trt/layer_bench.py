@@ -32,10 +32,12 @@ import numpy as np
 import onnx
 
 from deprune_onnx.errors import DepruneError
+from deprune_onnx.extras import install_hint
 from deprune_onnx.op import spec
 from deprune_onnx.op.activations import apply_activation
-from deprune_onnx.op.attributes import DRConvParams, decode_attributes, kept_slot_mask, node_attributes
-from deprune_onnx.op.oracle import output_spatial
+from deprune_onnx.onnx_io.graph import node_attributes
+from deprune_onnx.onnx_io.shapes import conv_output_size
+from deprune_onnx.op.attributes import DRConvParams, decode_attributes, kept_slot_mask
 from deprune_onnx.op.packing import PackedDR, subgemm_offsets, unpack_dr_weights
 
 DRDW_ABI_VERSION = 1  # drSparseDwConvKernel.h
@@ -60,13 +62,13 @@ class BenchLayer:
     def out_height(self) -> int:
         (top, _, bottom, _), (kh, _), (sh, _), (dh, _) = (self.params.pads, self.params.kernel_shape,
                                                           self.params.strides, self.params.dilations)
-        return output_spatial(self.height, top, bottom, kh, sh, dh)
+        return conv_output_size(self.height, top, bottom, kh, sh, dh)
 
     @property
     def out_width(self) -> int:
         (_, left, _, right), (_, kw), (_, sw), (_, dw) = (self.params.pads, self.params.kernel_shape,
                                                           self.params.strides, self.params.dilations)
-        return output_spatial(self.width, left, right, kw, sw, dw)
+        return conv_output_size(self.width, left, right, kw, sw, dw)
 
     @property
     def model_dtype(self) -> str:
@@ -113,16 +115,12 @@ class BenchLayer:
                         widen(self.packed.bias))
 
 
-def _custom_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    return [node for node in model.graph.node if node.op_type == spec.OP_TYPE and node.domain == spec.DOMAIN]
-
-
 def layers_from_model(model: onnx.ModelProto, group: str = "") -> list[BenchLayer]:
     """Every DRSparseDepthwiseConv node of ``model`` with its input H/W; raises DepruneError naming the node."""
     from deprune_onnx.op.lower import lower  # noqa: PLC0415 - graphsurgeon import only when layers are read
     from deprune_onnx.onnx_io.shapes import infer_tensor_shapes  # noqa: PLC0415
 
-    nodes = _custom_nodes(model)
+    nodes = spec.custom_nodes(model)
     shapes = infer_tensor_shapes(lower(model)) if nodes else {}
     layers = []
     for node in nodes:
@@ -298,8 +296,8 @@ def require_torch_cuda() -> Any:
     try:
         import torch  # noqa: PLC0415 - optional dependency, only the GPU benchmark needs it
     except ImportError:
-        raise DepruneError("bench needs PyTorch with CUDA (pip install torch) for the cuDNN baseline and the GPU "
-                           "buffers") from None
+        raise DepruneError("bench needs PyTorch with CUDA (torch is not installed) for the cuDNN baseline and the "
+                           f"GPU buffers: {install_hint('finetune')}") from None
     if not torch.cuda.is_available():
         raise DepruneError("bench needs a CUDA GPU, and PyTorch sees none (check the driver and "
                            "CUDA_VISIBLE_DEVICES, or a CPU-only torch build)")

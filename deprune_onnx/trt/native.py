@@ -19,8 +19,23 @@ from pathlib import Path
 
 from deprune_onnx.errors import DepruneError
 
-SOURCE_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_BUILD_DIR = SOURCE_ROOT / "build" / "native"
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+
+def _is_source_tree(path: Path) -> bool:
+    return (path / "CMakeLists.txt").is_file() and (path / "trt_plugins").is_dir()
+
+
+def _user_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "deprune-onnx"
+
+
+# A source checkout (editable install) builds from its own tree into build/native; an installed wheel carries
+# the same CMakeLists.txt and trt_plugins/ as package data (deprune_onnx/native_src, see pyproject.toml) and
+# builds into the user's cache folder, since site-packages is no place for build output.
+CHECKOUT_BUILD = _is_source_tree(_PACKAGE_DIR.parent)
+SOURCE_ROOT = _PACKAGE_DIR.parent if CHECKOUT_BUILD else _PACKAGE_DIR / "native_src"
+DEFAULT_BUILD_DIR = SOURCE_ROOT / "build" / "native" if CHECKOUT_BUILD else _user_cache_dir() / "native"
 PLUGIN_ENV = "DEPRUNE_TRT_PLUGIN"
 TRT_INCLUDE_ENV = "DEPRUNE_TRT_INCLUDE"
 
@@ -43,9 +58,9 @@ class BuildResult:
 
 
 def _source_root() -> Path:
-    if not (SOURCE_ROOT / "CMakeLists.txt").is_file():
-        raise DepruneError(f"{SOURCE_ROOT}: no CMakeLists.txt; building the plugin needs a source checkout of "
-                           "deprune-onnx (pip install -e .)")
+    if not _is_source_tree(SOURCE_ROOT):
+        raise DepruneError(f"{SOURCE_ROOT}: no CMakeLists.txt and trt_plugins/ here; this installation of "
+                           "deprune-onnx lacks its native sources (reinstall it, or use a source checkout)")
     return SOURCE_ROOT
 
 

@@ -1,4 +1,4 @@
-"""Structural checks of DW masks (DESIGN.md section 3), shared by the mask, baseline and calibration tests.
+"""Structural checks of DW masks (DCP/BWT/HSR, README.md step 4), shared by the mask, baseline and calibration tests.
 
 They do not reuse the code under test: sub-GEMM ranges, counts and the largest-magnitude property are recomputed
 with plain loops.

@@ -10,11 +10,12 @@ import onnx_graphsurgeon as gs
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
+from deprune_onnx.op.spec import custom_nodes  # noqa: F401  (re-exported for the op tests)
 from support.samples import SAMPLE_MODEL_PATHS as MODEL_PATHS, SAMPLES_DIR as MODELS_DIR, imagenet_samples
 
 
 def max_rel_err(actual: np.ndarray, reference: np.ndarray) -> float:
-    """max |actual - reference| / max |reference|: the relative error of DESIGN.md section 8, safe at zeros."""
+    """max |actual - reference| / max |reference|: the relative error of the op spec's tolerances, safe at zeros."""
     actual, reference = np.asarray(actual, np.float64), np.asarray(reference, np.float64)
     scale = max(float(np.abs(reference).max()), np.finfo(np.float32).tiny)
     return float(np.abs(actual - reference).max() / scale)
@@ -83,10 +84,6 @@ def dense_masked(model: onnx.ModelProto, masks: Mapping[str, np.ndarray],
 def conv_weights_by_node(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     initializers = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     return {n.name: initializers[n.input[1]] for n in model.graph.node if n.op_type == "Conv"}
-
-
-def custom_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    return [n for n in model.graph.node if n.op_type == "DRSparseDepthwiseConv" and n.domain == "deprune"]
 
 
 def orphan_initializers(model: onnx.ModelProto) -> set[str]:

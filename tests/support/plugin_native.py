@@ -19,7 +19,7 @@ import onnx
 from onnx import numpy_helper, shape_inference
 
 from deprune_onnx.op.activations import apply_activation
-from deprune_onnx.op.packing import PackedDR, pack_dr_weights, unpack_dr_weights
+from deprune_onnx.op.packing import PackedDR, pack_dr_weights
 from support.samples import SAMPLES_DIR
 from deprune_onnx.trt.native import SOURCE_ROOT, build_native, find_tensorrt_include
 
@@ -161,12 +161,14 @@ def op_fields(packed: PackedDR, *, channels: int, kernel: tuple[int, int], strid
     ]
 
 
-def reference_dw_conv(x: np.ndarray, packed: PackedDR, *, c_out: int, kernel: tuple[int, int], strides, pads,
-                      dilations, depth_multiplier: int = 1, activation: str = "none",
-                      activation_params: tuple[float, ...] = (), k_tile: int = 32) -> np.ndarray:
-    """numpy float64 Y = act(Conv(X, W_masked, B, group=C_in)) with W rebuilt by unpack_dr_weights."""
-    kh, kw = kernel
-    weight, bias = unpack_dr_weights(packed, c_out, kh, kw, k_tile=k_tile)
+def reference_dw_conv(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, *, strides, pads, dilations,
+                      depth_multiplier: int = 1, activation: str = "none",
+                      activation_params: tuple[float, ...] = ()) -> np.ndarray:
+    """numpy float64 Y = act(Conv(X, W, B, group=C_in)) on the DENSE masked weight W [C_out, 1, kh, kw] the test
+    packed (never rebuilt from the packed fields, so a packer bug cannot hide behind a mirrored unpacker);
+    ``bias`` None means no bias."""
+    c_out, _, kh, kw = weight.shape
+    bias = np.zeros(c_out) if bias is None else bias
     weight = weight.astype(np.float64)[:, 0]
     n, c_in, h, w = x.shape
     top, left, bottom, right = pads

@@ -316,6 +316,10 @@ void testIndexFunctions()
 {
     Tap const t = decodeTap(5 * 25 + 3 * 5 + 4, 5, 5);
     check(t.outChannel == 5 && t.ky == 3 && t.kx == 4, "decodeTap");
+    Tap const wide = decodeTap(2 * 15 + 1 * 5 + 3, 3, 5); // non-square 3x5: a kh/kw swap gives ky 2, kx 2
+    check(wide.outChannel == 2 && wide.ky == 1 && wide.kx == 3, "decodeTap 3x5");
+    Tap const tall = decodeTap(7 * 7 + 6, 7, 1); // 7x1: every tap is in column 0
+    check(tall.outChannel == 7 && tall.ky == 6 && tall.kx == 0, "decodeTap 7x1");
     check(outputExtent(112, 3, 2, 1, 0, 1) == 56 && outputExtent(2, 5, 1, 1, 0, 0) == 0, "outputExtent");
     check(inputCoord(3, 2, 2, 3, 1) == 3 * 2 - 1 + 2 * 3, "inputCoord");
     check(tileInputOrigin(8, 2, 1) + tileLocalInputCoord(1, 2, 2, 3) == inputCoord(9, 2, 2, 3, 1), "tile coords");

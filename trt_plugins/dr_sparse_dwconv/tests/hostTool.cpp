@@ -4,6 +4,7 @@
  *   drdw_host_tool shape FIELDS N H W            parse+validate, print "output N C Ho Wo", workspace and plan
  *   drdw_host_tool conv FIELDS X N H W Y SMS     run the kernel's algorithm on the host (float32), write Y
  *   drdw_host_tool reserialize FIELDS OUT        parse, serializeFields, write them back as a field file
+ *   drdw_host_tool spec                          print the plugin's identity, field names and defaults as JSON
  *
  * `conv` is a block-by-block emulation of drSparseDwConvKernel.cu built from the same launch plan and the same
  * __host__ __device__ functions (drSparseDwConvIndex.h): the tap scan, the staged tile with its halo, the K-tile
@@ -21,6 +22,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <initializer_list>
 #include <limits>
 #include <string>
 #include <vector>
@@ -269,13 +271,60 @@ int runReserialize(Params const& params, std::string const& outPath)
     return out ? 0 : fail(outPath + ": write failed");
 }
 
+// What the C++ side believes the spec says: the plugin identity, the creator's field names and the defaults of a
+// default-constructed Params (the values parseFields applies to absent optional fields). tests/test_plugin_host.py
+// compares this JSON with DRSparseDepthwiseConv_PluginConfig.yaml.
+int printSpec()
+{
+    Params const d{};
+    auto ints = [](std::initializer_list<int32_t> values) {
+        std::string out = "[";
+        for (int32_t v : values)
+        {
+            out += (out.size() > 1 ? ", " : "") + std::to_string(v);
+        }
+        return out + "]";
+    };
+    std::printf("{\"name\": \"%s\", \"version\": \"%s\", \"namespace\": \"%s\", \"max_kernel\": %d,\n", kPluginName,
+        kPluginVersion, kPluginNamespace, kMaxKernel);
+    std::string names;
+    for (std::string const& name : fieldNames())
+    {
+        names += (names.empty() ? "\"" : ", \"") + name + "\"";
+    }
+    std::printf(" \"fields\": [%s],\n", names.c_str());
+    std::string activations;
+    for (int32_t a = 0; *activationName(a) != '\0'; ++a)
+    {
+        activations += (activations.empty() ? "\"" : ", \"") + std::string(activationName(a)) + "\"";
+    }
+    std::printf(" \"activations\": [%s],\n", activations.c_str());
+    std::string floats;
+    for (float v : d.activationParams)
+    {
+        char text[32];
+        std::snprintf(text, sizeof(text), "%.9g", static_cast<double>(v));
+        floats += (floats.empty() ? "" : ", ") + std::string(text);
+    }
+    std::printf(" \"defaults\": {\"depth_multiplier\": %d, \"strides\": %s, \"pads\": %s, \"dilations\": %s, "
+                "\"subgemm_channels\": %d, \"k_tile\": %d, \"activation\": \"%s\", \"activation_params\": [%s]}}\n",
+        d.depthMultiplier, ints({d.strideH, d.strideW}).c_str(),
+        ints({d.padTop, d.padLeft, d.padBottom, d.padRight}).c_str(), ints({d.dilationH, d.dilationW}).c_str(),
+        d.subgemmChannels, d.kTile, activationName(d.activation), floats.c_str());
+    return 0;
+}
+
 } // namespace
 
 int main(int argc, char** argv)
 {
+    if (argc == 2 && std::string(argv[1]) == "spec")
+    {
+        return printSpec();
+    }
     if (argc < 3)
     {
-        return fail("usage: drdw_host_tool shape|conv|reserialize FIELDS ...");
+        return fail("usage: drdw_host_tool shape|conv|reserialize FIELDS ... | spec");
     }
     std::string const command = argv[1];
     FieldFile file;

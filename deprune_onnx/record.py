@@ -1,0 +1,77 @@
+"""The PruneRecord: what happened while pruning, beside the PruningPlan's decisions.
+
+The plan says what to prune and is all ``--plan`` needs; the record says what the steps found and did (PW
+removal's before/after counts, 2:4 rows, the rewrite, the calibration refit's residuals, the allocation's
+measured curves, the keep-zeros violations). ``PruneResult`` carries both, and the report
+(report/build.py) renders both. Each step returns its part of the record; nothing here changes a model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class AllocationRecord:
+    """What ``--allocate`` measured and chose.
+
+    Fields:
+        summary: method, target_ratio, allocated_ratio (model-wide, fraction of DW weights pruned),
+            predicted_kl_sum (nats), samples (calibration samples measured on), refit, measured_ratios.
+        layers: per DW layer name: measured_ratios, measured_kl (mean KL in nats at each), chosen_ratio,
+            predicted_kl, why.
+    """
+
+    summary: dict[str, Any]
+    layers: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class CalibrationRecord:
+    """What ``--calib`` used and what the refit achieved.
+
+    Fields:
+        images: the calibration image paths; views: views per image; samples: images x views; preprocess:
+            the preset name; damp: the ridge damping; saliency: taps chosen by saliency; layers_refit: count.
+        layers: per refit DW layer name: residual_before / residual_after (relative output error
+            ||Y - Y_ref||^2 / ||Y_ref||^2 of that layer, before and after the refit), samples, damp, saliency.
+    """
+
+    images: list[str]
+    views: int
+    samples: int
+    preprocess: str
+    damp: float
+    saliency: bool
+    layers_refit: int
+    layers: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """The report's top-level ``calibration`` entry (per-layer results go into the layer rows)."""
+        return {"images": self.images, "views": self.views, "samples": self.samples,
+                "preprocess": self.preprocess, "damp": self.damp, "saliency": self.saliency,
+                "layers_refit": self.layers_refit}
+
+
+@dataclass
+class PruneRecord:
+    """Everything the prune steps report, besides the plan.
+
+    Fields:
+        output_format / dtype: what was written (PruneOptions.output_format / dtype).
+        pw: PW removal's report section (groups, channels, params and MACs before/after), or None.
+        pw_nm24: one row per PW layer given 2:4 masks, or None.
+        rewrite: one record per DW conv the plugin rewrite looked at (rewritten or why not), or None (dense).
+        keep_zeros: ``--keep-zeros`` findings (violations per layer, layers_with_violations), or None.
+        calibration: CalibrationRecord, or None without ``--calib`` refit.
+        allocation: AllocationRecord, or None without ``--allocate``.
+    """
+
+    output_format: str
+    dtype: str
+    pw: dict[str, Any] | None = None
+    pw_nm24: list[dict[str, Any]] | None = None
+    rewrite: list[dict[str, Any]] | None = None
+    keep_zeros: dict[str, Any] | None = None
+    calibration: CalibrationRecord | None = None
+    allocation: AllocationRecord | None = None

@@ -1,0 +1,102 @@
+"""The plan's mask codec and file reader, against bytes written out by hand (not only encode -> decode).
+
+Masks travel as base64 of np.packbits (row-major, 1 = kept, the last byte padded with zero bits), so the
+expected strings below are computed by hand from the bit patterns.
+"""
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deprune_onnx.errors import DepruneError
+from deprune_onnx.plan import PLAN_FORMAT_VERSION, DWLayerPlan, PruningPlan, decode_mask, encode_mask, load_plan
+
+
+def test_encode_mask_writes_the_hand_computed_bits() -> None:
+    keep = np.array([1, 0, 1, 1, 0, 0, 0, 0, 1], dtype=bool)          # 10110000 1(0000000)
+    assert encode_mask(keep) == base64.b64encode(bytes([0xB0, 0x80])).decode() == "sIA="
+    assert encode_mask(keep.reshape(3, 1, 1, 3).astype(np.int64)) == "sIA="   # any shape, any truthy dtype
+    assert encode_mask(np.ones((2, 1, 2, 2), dtype=bool)) == "/w=="              # 11111111
+    assert encode_mask(np.zeros(0, dtype=bool)) == ""
+
+
+def test_decode_mask_reads_the_hand_computed_bits_in_row_major_order() -> None:
+    keep = decode_mask("sIA=", (3, 1, 1, 3))
+    assert keep.dtype == bool and keep.shape == (3, 1, 1, 3)
+    assert keep.reshape(-1).tolist() == [True, False, True, True, False, False, False, False, True]
+    assert decode_mask("sIA=", (16,)).tolist()[8:] == [True] + [False] * 7
+
+
+@pytest.mark.parametrize("shape", [(17,), (8,), (2, 4)])
+def test_decode_mask_rejects_a_bit_count_that_does_not_fit(shape) -> None:
+    with pytest.raises(ValueError, match="expected"):
+        decode_mask("sIA=", shape)  # 16 bits hold 9..16 weights, no fewer, no more
+
+
+def test_decode_mask_rejects_non_base64() -> None:
+    with pytest.raises(ValueError):
+        decode_mask("s!A=", (9,))
+
+
+def layer(name: str, pattern: str, keep: np.ndarray) -> DWLayerPlan:
+    return DWLayerPlan(name=name, weight=f"{name}.w", shape=list(keep.shape), method="bh", target_ratio=0.5,
+                       mask=encode_mask(keep), kept_per_subgemm=[int(keep.sum())],
+                       vectors_per_subgemm=[keep.size], pattern=pattern)
+
+
+def sample_plan() -> PruningPlan:
+    keep = np.array([1, 0, 1, 1, 0, 0, 0, 0, 1], dtype=bool).reshape(1, 1, 3, 3)
+    layers = [layer("a", "u", keep), layer("b", "o", keep), layer("c", "u", keep), layer("d", "aligned", keep)]
+    return PruningPlan(method="bh", dw_ratio=0.5, tile=32, subgemm_channels=32, dw_layers=layers)
+
+
+def test_plan_round_trips_through_json_and_counts_patterns() -> None:
+    plan = sample_plan()
+    assert plan.dw_pattern_string() == "2u1o"
+    data = json.loads(json.dumps(plan.to_dict()))
+    assert data["format_version"] == PLAN_FORMAT_VERSION and data["dw_layers"][1]["mask"] == "sIA="
+    back = PruningPlan.from_dict(data)
+    assert back == plan
+    assert back.dw_layers[0].keep_mask().reshape(-1).tolist() == [1, 0, 1, 1, 0, 0, 0, 0, 1]
+
+
+def test_load_plan_reads_a_written_plan(tmp_path: Path) -> None:
+    path = tmp_path / "p.plan.json"
+    path.write_text(json.dumps(sample_plan().to_dict()), encoding="utf-8")
+    assert load_plan(path) == sample_plan()
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d.update(format_version=PLAN_FORMAT_VERSION + 1), "format_version"),
+    (lambda d: d.pop("format_version"), "format_version"),
+    (lambda d: d["dw_layers"][2].update(mask="sIA="[:2] + "=="), "mask holds 8 bits, expected 9"),
+    (lambda d: d["dw_layers"][0].update(unknown=1), "TypeError"),
+    (lambda d: d.pop("tile"), "TypeError"),
+])
+def test_load_plan_names_the_file_and_the_problem(tmp_path: Path, edit, message: str) -> None:
+    data = sample_plan().to_dict()
+    edit(data)
+    path = tmp_path / "bad.plan.json"
+    path.write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(DepruneError, match="bad.plan.json: not a valid pruning plan") as info:
+        load_plan(path)
+    assert message in str(info.value)
+
+
+def test_load_plan_file_problems_are_one_line(tmp_path: Path) -> None:
+    with pytest.raises(DepruneError, match=r"missing.json: plan file not found$"):
+        load_plan(tmp_path / "missing.json")
+    with pytest.raises(DepruneError, match=r"is a directory, expected a plan JSON file$"):
+        load_plan(tmp_path)
+    broken = tmp_path / "broken.json"
+    broken.write_text("{", encoding="utf-8")
+    with pytest.raises(DepruneError, match="broken.json: not a valid pruning plan"):
+        load_plan(broken)
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(DepruneError, match="binary.json: cannot read plan"):
+        load_plan(binary)
