@@ -150,8 +150,6 @@ def command(input_path: str, output_path: str, teacher_path: str, images_source:
             raise DepruneError(f"--resume: no checkpoint '{checkpoints / 'last.pt'}'")
         talk = processes.main and not (quiet or as_json)
         configure_progress(None if talk else False)
-        if processes.main:
-            checkpoints.mkdir(parents=True, exist_ok=True)
         result = finetune_model(student, teacher, train, val, preset, options, processes, plan, plan_source,
                                 realign, tile, checkpoints, resume, log=click.echo if talk else (lambda _: None))
         if processes.main:

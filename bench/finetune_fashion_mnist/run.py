@@ -163,8 +163,10 @@ def train_teacher(work: Path, train_list: Path, val_list: Path, epochs: int, bat
             best, best_state = accuracy, {k: v.clone() for k, v in net.state_dict().items()}
     net.load_state_dict(best_state)
     net.eval()
+    torch.save(best_state, work / "teacher.pt")
+    # opset 17: onnx2torch 1.5 (finetune's converter) has no converter for Constant-19 that newer opsets emit
     torch.onnx.export(net, torch.zeros(1, 3, 28, 28), str(path), input_names=["input"], output_names=["logits"],
-                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False, opset_version=17)
     return path
 
 
@@ -174,10 +176,15 @@ def cli(*args: object, log: list[str]) -> str:
     print(f"$ {line}", flush=True)
     log.append(f"$ {line}")
     tic = time.time()
-    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True)
     log.append(f"  ({time.time() - tic:.0f} s)")
     if done.stderr.strip():
         print(done.stderr.strip()[-2000:], flush=True)
+    if done.returncode:
+        raise SystemExit(f"failed ({done.returncode}): {line}")
+    if args_echo := [l for l in done.stdout.splitlines() if l.startswith(("epoch", "best epoch", "masks"))]:
+        print("\n".join(args_echo), flush=True)
+        log.extend(args_echo)
     return done.stdout
 
 

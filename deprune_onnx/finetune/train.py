@@ -278,6 +278,7 @@ class Trainer:
     # -- checkpoints ------------------------------------------------------------------------------------------
     def _save(self, name: str, payload: dict[str, Any]) -> None:
         if self.checkpoints is not None and self.processes.main:
+            self.checkpoints.mkdir(parents=True, exist_ok=True)  # first made after a trained epoch, never on errors
             write_bytes_atomic(self.checkpoints / name, _state_bytes(payload))
 
     def _load_last(self) -> dict[str, Any]:
