@@ -30,9 +30,10 @@ from deprune_onnx.onnx_io import load_save
 
 log = open(f"{os.environ['WRITE_LOG']}.{os.environ.get('RANK', 'single')}", "a")
 def traced(function):
-    def write(path, *args, **kwargs):
-        log.write(f"{path}\\n"); log.flush()
-        return function(path, *args, **kwargs)
+    def write(*args, **kwargs):  # save_model(model, path), write_bytes_atomic(path, data)
+        for path in (a for a in args if isinstance(a, (str, os.PathLike))):
+            log.write(f"{path}\\n"); log.flush()
+        return function(*args, **kwargs)
     return write
 load_save.write_bytes_atomic = traced(load_save.write_bytes_atomic)
 load_save.save_model = traced(load_save.save_model)
