@@ -11,20 +11,26 @@ import click
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--batch", "batches", default="1,32", show_default=True,
               help="Batch sizes to time, comma-separated.")
-@click.option("--warmup", type=click.IntRange(min=0), default=20, show_default=True,
-              help="Untimed runs before timing each layer.")
-@click.option("--iters", type=click.IntRange(min=1), default=200, show_default=True,
-              help="Timed runs per layer; the median is reported.")
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True,
+              help="Untimed CUDA-graph replays before timing each layer.")
+@click.option("--iters", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Timed CUDA-graph replays per layer (each a burst of back-to-back launches); the median "
+                   "per launch is reported.")
+@click.option("--kernel", type=click.Choice(["1", "2"]), default="1", show_default=True,
+              help="Kernel version to time: 1 (what the plugin runs today) or 2 (designed for the memory floor, "
+                   "not yet measured).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of the table.")
 @click.option("--build-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="CMake build folder holding libdeprune_drdw_kernels.so (default: build/native, where "
-                   "build-plugin puts it).")
-def command(model: Path, batches: str, warmup: int, iters: int, as_json: bool, build_dir: Path | None) -> None:
+              help="CMake build folder holding libdeprune_drdw_kernels.so (default: where build-plugin puts it: "
+                   "build/native in a source checkout, else ~/.cache/deprune-onnx/native).")
+def command(model: Path, batches: str, warmup: int, iters: int, kernel: str, as_json: bool,
+            build_dir: Path | None) -> None:
     """Check and time each DRSparseDepthwiseConv layer of MODEL: our CUDA kernel vs PyTorch's cuDNN conv.
 
     Every layer runs in the model's precision at each batch size: the output is checked against a float64
-    reference on the dense masked weights (op spec tolerance, poisoned output), then both kernels are timed with
-    CUDA events (median after warm-up). The table shows each layer's distance from its memory floor (bytes it
+    reference on the dense masked weights (op spec tolerance, poisoned output), then both kernels are timed from
+    CUDA-graph replays of back-to-back launches over rotating inputs (median per launch after warm-up; no CPU
+    launch overhead, no L2 reuse). The table shows each layer's distance from its memory floor (bytes it
     must move / measured copy bandwidth) and totals per batch. Needs a CUDA GPU, PyTorch and the kernel library
     (`deprune-onnx build-plugin`); exits 2 with one line when one is missing, 1 when a layer is wrong.
 
@@ -32,7 +38,7 @@ def command(model: Path, batches: str, warmup: int, iters: int, as_json: bool, b
     Example:
       deprune-onnx build-plugin
       deprune-onnx prune model.onnx pruned.onnx --method bh --dw-ratio 0.5
-      deprune-onnx bench pruned.onnx --batch 1,32 --iters 200
+      deprune-onnx bench pruned.onnx --batch 1,32 --iters 50
     """
     from deprune_onnx.errors import CheckFailed, DepruneError
     from deprune_onnx.progress import count_progress
@@ -51,7 +57,7 @@ def command(model: Path, batches: str, warmup: int, iters: int, as_json: bool, b
         for batch in batch_sizes:
             for index, layer in enumerate(layers):
                 result, _ = lb.measure_layer(torch, library, layer, batch, layer.model_dtype, warmup=warmup,
-                                             iters=iters, bandwidth_gbs=bandwidth, seed=index)
+                                             iters=iters, bandwidth_gbs=bandwidth, seed=index, version=int(kernel))
                 results.append(result)
                 advance(1)
     totals = lb.summarize(results)

@@ -45,11 +45,13 @@ def command(model_path: str, as_json: bool) -> None:
       deprune-onnx inspect model.onnx --json | jq '.dw_layers[].name'
     """
     from deprune_onnx.analysis import analyze
+    from deprune_onnx.onnx_io.folding import fold_conv_weight_chains
     from deprune_onnx.onnx_io.graph import ensure_unique_node_names
     from deprune_onnx.onnx_io.load_save import load_model
 
     model = load_model(model_path)
     ensure_unique_node_names(model)
+    fold_conv_weight_chains(model)  # what prune folds before it analyses (tf2onnx's Reshape(Transpose(w)))
     data = analyze(model).to_dict()
     if as_json:
         click.echo(json.dumps(data, indent=2, sort_keys=True))

@@ -89,6 +89,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "plugin_path_cmd",
     "build_engine_cmd",
     "bench_cmd",
+    "tune_cmd",
     "eval_cmd",
     "sweep_cmd",
     "report_cmd",

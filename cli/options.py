@@ -11,8 +11,9 @@ import click
 FLAG_NAMES = {
     "dw.method": "--method", "dw.dw_ratio": "--dw-ratio", "dw.layer_ratios": "--layer-ratio",
     "dw.exclude": "--exclude", "dw.tile": "--tile", "dw.hsr_alphas": "--hsr-timings",
+    "dw.hsr_rank": "--hsr-rank", "dw.target_speedup": "--target-speedup",
     "pw.ratio": "--pw-ratio", "pw.align": "--pw-align", "pw.scope": "--pw-scope", "pw.method": "--pw-method",
-    "output_format": "--format", "dtype": "--dtype", "keep_zeros": "--keep-zeros", "plan": "--plan",
+    "output_format": "--format", "timings": "--timings", "dtype": "--dtype", "keep_zeros": "--keep-zeros", "plan": "--plan",
     "calib.sources": "--calib", "calib.n": "--calib-n", "calib.preprocess": "--calib-preprocess",
     "calib.crops": "--calib-crops", "calib.damp": "--calib-damp", "calib.saliency": "--calib-saliency",
     "calib.refit": "--refit", "calib.allocate": "--allocate", "calib.allocate_ratios": "--allocate-ratios",

@@ -17,6 +17,16 @@ if TYPE_CHECKING:
     from deprune_onnx.pipeline import PrunedFiles
 
 
+def _parse_damp(value: str) -> float | None:
+    """--calib-damp: a number, or 'auto' (None: cross-validated per layer)."""
+    if value.strip().lower() == "auto":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise click.BadParameter(f"'{value}': expected a number or auto", param_hint="'--calib-damp'") from None
+
+
 @click.command("prune")
 @click.argument("input_path", metavar="IN.onnx", type=click.Path(dir_okay=True))
 @click.argument("output_path", metavar="OUT.onnx", type=click.Path(dir_okay=True))
@@ -28,12 +38,20 @@ if TYPE_CHECKING:
                    "all DW layers.")
 @click.option("--dw-ratio", type=float, default=0.5, show_default=True,
               help="Target pruning ratio of every DW layer, in [0, 1).")
+@click.option("--target-speedup", type=float, metavar="X",
+              help="Instead of --dw-ratio: the predicted DW speedup (tile cost model) to reach, e.g. 1.5; with "
+                   "--allocate kl the per-layer ratios with the least predicted KL that reach it, else the least "
+                   "uniform ratio that does.")
 @click.option("--layer-ratio", "layer_ratios", multiple=True, metavar="NAME=R",
               help="Per-layer ratio; NAME is a DW node name or glob; repeatable, the last match wins.")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="DW layers to leave dense; repeatable.")
 @click.option("--tile", type=int, default=K_TILE, show_default=True, help="GPU tile T along K for HSR alignment.")
 @click.option("--hsr-timings", type=click.Path(dir_okay=False),
               help="JSON of measured per-layer HSR speedups (alpha) replacing the tile cost model.")
+@click.option("--hsr-rank", type=click.Choice(["auto", "beta", "damage"]), default="auto", show_default=True,
+              help="How bh picks over-/under-aligned layers: beta = the paper's alpha/eps; damage = speed gained "
+                   "per unit of expected damage (measured KL with --calib, relative weight energy removed "
+                   "without), so sensitive layers are under-aligned; auto = damage with --calib, beta without.")
 @click.option("--plan", "plan_path", type=click.Path(dir_okay=True),
               help="Re-apply a saved plan instead of computing masks (method and ratio options are ignored).")
 @click.option("--keep-zeros", is_flag=True,
@@ -56,7 +74,10 @@ if TYPE_CHECKING:
 @click.option("--format", "output_format", type=click.Choice(OUTPUT_FORMATS), default="plugin",
               show_default=True,
               help="plugin = pruned DW convs become the DRSparseDepthwiseConv custom op (compact DR weights, "
-                   "TensorRT plugin); dense = standard Conv with masked weights (portable, the reference).")
+                   "TensorRT plugin); dense = standard Conv with masked weights (portable, the reference); auto = "
+                   "the custom op only where --timings measured it faster than the native conv.")
+@click.option("--timings", "timings_path", type=click.Path(dir_okay=False),
+              help="Timings file of `deprune-onnx tune` (GPU) that --format auto decides from.")
 @click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True,
               help="float16 converts weights, activations and I/O (TensorRT 11 takes precision from the model).")
 @click.option("--calib", "calib_sources", multiple=True, metavar="DIR|FILE|GLOB",
@@ -66,8 +87,10 @@ if TYPE_CHECKING:
 @preprocessing_options(prefix="--calib-", dest="calib_preprocessing")
 @click.option("--calib-crops", type=int, metavar="V",
               help="Views per calibration image (crops, flips) [default: enough for 64 samples, at most 10].")
-@click.option("--calib-damp", type=float, default=0.01, show_default=True,
-              help="Ridge damping of the refit, relative to each channel's mean input energy.")
+@click.option("--calib-damp", default="0.01", show_default=True, metavar="X|auto",
+              help="Ridge damping of the refit, relative to each channel's mean input energy; auto = chosen per "
+                   "layer by cross-validation over held-out calibration images, and a layer whose held-out "
+                   "residual the refit does not lower keeps its unrefitted weights.")
 @click.option("--calib-saliency", is_flag=True,
               help="Choose the kept taps by second-order saliency w^2/[H^-1]_pp instead of |w| (same K per "
                    "sub-GEMM, so the DR/tile structure is unchanged).")
@@ -81,17 +104,23 @@ if TYPE_CHECKING:
               help="Ratios at which --allocate measures each layer.")
 @click.option("--allocate-samples", type=int, default=DEFAULT_ALLOCATE_SAMPLES, show_default=True, metavar="N",
               help="Calibration samples --allocate measures on (evenly spaced).")
+@click.option("--drop-initializer-inputs", is_flag=True,
+              help="Remove initializers from the graph inputs so they are constants and can be pruned (from ONNX "
+                   "IR 4 on, an initializer listed as an input can be overridden at run time; the output no "
+                   "longer takes those inputs).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors (no progress bars).")
 @click.option("--verbose", "-v", count=True, help="Log each pass with its time and peak memory; -vv for debug.")
-def command(input_path: str, output_path: str, method: str, dw_ratio: float, layer_ratios: tuple[str, ...],
-            exclude: tuple[str, ...], tile: int, hsr_timings: str | None, pw_ratio: float, pw_align: int,
+def command(input_path: str, output_path: str, method: str, dw_ratio: float, target_speedup: float | None,
+            layer_ratios: tuple[str, ...],
+            exclude: tuple[str, ...], tile: int, hsr_timings: str | None, hsr_rank: str, pw_ratio: float, pw_align: int,
             pw_scope: str, pw_method: str, plan_path: str | None, keep_zeros: bool,
             plan_out: str | None, report_path: str | None,
-            output_format: str, dtype: str, calib_sources: tuple[str, ...], calib_n: int | None,
-            calib_preprocessing: PreprocessOptions, calib_crops: int | None, calib_damp: float, calib_saliency: bool,
-            refit: bool, allocate: str | None, allocate_ratios: str, allocate_samples: int, as_json: bool,
-            quiet: bool, verbose: int) -> None:
+            output_format: str, timings_path: str | None, dtype: str, calib_sources: tuple[str, ...],
+            calib_n: int | None,
+            calib_preprocessing: PreprocessOptions, calib_crops: int | None, calib_damp: str, calib_saliency: bool,
+            refit: bool, allocate: str | None, allocate_ratios: str, allocate_samples: int,
+            drop_initializer_inputs: bool, as_json: bool, quiet: bool, verbose: int) -> None:
     """Prune the depthwise convs of IN.onnx the DEPrune way and write OUT.onnx.
 
     Writes OUT.onnx, OUT.report.json (every layer: target and achieved PR, Real DW, K per sub-GEMM,
@@ -117,6 +146,7 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, lay
     from deprune_onnx.options import CalibOptions, DWOptions, PruneOptions, PWOptions
     from deprune_onnx.pipeline import prune_file
     from deprune_onnx.progress import configure_progress
+    from deprune_onnx.trt.layer_choice import load_timings
 
     configure(QUIET if quiet else verbose)
     configure_progress(False if quiet else None)
@@ -124,22 +154,25 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, lay
     if calib_sources or allocate or calib_saliency or calib_n is not None or calib_crops is not None \
             or calib_preprocessing.preset or calib_preprocessing.changed():
         calib = CalibOptions(sources=list(calib_sources), n=calib_n, preprocess=calib_preprocessing, crops=calib_crops,
-                             damp=calib_damp, saliency=calib_saliency, refit=refit, allocate=allocate,
+                             damp=_parse_damp(calib_damp), saliency=calib_saliency, refit=refit, allocate=allocate,
                              allocate_ratios=parse_ratio_list(allocate_ratios, "--allocate-ratios"),
                              allocate_samples=allocate_samples)
     options = PruneOptions(
         dw=DWOptions(method=method, dw_ratio=dw_ratio, layer_ratios=parse_layer_ratios(layer_ratios),
-                     exclude=list(exclude), tile=tile, hsr_alphas=load_hsr_timings(hsr_timings) if hsr_timings else {}),
+                     exclude=list(exclude), tile=tile, hsr_alphas=load_hsr_timings(hsr_timings) if hsr_timings else {},
+                     hsr_rank=hsr_rank, target_speedup=target_speedup),
         pw=PWOptions(ratio=pw_ratio, align=pw_align, scope=pw_scope, method=pw_method),
-        output_format=output_format, dtype=dtype, calib=calib, keep_zeros=keep_zeros)
+        output_format=output_format, dtype=dtype, calib=calib, keep_zeros=keep_zeros,
+        timings=load_timings(timings_path) if timings_path else None)
     files = prune_file(input_path, output_path, options, plan_path=plan_path, report_path=report_path,
-                       plan_out=plan_out)
+                       plan_out=plan_out, drop_initializer_inputs=drop_initializer_inputs)
     _echo_summary(files, as_json=as_json, quiet=quiet, keep_zeros=keep_zeros)
 
 
 def _echo_summary(files: PrunedFiles, as_json: bool, quiet: bool, keep_zeros: bool) -> None:
     """The report on stdout: JSON, or the table, what was written and the note on accuracy."""
     from deprune_onnx.report.build import format_calibration, format_report_table
+    from deprune_onnx.trt.layer_choice import format_decisions
 
     result = files.result
     if as_json:
@@ -148,6 +181,8 @@ def _echo_summary(files: PrunedFiles, as_json: bool, quiet: bool, keep_zeros: bo
     if quiet:
         return
     click.echo(format_report_table(result.report))
+    if result.record.format_auto is not None:
+        click.echo("\n".join(format_decisions(result.record.format_auto)))
     for layer, lines in (result.record.keep_zeros or {}).get("violations", {}).items():
         click.echo(f"--keep-zeros: {layer}: {'; '.join(lines)}")
     click.echo(f"wrote {files.model_path}, {files.report_path}, {files.plan_path}")

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from deprune_onnx.onnx_io.graph import GraphIndex, node_attributes
+from deprune_onnx.errors import DepruneError
+from deprune_onnx.onnx_io.graph import GraphIndex, node_attributes, subgraphs
 from deprune_onnx.op.spec import SUBGEMM_CHANNELS
 from deprune_onnx.progress import progress
 from deprune_onnx.onnx_io.shapes import Shape, concrete, conv_output_size, infer_tensor_shapes
@@ -60,6 +61,7 @@ class ConvLayer:
     input_shape: Shape | None
     output_shape: Shape | None
     block: int | None = None
+    spatial_dims: int = 2  # 1 for a 1-D DW conv, described here as its 1xk 2-D view (shapes with H = 1)
 
 
 @dataclass
@@ -109,9 +111,11 @@ def _pair(values: Any, default: int) -> tuple[int, int]:
     return (int(values[0]), int(values[1]))
 
 
-def _resolve_pads(attrs: dict[str, Any], input_shape: tuple[int, ...] | None, kernel: tuple[int, int],
-                  strides: tuple[int, int], dilations: tuple[int, int]) -> tuple[int, int, int, int] | str:
-    """Explicit [top, left, bottom, right] pads, or a reason string when they cannot be known."""
+def resolve_pads(attrs: dict[str, Any], input_shape: tuple[int, ...] | None, kernel: tuple[int, int],
+                 strides: tuple[int, int], dilations: tuple[int, int]) -> tuple[int, int, int, int] | str:
+    """Explicit [top, left, bottom, right] pads of a 2-D conv (auto_pad SAME_UPPER/SAME_LOWER resolved as ONNX
+    defines them: total d*(k-1) at stride 1, else from ceil(size/stride)), or a reason string when they cannot
+    be known (a strided SAME conv whose input spatial size is not static)."""
     auto_pad = attrs.get("auto_pad", "NOTSET")
     if auto_pad in ("NOTSET", ""):
         pads = attrs.get("pads", [0, 0, 0, 0])
@@ -141,21 +145,84 @@ def conv_output_hw(in_hw: tuple[int, int], kernel: tuple[int, int], strides: tup
         conv_output_size(in_hw[a], pads[a], pads[a + 2], kernel[a], strides[a], dilations[a]) for a in range(2))
 
 
+def as_2d_conv(attrs: dict[str, Any], weight_shape: tuple, input_shape: Shape | None
+               ) -> tuple[dict[str, Any], tuple, Shape | None]:
+    """A 1-D conv's attributes, weight shape [C_out, C_in/g, k] and input shape [N, C, L] as those of the
+    equivalent 2-D conv with H = 1: kernel 1xk, strides/dilations (1, s), pads (0, begin, 0, end), input
+    [N, C, 1, L]. auto_pad SAME_* stays: with a kernel of 1 it pads nothing along H."""
+    converted = dict(attrs)
+    for name in ("strides", "dilations"):
+        if name in attrs:
+            converted[name] = [1, int(attrs[name][0])]
+    if "kernel_shape" in attrs:
+        converted["kernel_shape"] = [1, int(attrs["kernel_shape"][0])]
+    if "pads" in attrs:
+        converted["pads"] = [0, int(attrs["pads"][0]), 0, int(attrs["pads"][1])]
+    shape_2d = (*weight_shape[:2], 1, weight_shape[2])
+    if input_shape is not None and len(input_shape) == 3:
+        input_shape = (*input_shape[:2], 1, input_shape[2])
+    return converted, shape_2d, input_shape
+
+
+def check_conv(node: onnx.NodeProto, weight_shape: Shape, input_shape: Shape | None,
+               bias_shape: Shape | None) -> None:
+    """Refuse a Conv that contradicts itself (ONNX Runtime would refuse to run it): weight rank vs input rank,
+    output channels vs group, input channels vs group * weight dim 1, kernel_shape vs the weight, lengths of
+    strides/dilations/pads, bias length. Unknown dims are not checked. Raises DepruneError naming the node."""
+    attrs = node_attributes(node)
+    where = f"Conv node '{node.name}'"
+    spatial = len(weight_shape) - 2
+    if spatial < 1:
+        raise DepruneError(f"{where}: weight '{node.input[1]}' has shape {list(weight_shape)} (rank < 3)")
+    if input_shape is not None and len(input_shape) != len(weight_shape):
+        raise DepruneError(f"{where}: input of rank {len(input_shape)} but weight of rank {len(weight_shape)}")
+    group = int(attrs.get("group", 1))
+    c_out, c_in_per_group = weight_shape[0], weight_shape[1]
+    if group < 1 or (isinstance(c_out, int) and c_out % group):
+        raise DepruneError(f"{where}: weight has {c_out} output channels, not a multiple of group {group}")
+    c_in = input_shape[1] if input_shape is not None else None
+    if isinstance(c_in, int) and isinstance(c_in_per_group, int) and c_in != group * c_in_per_group:
+        raise DepruneError(f"{where}: group {group} x weight dim 1 ({c_in_per_group}) = "
+                           f"{group * c_in_per_group} input channels, but input '{node.input[0]}' has {c_in}")
+    kernel = attrs.get("kernel_shape")
+    if kernel is not None and list(kernel) != list(weight_shape[2:]) and \
+            all(isinstance(d, int) for d in weight_shape[2:]):
+        raise DepruneError(f"{where}: kernel_shape {list(kernel)} differs from the weight's {list(weight_shape[2:])}")
+    for name, expected in (("strides", spatial), ("dilations", spatial), ("pads", 2 * spatial)):
+        values = attrs.get(name)
+        if values is not None and len(values) != expected:
+            raise DepruneError(f"{where}: {name} has {len(values)} values, a {spatial}-D conv needs {expected}")
+    if bias_shape is not None and isinstance(c_out, int) and list(bias_shape) != [c_out] and \
+            all(isinstance(d, int) for d in bias_shape):
+        raise DepruneError(f"{where}: bias '{node.input[2]}' has shape {list(bias_shape)}, expected [{c_out}]")
+
+
 def _classify_conv(node: onnx.NodeProto, index: GraphIndex, shapes: dict[str, Shape]
                    ) -> ConvLayer | SkippedLayer | None:
-    """A ConvLayer for DW/PW convs, a SkippedLayer with the reason, or None for other (ordinary) convs."""
+    """A ConvLayer for DW/PW convs, a SkippedLayer with the reason, or None for other (ordinary) convs.
+
+    Raises DepruneError for a Conv that contradicts itself (``check_conv``)."""
     attrs = node_attributes(node)
     weight_name = node.input[1] if len(node.input) > 1 else ""
     weight_shape = shapes.get(weight_name)
     weight = index.constant(weight_name)
     if weight is not None:
         weight_shape = weight.shape
+    bias_name = node.input[2] if len(node.input) > 2 and node.input[2] else None
+    bias_value = index.constant(bias_name) if bias_name else None
+    bias_shape = bias_value.shape if bias_value is not None else shapes.get(bias_name) if bias_name else None
+    if weight_shape is not None:
+        check_conv(node, tuple(weight_shape), shapes.get(node.input[0]), bias_shape)
+    group = int(attrs.get("group", 1))
+    input_shape = shapes.get(node.input[0])
+    one_d = weight_shape is not None and len(weight_shape) == 3 and weight_shape[1] == 1 and group >= 2
+    if one_d:  # a 1-D DW conv is the 1xk case of a 2-D one: H = 1, every 2-D attribute gets its H entry
+        attrs, weight_shape, input_shape = as_2d_conv(attrs, tuple(weight_shape), input_shape)
     if weight_shape is None or len(weight_shape) != 4 or not all(isinstance(d, int) for d in weight_shape):
         if weight_shape is not None and len(weight_shape) != 4:
-            return None  # 1-D or 3-D conv: not a 2-D DSConv layer, nothing to say
+            return None  # 3-D conv, or a 1-D conv that is not depthwise: not a DSConv layer, nothing to say
         return SkippedLayer(node.name, node.op_type, f"weight '{weight_name}' has unknown shape")
     c_out, c_in_per_group, kh, kw = (int(d) for d in weight_shape)
-    group = int(attrs.get("group", 1))
     c_in = group * c_in_per_group
     is_dw = c_in_per_group == 1 and group == c_in and group >= 2 and c_out % group == 0
     is_pw = group == 1 and (kh, kw) == (1, 1)
@@ -164,7 +231,7 @@ def _classify_conv(node: onnx.NodeProto, index: GraphIndex, shapes: dict[str, Sh
     kind = "dw" if is_dw else "pw"
     if weight is None:
         return SkippedLayer(node.name, node.op_type,
-                            f"{kind.upper()} weight '{weight_name}' is not a constant (computed at run time)")
+                            f"{kind.upper()} weight is not a constant: {index.not_constant_reason(weight_name)}")
     if not np.issubdtype(weight.dtype, np.floating):
         return SkippedLayer(node.name, node.op_type, f"{kind.upper()} weight '{weight_name}' is {weight.dtype}")
     if weight.size and not np.all(np.isfinite(weight)):
@@ -172,15 +239,16 @@ def _classify_conv(node: onnx.NodeProto, index: GraphIndex, shapes: dict[str, Sh
     kernel = _pair(attrs.get("kernel_shape", (kh, kw)), 1)
     strides = _pair(attrs.get("strides"), 1)
     dilations = _pair(attrs.get("dilations"), 1)
-    input_shape = shapes.get(node.input[0])
     concrete_input = concrete(input_shape)
-    pads = _resolve_pads(attrs, concrete_input, kernel, strides, dilations)
+    pads = resolve_pads(attrs, concrete_input, kernel, strides, dilations)
     if isinstance(pads, str):
         return SkippedLayer(node.name, node.op_type, pads)
     bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
-    if bias is not None and index.constant(bias) is None:
-        return SkippedLayer(node.name, node.op_type, f"bias '{bias}' is not a constant")
+    if bias is not None and bias_value is None:
+        return SkippedLayer(node.name, node.op_type, f"bias is not a constant: {index.not_constant_reason(bias)}")
     output_shape = shapes.get(node.output[0])
+    if one_d and output_shape is not None and len(output_shape) == 3:
+        output_shape = (*output_shape[:2], 1, output_shape[2])
     macs = None
     if concrete_input is not None and len(concrete_input) == 4:
         out_h, out_w = conv_output_hw(concrete_input[2:], kernel, strides, pads, dilations)
@@ -193,7 +261,7 @@ def _classify_conv(node: onnx.NodeProto, index: GraphIndex, shapes: dict[str, Sh
         subgemms=-(-c_out // SUBGEMM_CHANNELS) if is_dw else 0,
         params=int(weight.size + (c_out if bias else 0)), macs=macs,
         sparsity=float(np.count_nonzero(weight == 0) / weight.size) if weight.size else 0.0,
-        input_shape=input_shape, output_shape=output_shape)
+        input_shape=input_shape, output_shape=output_shape, spatial_dims=1 if one_d else 2)
 
 
 def _is_on_pooled_tensor(node: onnx.NodeProto, index: GraphIndex, shapes: dict[str, Shape]) -> bool:
@@ -296,6 +364,35 @@ def _residual_add(pw_output: str, index: GraphIndex) -> str | None:
     return None
 
 
+def _grouped_convs(nodes: Any, where: str) -> list[SkippedLayer]:
+    """Grouped (DW candidate) convs among ``nodes`` and in their subgraphs, recursively, as skipped layers."""
+    found = []
+    for node in nodes:
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        if node.op_type == "Conv" and group > 1:
+            found.append(SkippedLayer(node.name or f"{where}/Conv", node.op_type,
+                                      f"grouped conv in {where}: convs in If/Loop/Scan bodies and model-local "
+                                      "functions are not pruned"))
+        for attribute, graph in subgraphs(node):
+            found += _grouped_convs(graph.node, f"the {attribute} of {node.op_type} '{node.name}'")
+    return found
+
+
+def nested_grouped_convs(model: onnx.ModelProto) -> list[SkippedLayer]:
+    """Every grouped Conv the top-level analysis does not see: in If/Loop/Scan bodies and model-local functions.
+
+    They are listed as skipped (never changed): a body or function runs with the weights it reads, so a weight
+    the top-level graph shares with them is copied before it is masked (GraphIndex counts those reads as uses).
+    """
+    found = []
+    for node in model.graph.node:
+        for attribute, graph in subgraphs(node):
+            found += _grouped_convs(graph.node, f"the {attribute} of {node.op_type} '{node.name}'")
+    for function in model.functions:
+        found += _grouped_convs(function.node, f"model-local function '{function.domain}.{function.name}'")
+    return found
+
+
 def analyze(model: onnx.ModelProto, shapes: dict[str, Shape] | None = None) -> ModelAnalysis:
     """Classify every Conv of the top-level graph and group DW/PW layers into DSConv blocks."""
     index = GraphIndex(model.graph)
@@ -319,6 +416,7 @@ def analyze(model: onnx.ModelProto, shapes: dict[str, Shape] | None = None) -> M
         else:
             dw_layers.append(layer)
 
+    skipped += nested_grouped_convs(model)
     pw_names = {layer.name for layer in pw_layers}
     blocks: list[DSConvBlock] = []
     for block_index, dw in enumerate(dw_layers):

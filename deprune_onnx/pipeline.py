@@ -3,6 +3,11 @@
 Each step is its own module; this one only chains them, so the CLI, the tests and other tools run exactly the
 same sequence. The input ModelProto is modified in place (the caller loaded it from disk; the file is never
 touched).
+
+Every step that changes a model follows one contract: ``step(model, ..., *, in_place=False) -> (model, record)``
+(``apply_pw_plan``, ``apply_dw_masks``, ``reconstruct``, ``apply_nm24``, ``rewrite_to_plugin``,
+``convert_to_float16``): a copy by default, the model itself with ``in_place=True`` (what this pipeline uses,
+so a multi-GB model is held about once), and the step's record, which goes into the PruneRecord.
 """
 from __future__ import annotations
 
@@ -15,18 +20,19 @@ import onnx
 
 from deprune_onnx.analysis import ModelAnalysis, analyze
 from deprune_onnx.dw.apply import apply_dw_masks
-from deprune_onnx.dw.planner import plan_dw_layers
+from deprune_onnx.dw.planner import DamageMeasure, plan_dw_layers, ratio_for_speedup
 from deprune_onnx.errors import DepruneError
+from deprune_onnx.onnx_io.folding import fold_conv_weight_chains
 from deprune_onnx.onnx_io.graph import ensure_unique_node_names
 from deprune_onnx.dw.keep_zeros import plan_keep_zeros
-from deprune_onnx.logging_utils import timed_pass
+from deprune_onnx.logging_utils import LOGGER, timed_pass
 from deprune_onnx.dw.masks import SUBGEMM_CHANNELS
 from deprune_onnx.options import (CalibOptions, DWOptions, PruneOptions, PWOptions, check_prune_options,
                                   options_for_plan)
 from deprune_onnx.plan import PlanSettings, PruningPlan
 from deprune_onnx.record import AllocationRecord, CalibrationRecord, PruneRecord
-from deprune_onnx.pw import PWPlan, apply_nm24, apply_pw_plan, plan_pw_pruning, pw_report, summarize_model
-from deprune_onnx.recovery.calibration import allocate_layer_ratios, calibration_set
+from deprune_onnx.pw import PWPlan, apply_nm24, apply_pw_plan, plan_pw_pruning
+from deprune_onnx.recovery.calibration import allocate_layer_ratios, calibration_set, hsr_damage_measure
 from deprune_onnx.report.build import build_report
 
 __all__ = ["CalibOptions", "DWOptions", "PWOptions", "PruneOptions", "PruneResult", "PrunedFiles", "prune_file",
@@ -55,7 +61,8 @@ class PruneResult:
 def _require_dw_layers(analysis: ModelAnalysis) -> None:
     if analysis.dw_layers:
         return
-    reasons = "; ".join(f"{s.name}: {s.reason}" for s in analysis.skipped[:3])
+    first = sorted(analysis.skipped, key=lambda s: "DW" not in s.reason and "depthwise" not in s.reason)
+    reasons = "; ".join(f"{s.name}: {s.reason}" for s in first[:3])
     detail = f" (skipped: {reasons})" if reasons else ""
     raise DepruneError(f"no depthwise conv layer (Conv with group == input channels) to prune{detail}")
 
@@ -65,14 +72,16 @@ def _settings(options: PruneOptions) -> PlanSettings:
 
 
 def make_plan(model: onnx.ModelProto, options: PruneOptions, analysis: ModelAnalysis,
-              pw_plan: PWPlan | None) -> tuple[PruningPlan, dict[str, Any] | None]:
+              pw_plan: PWPlan | None, damage: DamageMeasure | None = None
+              ) -> tuple[PruningPlan, dict[str, Any] | None]:
     """Decide every DW mask (on the model after PW removal); pure with respect to the model. Returns the plan
-    and, with ``keep_zeros``, the findings for the record (the violations of the zero pattern)."""
+    and, with ``keep_zeros``, the findings for the record (the violations of the zero pattern). ``damage``: the
+    measured damage of candidate masks for ``--hsr-rank damage``/``auto`` (with --calib)."""
     if options.keep_zeros:
         return keep_zeros_plan(model, options, analysis, pw_plan)
     return PruningPlan(method=options.dw.method, dw_ratio=options.dw.dw_ratio, tile=options.dw.tile,
                        subgemm_channels=SUBGEMM_CHANNELS,
-                       dw_layers=tuple(plan_dw_layers(model, analysis, options.dw)), pw=pw_plan,
+                       dw_layers=tuple(plan_dw_layers(model, analysis, options.dw, damage)), pw=pw_plan,
                        settings=_settings(options)), None
 
 
@@ -97,22 +106,38 @@ def make_keep_zeros_plan(model: onnx.ModelProto, options: PruneOptions, analysis
 
 
 def _pw_structural(model: onnx.ModelProto, options: PWOptions, plan: PruningPlan | None,
-                   analysis: ModelAnalysis) -> tuple[PWPlan | None, dict[str, Any] | None]:
-    """Remove PW channels from ``model`` in place, first (a saved plan's groups, or l2 filter pruning); the DW
-    masks are decided afterwards on the reduced model. Returns the PW plan and its report section."""
+                   analysis: ModelAnalysis, calib: CalibOptions | None = None, samples: Any = None
+                   ) -> tuple[PWPlan | None, dict[str, Any] | None]:
+    """Remove PW channels from ``model`` in place, first (a saved plan's groups, or filter pruning); the DW
+    masks are decided afterwards on the reduced model. With calibration ``samples``, channels are ranked by the
+    activation energy they feed forward and the 1x1 convs reading reduced tensors are refit by least squares
+    (recovery/pw_refit.py). Returns the PW plan and its report section."""
+    energy = None
     if plan is not None:
         pw_plan = plan.pw
     elif options.method == "l2" and options.ratio > 0:
+        if samples is not None:
+            from deprune_onnx.recovery.pw_refit import channel_energy
+
+            with timed_pass("pw energy"):
+                energy = channel_energy(model, samples.inputs)
         pw_plan = plan_pw_pruning(model, ratio=options.ratio, align=options.align, scope=options.scope,
-                                  analysis=analysis)
+                                  analysis=analysis, energy=energy)
     else:
         pw_plan = None
     if pw_plan is None:
         return None, None
-    before = summarize_model(model)
-    if pw_plan.groups:
-        apply_pw_plan(model, pw_plan, in_place=True)
-    return pw_plan, pw_report(pw_plan, before, model)
+    original = None
+    if pw_plan.groups and samples is not None and calib is not None and calib.refit:
+        original = onnx.ModelProto()
+        original.CopyFrom(model)
+    _, section = apply_pw_plan(model, pw_plan, in_place=True)
+    if original is not None:
+        from deprune_onnx.recovery.pw_refit import refit_pw_readers
+
+        with timed_pass("pw refit"):
+            section["refit"] = refit_pw_readers(model, original, pw_plan, samples.inputs, calib.measure_damp)
+    return pw_plan, section
 
 
 def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan | None = None) -> PruneResult:
@@ -130,61 +155,85 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan
     record = PruneRecord(output_format=options.output_format, dtype=options.dtype)
     ensure_unique_node_names(model)
     with timed_pass("analyze"):
+        fold_conv_weight_chains(model)
         analysis = analyze(model)
     _require_dw_layers(analysis)
-    with timed_pass("pw"):
-        pw_plan, record.pw = _pw_structural(model, options.pw, plan, analysis)
-        if pw_plan is not None and pw_plan.groups:
-            analysis = analyze(model)  # channels were removed: DW masks are planned on the reduced model
     calib = options.calib
     reference = samples = None
-    if calib is not None:
+    one_d = [layer.name for layer in analysis.dw_layers if layer.spatial_dims == 1]
+    if calib is not None and one_d:
+        raise DepruneError(f"--calib: 1-D DW conv '{one_d[0]}': the refit and --allocate handle 2-D DW convs "
+                           "only; prune this model without --calib")
+    if calib is not None:  # the image input is the same before and after PW removal
         samples = calibration_set(model, calib)
+    with timed_pass("pw"):
+        pw_plan, record.pw = _pw_structural(model, options.pw, plan, analysis, calib, samples)
+        if pw_plan is not None and pw_plan.groups:
+            analysis = analyze(model)  # channels were removed: DW masks are planned on the reduced model
+    if calib is not None:
         # The refit's target: this model before DW pruning (after PW removal, so the DW shapes agree).
         reference = onnx.ModelProto()
         reference.CopyFrom(model)
     if plan is None:
+        if options.dw.target_speedup is not None and not (calib is not None and calib.allocate):
+            with timed_pass("target speedup"):
+                ratio = ratio_for_speedup(model, analysis, options.dw)
+            options = replace(options, dw=replace(options.dw, dw_ratio=ratio))
         if calib is not None and calib.allocate:
             layer_ratios, summary, per_layer = allocate_layer_ratios(reference, analysis, options.dw, calib,
                                                                      samples.inputs)
             record.allocation = AllocationRecord(summary, per_layer)
             options = replace(options, dw=replace(options.dw, layer_ratios=layer_ratios))
+        damage = None
+        if calib is not None and options.dw.method == "bh" and options.dw.hsr_rank in ("auto", "damage"):
+            damage = hsr_damage_measure(reference, analysis, calib, samples.inputs)
         with timed_pass("plan"):
-            plan, record.keep_zeros = make_plan(model, options, analysis, pw_plan)
+            plan, record.keep_zeros = make_plan(model, options, analysis, pw_plan, damage)
     with timed_pass("apply"):
-        apply_dw_masks(model, plan.dw_layers)
+        model, _ = apply_dw_masks(model, plan.dw_layers, in_place=True)
     if calib is not None and calib.refit:
         from deprune_onnx.recovery.refit import reconstruct
 
         with timed_pass("refit"):
-            refits, chosen = reconstruct(model, reference, analysis, list(plan.dw_layers), samples.inputs,
-                                         calib.damp, calib.saliency)
-        plan = plan.with_masks(chosen)  # --calib-saliency chose other taps (same K per sub-GEMM)
+            model, refit = reconstruct(model, reference, analysis, plan.dw_layers, samples.inputs, calib.damp,
+                                       calib.saliency, in_place=True, groups=samples.image_index)
+        refits = refit.layers
+        plan = plan.with_masks(refit.masks)  # --calib-saliency chose other taps (same K per sub-GEMM)
         record.calibration = CalibrationRecord(
             images=[str(p) for p in samples.paths], views=samples.views, samples=int(len(samples.inputs)),
-            preprocess=samples.preset, damp=calib.damp, saliency=calib.saliency, layers_refit=len(refits),
-            layers={refit.pop("layer"): refit for refit in refits})
+            preprocess=samples.preset, damp="auto" if calib.damp is None else calib.damp, saliency=calib.saliency,
+            layers_refit=sum(bool(entry["refit"]) for entry in refits),
+            layers={entry.pop("layer"): entry for entry in refits})
     if options.pw.method == "nm24":
-        model, record.pw_nm24 = apply_nm24(model, analysis)
-    if options.output_format == "plugin":
+        model, record.pw_nm24 = apply_nm24(model, analysis, in_place=True)
+    if options.output_format != "dense":
+        chosen = None
+        if options.output_format == "auto":
+            from deprune_onnx.trt.layer_choice import decide_rewrites
+
+            record.format_auto = [d.to_dict() for d in decide_rewrites(plan.dw_layers, options.timings,
+                                                                         options.dtype)]
+            chosen = {d["layer"] for d in record.format_auto if d["rewrite"]}
         with timed_pass("rewrite"):
-            model, record.rewrite = _rewrite(model, plan)
+            model, record.rewrite = _rewrite(model, plan, chosen)
     if options.dtype == "float16":
         from deprune_onnx.onnx_io.float16 import convert_to_float16
 
         with timed_pass("float16"):
-            model = convert_to_float16(model)
+            model, _ = convert_to_float16(model)
     report = build_report(plan, analysis, record)
     return PruneResult(model, plan, report, analysis, record)
 
 
-def _rewrite(model: onnx.ModelProto, plan: PruningPlan) -> tuple[onnx.ModelProto, list[dict[str, Any]]]:
-    """Every pruned DW conv -> DRSparseDepthwiseConv with the plan's masks. Excluded layers, and layers whose
-    mask keeps every weight (ratio 0, e.g. chosen by --allocate), stay standard Convs: the sparse op only pays
-    off where taps are skipped."""
+def _rewrite(model: onnx.ModelProto, plan: PruningPlan, chosen: set[str] | None = None
+             ) -> tuple[onnx.ModelProto, list[dict[str, Any]]]:
+    """Every pruned DW conv (with ``chosen``, only those: --format auto) -> DRSparseDepthwiseConv with the plan's
+    masks. Excluded layers, and layers whose mask keeps every weight (ratio 0, e.g. chosen by --allocate), stay
+    standard Convs: the sparse op only pays off where taps are skipped."""
     from deprune_onnx.op.rewrite import RewriteRecord, rewrite_to_plugin
 
-    keep_masks = {layer.name: layer.keep_mask() for layer in plan.dw_layers if layer.method != "none"}
+    keep_masks = {layer.name: layer.keep_mask() for layer in plan.dw_layers
+                  if layer.method != "none" and (chosen is None or layer.name in chosen)}
     dense = [name for name, keep in keep_masks.items() if keep.all()]
     for name in dense:
         del keep_masks[name]
@@ -214,16 +263,20 @@ class PrunedFiles:
 
 def prune_file(input_path: str | os.PathLike[str], output_path: str | os.PathLike[str], options: PruneOptions,
                plan_path: str | os.PathLike[str] | None = None, report_path: str | os.PathLike[str] | None = None,
-               plan_out: str | os.PathLike[str] | None = None) -> PrunedFiles:
+               plan_out: str | os.PathLike[str] | None = None, drop_initializer_inputs: bool = False
+               ) -> PrunedFiles:
     """``deprune-onnx prune`` as one call: check the options and output paths, load, prune, write.
 
     Writes the pruned model to ``output_path``, the report to ``report_path`` (default ``OUT.report.json``)
     and the plan to ``plan_out`` (default ``OUT.plan.json``), each atomically; ``plan_path`` re-applies a
-    saved plan. The input is never modified. Every check that needs no model runs before the model is loaded.
+    saved plan; ``drop_initializer_inputs`` removes initializers from the graph inputs after loading (at IR >= 4
+    they are overridable, so their weights are not constants). The input is never modified. Every check that
+    needs no model runs before the model is loaded.
     Errors: OptionError (bad options), DepruneError (bad files, a model the tool cannot prune).
     """
     from deprune_onnx.onnx_io.load_save import (check_output_path, load_model, save_model, sidecar_path,
                                                 write_json_atomic)
+    from deprune_onnx.onnx_io import load_save
     from deprune_onnx.plan import load_plan
 
     check_prune_options(options, plan_given=plan_path is not None)
@@ -234,7 +287,11 @@ def prune_file(input_path: str | os.PathLike[str], output_path: str | os.PathLik
 
     def load() -> onnx.ModelProto:
         with timed_pass("load"):
-            return load_model(input_path)
+            model = load_model(input_path)
+        if drop_initializer_inputs:  # IR >= 4: such inputs are overridable, so their weights are not constants
+            dropped = load_save.drop_initializer_inputs(model)
+            LOGGER.info("--drop-initializer-inputs: %d graph input(s) removed: %s", len(dropped), ", ".join(dropped))
+        return model
 
     # The loaded model goes straight into the pipeline and no reference is kept here: with PW removal and the
     # rewrite working in place, a multi-GB model is held about once (bench/results/prune_speed.md).

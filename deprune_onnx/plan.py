@@ -56,6 +56,9 @@ class DWLayerPlan:
         pattern: HSR alignment, ``o`` (over-aligned), ``u`` (under-aligned) or ``aligned``; ``-`` without HSR.
         alpha: HSR speedup of removing the partial tile (ratio of times, dimensionless); alpha_source:
             ``tile-model`` or ``measured``; eps: vectors in the partial tile; beta = alpha / eps (HSR's ranking).
+        hsr_rank: bh: the rule that chose ``o``/``u`` (``beta`` or ``damage``); None without HSR.
+        hsr_damage: ``damage`` rank: the expected damage of each candidate alignment (under, over, one more tile
+            each) and its source (``measured KL`` or ``weight energy``); None otherwise.
         note: why the planner did something unusual (balance step, an under-aligned layer), else "".
     """
 
@@ -72,6 +75,8 @@ class DWLayerPlan:
     alpha_source: str | None = None
     eps: int | None = None
     beta: float | None = None
+    hsr_rank: str | None = None
+    hsr_damage: dict[str, Any] | None = None
     note: str = ""
 
     def keep_mask(self) -> np.ndarray:
@@ -122,6 +127,9 @@ class PruningPlan:
     settings: PlanSettings = field(default_factory=PlanSettings)
     format_version: int = PLAN_FORMAT_VERSION
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dw_layers", tuple(self.dw_layers))  # a list given by a caller becomes a tuple
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["dw_layers"] = list(data["dw_layers"])
@@ -139,8 +147,8 @@ class PruningPlan:
         unknown = set(data) - {f for f in cls.__dataclass_fields__}
         if unknown:
             raise ValueError(f"unknown plan field(s) {', '.join(sorted(unknown))}")
-        return cls(method=data["method"], dw_ratio=data["dw_ratio"], tile=data["tile"],
-                   subgemm_channels=data["subgemm_channels"],
+        fields = {key: data[key] for key in ("method", "dw_ratio", "tile", "subgemm_channels") if key in data}
+        return cls(**fields,  # a missing field is a TypeError naming it
                    dw_layers=tuple(DWLayerPlan(**layer) for layer in data.get("dw_layers", [])),
                    pw=PWPlan.from_dict(data["pw"]) if data.get("pw") else None,
                    settings=PlanSettings.from_dict(data.get("settings") or {}),

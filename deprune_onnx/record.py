@@ -62,6 +62,7 @@ class PruneRecord:
         pw: PW removal's report section (groups, channels, params and MACs before/after), or None.
         pw_nm24: one row per PW layer given 2:4 masks, or None.
         rewrite: one record per DW conv the plugin rewrite looked at (rewritten or why not), or None (dense).
+        format_auto: ``--format auto``'s decision per pruned DW layer (trt.layer_choice.RewriteDecision), or None.
         keep_zeros: ``--keep-zeros`` findings (violations per layer, layers_with_violations), or None.
         calibration: CalibrationRecord, or None without ``--calib`` refit.
         allocation: AllocationRecord, or None without ``--allocate``.
@@ -72,6 +73,7 @@ class PruneRecord:
     pw: dict[str, Any] | None = None
     pw_nm24: list[dict[str, Any]] | None = None
     rewrite: list[dict[str, Any]] | None = None
+    format_auto: list[dict[str, Any]] | None = None
     keep_zeros: dict[str, Any] | None = None
     calibration: CalibrationRecord | None = None
     allocation: AllocationRecord | None = None

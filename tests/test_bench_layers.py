@@ -33,6 +33,7 @@ def mobilenet_v2_pruned() -> tuple[onnx.ModelProto, onnx.ModelProto]:
     return plugin.model, dense.model
 
 
+@pytest.mark.model
 def test_layers_of_a_pruned_mobilenet_v2(mobilenet_v2_pruned) -> None:
     plugin, dense = mobilenet_v2_pruned
     layers = lb.layers_from_model(plugin, group="mv2")
@@ -59,6 +60,7 @@ def test_load_bench_layers_errors(tmp_path: Path) -> None:
         lb.load_bench_layers(bad)
 
 
+@pytest.mark.model
 def test_a_layer_without_static_spatial_shape_is_named(mobilenet_v2_pruned) -> None:
     model = onnx.ModelProto()
     model.CopyFrom(mobilenet_v2_pruned[0])
@@ -157,9 +159,29 @@ def test_tolerances_and_batches() -> None:
             lb.parse_batches(bad)
 
 
+@pytest.mark.native
 @pytest.mark.skipif(not has_nvcc(), reason="nvcc not found: the CUDA kernel library is not built")
 def test_kernel_library_wrapper_on_the_built_library() -> None:
     library = lb.KernelLibrary(build_test_native() / LIBRARY_FILES["kernels"])  # ABI version checked on load
     problem = lb.make_problem(small_layer(np.ones((8, 1, 3, 3), bool)), batch=1)
     with pytest.raises(RuntimeError, match="null pointer argument"):  # refused before any CUDA call: no GPU needed
         library.enqueue(problem, lb.Weights(), "float32", 0, 0, 0)
+
+
+def test_channel_taps_rebuild_the_dense_weights() -> None:
+    # Kernel version 2's per-channel tap lists (the bench uploads them; the plugin decodes the same in C++).
+    rng = np.random.default_rng(5)
+    weight = rng.standard_normal((70, 1, 5, 3)).astype(np.float32)
+    keep = rng.random(weight.shape) < 0.4
+    keep[10:20] = False  # channels without taps
+    packed = pack_dr_weights(np.where(keep, weight, 0), rng.standard_normal(70).astype(np.float32), keep_mask=keep)
+    params = DRConvParams(channels=70, kernel_shape=(5, 3))
+    offsets, codes, values = lb.channel_taps(packed, params)
+    assert offsets.shape == (71,) and offsets[0] == 0 and offsets[-1] == keep.sum() == codes.size == values.size
+    rebuilt = np.zeros_like(weight)
+    for channel in range(70):
+        span = slice(offsets[channel], offsets[channel + 1])
+        for code, value in zip(codes[span], values[span]):
+            rebuilt[channel, 0, code >> 8, code & 0xFF] = value
+    np.testing.assert_array_equal(rebuilt, np.where(keep, weight, 0))
+    assert np.all(offsets[11:21] == offsets[10])

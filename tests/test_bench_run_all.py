@@ -1,13 +1,36 @@
-"""bench/gpu/run_all.sh, checked without a GPU: it parses, and it writes at most the 8 result files the device
-tool brings back from $OUT (bench/gpu/README.md)."""
+"""bench/gpu/run_all.sh, checked without a GPU: it parses, it writes at most the 8 result files the device tool
+brings back from $OUT (bench/gpu/README.md), it stops at once with one line when the bench wheels are missing,
+and the kernel check imports nothing the GPU machines lack (onnx-graphsurgeon, polygraphy, onnxconverter-common,
+TensorRT), checked by running it with those packages blocked up to the point where it needs a GPU."""
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "bench" / "gpu" / "run_all.sh"
+CHECK = REPO / "bench" / "gpu" / "dr_dwconv_check.py"
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "gpu" / "run_all.sh"
+# A meta-path hook that makes the packages absent on the GPU machines unimportable, then runs a script.
+BLOCKER = textwrap.dedent("""
+    import importlib.abc, runpy, sys
+    BLOCKED = {"onnx_graphsurgeon", "polygraphy", "onnxconverter_common", "tensorrt"}
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in BLOCKED:
+                raise ImportError(f"{name} is blocked: absent on the GPU machine")
+    sys.meta_path.insert(0, Block())
+    for name in list(sys.modules):
+        if name.split(".")[0] in BLOCKED:
+            del sys.modules[name]
+    script, *sys.argv = sys.argv[1:]
+    sys.argv.insert(0, script)
+    runpy.run_path(script, run_name="__main__")
+""")
 
 
 def test_script_parses() -> None:
@@ -16,9 +39,58 @@ def test_script_parses() -> None:
 
 def test_at_most_eight_result_files_named_in_the_readme() -> None:
     text = SCRIPT.read_text()
-    files = set(re.findall(r'(?:\$RESULTS|\$3|\$\{?RESULTS\}?)/([A-Za-z0-9_.-]+)"?', text)) - {"*check.log"}
-    files |= set(re.findall(r'--log-file "\$RESULTS/([A-Za-z0-9_.-]+)"', text))
-    assert {"run_all.log", "summary.txt", "dr_dwconv_full.json", "memcheck.log"} <= files
+    names = set(re.findall(r'\$RESULTS/([A-Za-z0-9_.$-]+)', text))
+    files = set()
+    for name in names:
+        if name.startswith("$tool"):  # the sanitizer loop: for tool in memcheck racecheck
+            files |= {name.replace("$tool", tool) for tool in ("memcheck", "racecheck")}
+        elif "*" not in name and "$" not in name:
+            files.add(name)
+    assert {"run_all.log", "summary.txt", "dr_dwconv_check.json", "memcheck.log", "racecheck.log"} <= files
     assert len(files) <= 8, sorted(files)
     readme = (SCRIPT.parent / "README.md").read_text()
     assert all(f"`{name}`" in readme for name in files), sorted(files)
+
+
+def test_missing_wheels_stop_the_script_at_once_with_one_line(tmp_path: Path) -> None:
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "DEPRUNE_WHEELS": str(tmp_path / "no_wheels")}
+    done = subprocess.run(["bash", str(SCRIPT), "check", "bench"], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 1 and "no onnx_graphsurgeon wheel" in lines[0] and "README.md" in lines[0], done.stdout
+    assert not (tmp_path / "out").exists()  # nothing ran: no GPU time spent
+
+
+def test_every_phase_has_a_time_budget() -> None:
+    text = SCRIPT.read_text()
+    # Every step goes through step NAME BUDGET ..., which runs the command under timeout.
+    steps = re.findall(r'^\s*(?:\S+=\S+ )?step (\S+) (\S+) ', text, flags=re.M)
+    assert {name for name, _ in steps} >= {"build", "host-tests", '"$tool"', "check", "bench-float32"}
+    assert all(re.fullmatch(r'\d+|"\$\{[A-Z_]+:-\d+\}"|"?\$check_budget"?', budget) for _, budget in steps), steps
+    assert 'timeout --kill-after=5 "$budget"' in text
+    defaults = [int(v) for v in re.findall(r'BUDGET:-(\d+)', text)]
+    total = int(re.search(r'TOTAL_BUDGET=\$\{TOTAL_BUDGET:-(\d+)\}', text).group(1))
+    assert total <= 480 and all(v <= total for v in defaults)
+
+
+def _run_blocked(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # never a GPU here, even on a machine that has one
+    return subprocess.run([sys.executable, "-c", BLOCKER, *args], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=REPO)
+
+
+def test_kernel_check_runs_without_the_packages_the_gpu_machine_lacks(tmp_path: Path) -> None:
+    # The layer preparation (prune pipeline, bh masks, packing, bytes and floors) runs in full ...
+    roofline = _run_blocked(str(CHECK), "--roofline-only")
+    assert roofline.returncode == 0, roofline.stderr[-2000:]
+    assert "total mobilenet_v2" in roofline.stdout and "total efficientnet_b0" in roofline.stdout
+    # ... and the check proper gets as far as asking for the GPU: one line, exit 2, no ImportError.
+    check = _run_blocked(str(CHECK), "--quick")
+    assert check.returncode == 2, check.stderr[-2000:]
+    assert "CUDA" in check.stderr and "ImportError" not in check.stderr and "blocked" not in check.stderr
+    # The modules the GPU part imports lazily load too.
+    imports = tmp_path / "imports.py"
+    imports.write_text("import deprune_onnx.trt.native, deprune_onnx.onnx_io.load_save, deprune_onnx.trt.layer_bench\n")
+    lazy = _run_blocked(str(imports))
+    assert lazy.returncode == 0, lazy.stderr[-2000:]

@@ -83,11 +83,12 @@ def test_float16_pruned_model_is_fed_float16(tiny, tmp_path):
     from deprune_onnx.onnx_io.float16 import convert_to_float16
 
     _, dense, plugin = tiny
-    half = _save(convert_to_float16(onnx.load(plugin)), tmp_path / "half.onnx")
+    half = _save(convert_to_float16(onnx.load(plugin))[0], tmp_path / "half.onnx")
     assert _invoke("compare", dense, half, "--n", "2").exit_code == 1  # 1e-5 is tighter than float16
     assert _invoke("compare", dense, half, "--n", "2", "--rtol", "1e-2", "--atol", "1e-2").exit_code == 0
 
 
+@pytest.mark.model
 def test_real_model_with_images(tmp_path):
     model = onnx.load(str(PPOCR))
     masks = random_masks(model, keep=0.9, seed=4)
@@ -99,7 +100,8 @@ def test_real_model_with_images(tmp_path):
     assert [(s["source"], s["samples"]) for s in data["sets"]] == [("random", 3), ("images", 3)]
     stats = data["sets"][1]["outputs"][0]
     # The numbers, recomputed here with ONNX Runtime and numpy on the same three preprocessed images.
-    feeds = image_feeds(input_specs(model), [imagenet_samples()], 3)
+    feeds, found = image_feeds(input_specs(model), [imagenet_samples()], 3)
+    assert found == 10 and data["notes"] == ["images: the first 3 of 10 (by name) were used; --n caps them"]
     original = [run_ort(model, feed)[0].astype(np.float64) for feed in feeds]
     pruned = [run_ort(dense_masked(model, masks), feed)[0].astype(np.float64) for feed in feeds]
     cosines = [float(p.ravel() @ o.ravel() / (np.linalg.norm(p) * np.linalg.norm(o))) for p, o in zip(pruned, original)]

@@ -15,6 +15,8 @@ from support.samples import sample_model
 from support.dsconv_graphs import BlockSpec, dsconv_network
 from deprune_onnx.onnx_io import load_save as model_io
 
+pytestmark = pytest.mark.model
+
 
 def _digests(output: Path) -> list[str]:
     stem = output.name[: -len(".onnx")]

@@ -73,6 +73,7 @@ def test_metrics_on_known_values() -> None:
     assert labelled.top1 == pytest.approx(2 / 3) and labelled.top5 == 1.0
 
 
+@pytest.mark.model
 def test_eval_mobilenet_v2_top1_and_full_agreement_with_itself() -> None:
     model = sample_model("mobilenet_v2")
     result = run_cli("eval", model, "--images", imagenet_samples(), "--reference", model, "--json")
@@ -86,6 +87,7 @@ def test_eval_mobilenet_v2_top1_and_full_agreement_with_itself() -> None:
     assert data["agreement"]["cosine_mean"] == pytest.approx(1.0)
 
 
+@pytest.mark.model
 def test_eval_of_a_pruned_model_reports_the_loss_and_checks_thresholds(tmp_path: Path) -> None:
     source = sample_model("mobilenet_v3_small")
     pruned = tmp_path / "pruned.onnx"

@@ -14,6 +14,8 @@ import pytest
 from support.cli_testing import run_cli
 from support.samples import imagenet_samples, sample_model
 
+pytestmark = pytest.mark.model  # every command on a real sample model, twice
+
 
 @pytest.fixture
 def umask(request: pytest.FixtureRequest):

@@ -64,15 +64,30 @@ def _repository_files() -> list[str]:
     return [name for name in listing.stdout.decode().split("\0") if name and (REPO / name).is_file()]
 
 
-def _allowed_roots(clone: Path, scratch: Path) -> list[Path]:
-    """Where the clone's tests may read: the clone, temporary folders, the Python installation and its
-    packages (which may sit inside the original checkout's .venv: that is the environment, not the project),
-    the user's caches (matplotlib's font cache) and the operating system."""
-    roots = [clone, scratch, Path(tempfile.gettempdir()), Path(sys.prefix), Path(sys.base_prefix),
-             Path(sys.exec_prefix), Path(sysconfig.get_paths()["stdlib"]), Path.home() / ".cache",
-             Path.home() / ".config", *map(Path, site.getsitepackages()), Path(site.getusersitepackages())]
-    roots += [Path(p) for p in ("/proc", "/sys", "/dev", "/etc", "/usr", "/lib", "/lib64", "/bin")]
+def _environment_roots() -> list[Path]:
+    """The Python installation and its packages, which may sit inside the original checkout (its .venv)."""
+    roots = [Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix), Path(sysconfig.get_paths()["stdlib"]),
+             *map(Path, site.getsitepackages()), Path(site.getusersitepackages())]
     return [root.resolve() for root in roots]
+
+
+def _allowed_roots(clone: Path, scratch: Path) -> list[Path]:
+    """Where the clone's tests may read: the clone, temporary folders, the user's caches (matplotlib's font
+    cache), the operating system and the Python environment."""
+    roots = [clone, scratch, Path(tempfile.gettempdir()), Path.home() / ".cache", Path.home() / ".config"]
+    roots += [Path(p) for p in ("/proc", "/sys", "/dev", "/etc", "/usr", "/lib", "/lib64", "/bin")]
+    return [root.resolve() for root in roots] + _environment_roots()
+
+
+def _is_outside(path: Path, allowed: list[Path], environment: list[Path]) -> bool:
+    """Outside the allowed roots, or inside the original checkout or the shared folder beside it (even when
+    those lie under an allowed root such as /tmp), unless it is part of the Python environment."""
+    candidates = {path, Path(os.path.realpath(path))}
+    if any(c.is_relative_to(root) for c in candidates for root in environment):
+        return False
+    if any(c.is_relative_to(root) for c in candidates for root in (REPO, REPO.parent / "shared")):
+        return True
+    return not any(c.is_relative_to(root) for c in candidates for root in allowed)
 
 
 @pytest.mark.model
@@ -106,8 +121,6 @@ def test_a_fresh_clone_reads_nothing_outside_itself(tmp_path: Path) -> None:
     assert re.search(r"\b(\d+) passed", run.stdout) and " skipped" not in run.stdout.splitlines()[-1], run.stdout
     opened = [Path(line) for line in log.read_text().splitlines()]
     assert any(path.is_relative_to(clone / "samples") for path in opened)  # the hook saw the models being read
-    roots = _allowed_roots(clone, tmp_path)
-    outside = sorted({str(path) for path in opened
-                      if not any(Path(os.path.realpath(path)).is_relative_to(root) or path.is_relative_to(root)
-                                 for root in roots)})
+    allowed, environment = _allowed_roots(clone, tmp_path), _environment_roots()
+    outside = sorted({str(path) for path in opened if _is_outside(path, allowed, environment)})
     assert outside == []

@@ -193,3 +193,68 @@ def test_counts_and_tile_model_by_hand() -> None:
     assert (info.eps, info.can_over_align, info.alpha) == (8, True, 0.0)  # 3 tiles before and after
     assert misalignment(np.array([40, 20]), np.array([288, 288])).can_over_align is False
     assert choose_hsr_patterns([(Misalignment(0, None, True), None)]) == ["aligned"]
+
+
+# --- edge cases found by mutation testing (bench/results/mutation_*.md) -----------------------------------
+
+def test_keep_top_per_subgemm_on_several_and_partial_subgemms() -> None:
+    rng = np.random.default_rng(7)
+    scores = rng.random((70, 1, 3, 5))  # sub-GEMMs of 480, 480 and 90 vectors; scores, not magnitudes
+    keep = keep_top_per_subgemm(scores, np.array([100, 50, 30]))
+    assert keep.dtype == bool and keep.shape == scores.shape
+    assert kept_per_subgemm(keep).tolist() == [100, 50, 30]
+    np.testing.assert_array_equal(keep, top_k_per_subgemm(scores, [100, 50, 30]))
+
+
+def test_alignment_leaves_full_and_aligned_subgemms_alone_and_fixes_eps_1() -> None:
+    rng = np.random.default_rng(8)
+    weight = rng.standard_normal((72, 1, 3, 3)).astype(np.float32)  # V = 288, 288, 72
+    keep = top_k_per_subgemm(weight, [65, 64, 72])  # eps 1, aligned (64), full but 72 % 32 != 0
+    over, under = align_subgemms(weight, keep, "o"), align_subgemms(weight, keep, "u")
+    assert kept_per_subgemm(over).tolist() == [64, 64, 72]
+    assert kept_per_subgemm(under).tolist() == [96, 64, 72]
+    np.testing.assert_array_equal(over, top_k_per_subgemm(weight, [64, 64, 72]))
+    np.testing.assert_array_equal(under, top_k_per_subgemm(weight, [96, 64, 72]))
+    with pytest.raises(ValueError, match="pattern must be 'o' or 'u', got 'x'"):
+        align_subgemms(weight, keep, "x")
+
+
+def test_misalignment_edge_cases() -> None:
+    vectors = np.array([288, 288])
+    # an emptied sub-GEMM (K 0) is aligned and does not block over-alignment of the others
+    assert misalignment(np.array([0, 40]), vectors) == Misalignment(8, 1.0, True)
+    assert misalignment(np.array([1]), np.array([288])) == Misalignment(1, None, False)  # 1 -> 0 would empty it
+    assert misalignment(np.array([0]), np.array([288])) == Misalignment(0, None, True)
+    # one sub-GEMM cannot be over-aligned: no alpha, even though the other could
+    assert misalignment(np.array([13, 100]), np.array([72, 288])) == Misalignment(17, None, False)
+    # the tile size is used for both tile counts: tile 8, K 100 -> 13 tiles now, 12 after over-alignment
+    assert misalignment(np.array([100]), np.array([288]), tile=8) == Misalignment(4, 13 / 12 - 1, True)
+
+
+def test_choose_hsr_patterns_edge_cases() -> None:
+    small = misalignment(np.array([13]), np.array([72]))   # cannot over-align
+    one = misalignment(np.array([33]), np.array([288]))    # eps 1 is misaligned
+    assert one.eps == 1
+    assert choose_hsr_patterns([(one, None), (one, None)]) == ["o", "u"]
+    # a measured alpha does not make a layer that cannot be over-aligned eligible (50/13 would beat one's 1/1)
+    assert choose_hsr_patterns([(small, 50.0), (one, None)]) == ["u", "o"]
+    # with no eligible layer in the top half, nothing is over-aligned
+    assert choose_hsr_patterns([(small, None)] * 3) == ["u", "u", "u"]
+
+
+def test_subgemm_vectors_uses_the_given_width() -> None:
+    assert subgemm_vectors((40, 1, 3, 5), 8).tolist() == [120] * 5
+    assert subgemm_vectors((40, 1, 3, 5), 16).tolist() == [240, 240, 120]
+
+
+def test_global_masks_on_layers_of_different_kernel_shapes() -> None:
+    from deprune_onnx.dw.masks import global_masks
+
+    rng = np.random.default_rng(9)
+    weights = [rng.standard_normal((8, 1, 3, 3)), rng.standard_normal((4, 1, 5, 5)) * 2]
+    keeps = global_masks(weights, 0.5)
+    flat = np.concatenate([np.abs(w).reshape(-1) for w in weights])
+    threshold = np.sort(flat)[round_half_up(0.5 * flat.size) - 1]
+    for w, keep in zip(weights, keeps):
+        assert keep.shape == w.shape
+        np.testing.assert_array_equal(keep, np.abs(w) > threshold)

@@ -12,6 +12,8 @@ from deprune_onnx.op.lower import lower
 from deprune_onnx.op.oracle import run_dr_sparse_dwconv
 from deprune_onnx.op.rewrite import rewrite_to_plugin
 
+pytestmark = pytest.mark.model
+
 assert len(MODEL_PATHS) == 3, "the three sample models are missing from samples/"
 
 # Activations each model's DW convs are followed by (see samples/README.md).

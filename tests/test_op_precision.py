@@ -15,6 +15,8 @@ from deprune_onnx.op.rewrite import rewrite_to_plugin
 
 from deprune_onnx.onnx_io.float16 import convert_to_float16
 
+pytestmark = pytest.mark.model
+
 FP16_TOLERANCE = 1e-2  # the spec's float16 max relative error vs float32
 
 
@@ -23,7 +25,7 @@ FP16_TOLERANCE = 1e-2  # the spec's float16 max relative error vs float32
 def models(request):
     model = onnx.load(str(request.param))
     rewritten, _ = rewrite_to_plugin(model, random_masks(model, keep=0.7, seed=3))
-    return rewritten, convert_to_float16(rewritten)
+    return rewritten, convert_to_float16(rewritten)[0]
 
 
 def test_packed_taps_and_io_follow_float16(models):

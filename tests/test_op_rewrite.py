@@ -118,8 +118,31 @@ def test_keep_masks_keep_exact_zero_weights_and_select_layers():
         rewrite_to_plugin(model, {"dw": mask[:1]})
 
 
+def _same_upper_stride2_dynamic_size(model: onnx.ModelProto) -> None:
+    conv = model.graph.node[0]
+    kept = [a for a in conv.attribute if a.name != "strides"]
+    del conv.attribute[:]
+    conv.attribute.extend(kept + [helper.make_attribute("auto_pad", "SAME_UPPER"),
+                                  helper.make_attribute("strides", [2, 2])])
+    for axis, name in ((2, "H"), (3, "W")):
+        model.graph.input[0].type.tensor_type.shape.dim[axis].dim_param = name
+
+
+@pytest.mark.parametrize("auto_pad,strides,hw", [("SAME_UPPER", 1, (9, 11)), ("SAME_LOWER", 1, (9, 11)),
+                                                 ("SAME_UPPER", 2, (9, 11)), ("SAME_LOWER", 2, (10, 12))])
+def test_same_auto_pad_becomes_explicit_pads(auto_pad: str, strides: int, hw: tuple[int, int]) -> None:
+    """SAME_* is resolved to the pads ONNX defines (stride 1: any size; stride 2: the static input size), so the
+    op and its lowering compute exactly what the SAME-padded Conv computes."""
+    model = dw_model(WEIGHT, BIAS, activation="relu", strides=(strides, strides), hw=hw,
+                     extra_conv_attrs={"auto_pad": auto_pad})
+    rewritten, (record,) = rewrite_to_plugin(model, {"dw": WEIGHT != 0})
+    assert record.rewritten, record.reason
+    x = {"X": np.random.default_rng(3).standard_normal((2, 40, *hw)).astype(np.float32)}
+    assert max_rel_err(run_ort(lower(rewritten), x)[0], run_ort(model, x)[0]) <= 1e-6
+
+
 @pytest.mark.parametrize("mutate,reason", [
-    (lambda m: m.graph.node[0].attribute.append(helper.make_attribute("auto_pad", "SAME_UPPER")), "auto_pad"),
+    (_same_upper_stride2_dynamic_size, "auto_pad=SAME_UPPER with stride 2x2 and unknown input spatial size"),
     (lambda m: m.graph.initializer.pop(0) or m.graph.input.append(
         helper.make_tensor_value_info("W", onnx.TensorProto.FLOAT, [40, 1, 3, 3])), "not an initializer"),
 ])
@@ -153,6 +176,7 @@ def test_float16_model_rewrites_with_float16_taps():
     assert np.array_equal(run_ort(lower(rewritten), x16)[0], run_ort(model, x16)[0])
 
 
+@pytest.mark.model
 def test_in_place_rewrite_equals_the_copying_rewrite_without_copying_big_weights(monkeypatch) -> None:
     """in_place=True (what prune uses) gives the same model as the default, and the big initializers it keeps
     are never rebuilt: their bytes stay in the original message."""
@@ -175,3 +199,25 @@ def test_in_place_rewrite_equals_the_copying_rewrite_without_copying_big_weights
     onnx.checker.check_model(in_place, full_check=True)
     feeds = random_feeds(model, seed=2)
     np.testing.assert_array_equal(run_ort(lower(in_place), feeds)[0], run_ort(lower(copied), feeds)[0])
+
+
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("kernel,pads,strides,dilations", [
+    ((3, 5), (1, 2, 1, 2), (1, 2), (1, 1)),
+    ((5, 1), (2, 0, 3, 0), (2, 1), (2, 1)),
+])
+def test_non_square_kernels_with_and_without_bias(kernel, pads, strides, dilations, with_bias):
+    rng = np.random.default_rng(kernel[0] * 10 + kernel[1])
+    weight = (rng.standard_normal((40, 1, *kernel)) * (rng.random((40, 1, *kernel)) < 0.5)).astype(np.float32)
+    bias = rng.standard_normal(40).astype(np.float32) if with_bias else None
+    model = dw_model(weight, bias, activation="relu", pads=pads, strides=strides, dilations=dilations)
+    rewritten, (record,) = rewrite_to_plugin(model)
+    _check_valid(rewritten)
+    assert record.rewritten and record.bias_fused == with_bias
+    attrs = node_attributes(rewritten.graph.node[0])
+    assert list(attrs["kernel_shape"]) == list(kernel)
+    expected = run_ort(model, X)[0]
+    assert max_rel_err(run_dr_sparse_dwconv(X["X"], attrs), expected) <= 1e-5
+    lowered = lower(rewritten)
+    assert np.array_equal(conv_weights_by_node(lowered)["dw"], weight)
+    assert max_rel_err(run_ort(lowered, X)[0], expected) <= 1e-5

@@ -14,6 +14,8 @@ from deprune_onnx.cli.main import main
 from deprune_onnx.op.lower import lower
 from support.op_testing import conv_weights_by_node, custom_nodes, max_rel_err, random_feeds, run_ort
 
+pytestmark = pytest.mark.model
+
 # Small projections (MobileNetV3-Small x0.35 has 8-48 channels) need a finer PW alignment than 32.
 PW_ALIGN = {"mobilenet_v2": "32", "mobilenet_v3_small": "8", "pplcnet": "32"}
 

@@ -13,6 +13,8 @@ from support.plugin_native import build_test_native, has_nvcc
 from deprune_onnx.trt.layer_bench import Problem  # the kernel ABI struct the benchmark passes, checked here too
 from deprune_onnx.trt.native import KERNEL_C_ABI, LIBRARY_FILES, find_tensorrt_include, tensorrt_header_version
 
+pytestmark = pytest.mark.native
+
 needs_nvcc = pytest.mark.skipif(not has_nvcc(), reason="nvcc not found: the CUDA kernel library is not built")
 needs_trt = pytest.mark.skipif(find_tensorrt_include(None) is None,
                                reason="set DEPRUNE_TRT_INCLUDE to TensorRT headers to compile the plugin")

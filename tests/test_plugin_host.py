@@ -13,6 +13,8 @@ import pytest
 from support.plugin_native import (build_test_native, op_fields, pack_layer, random_keep_mask, read_field_file,
                             real_dw_layers, run_tool, write_field_file)
 
+pytestmark = pytest.mark.native
+
 SPEC_PATH = Path(__file__).resolve().parents[1] / "trt_plugins/dr_sparse_dwconv/DRSparseDepthwiseConv_PluginConfig.yaml"
 
 

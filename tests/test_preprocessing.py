@@ -208,3 +208,14 @@ def test_malformed_values_are_one_line_errors(tmp_path: Path) -> None:
                           "--resize 'big'")
     assert_one_line_error(run_cli("prune", model, tmp_path / "out.onnx", "--calib-mean", "0.5"),
                           "need --calib DIR")
+
+
+@pytest.mark.model
+def test_prune_calib_takes_the_same_options_with_the_calib_prefix(tmp_path: Path) -> None:
+    out = tmp_path / "out.onnx"
+    result = run_cli("prune", sample_model("mobilenet_v2"), out, "--dw-ratio", "0.3", "--format", "dense", "--calib",
+                     imagenet_samples(), "--calib-n", "1", "--calib-crops", "1", "--calib-mean", "127",
+                     "--calib-std", "128", "--calib-scale", "255", "--calib-channel-order", "BGR", "-q")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out.report.json").read_text())
+    assert report["calibration"]["preprocess"] == "imagenet+mean,std,scale,channel_order"

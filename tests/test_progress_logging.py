@@ -48,6 +48,7 @@ def test_bars_only_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     progress_module.configure_progress(None)
 
 
+@pytest.mark.model
 def test_calibration_and_allocation_report_through_the_progress_bars(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """--calib --allocate: the sensitivity and refit loops draw tqdm bars on a terminal, nothing with -q (off a

@@ -4,11 +4,14 @@ For every generated network and options the dense pruned model must be a valid O
 streaming writer unchanged, run in ONNX Runtime exactly like the original with the plan's masks applied by
 hand, touch nothing but the DW weights, and obey the method's structural rule (DCP: layer count; BWT: equal
 count per sub-GEMM; HSR: every sub-GEMM's K a multiple of the tile or all of V_g). Settings are fixed and
-derandomized so CI sees the same examples on every run.
+derandomized so CI sees the same examples on every run. The graph patterns of issue #13
+(tests/support/graph_zoo.py) go through the same checks at any ratio and method.
 """
 from __future__ import annotations
 
 import io
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -17,6 +20,8 @@ from hypothesis import strategies as st
 from onnx import numpy_helper
 
 from support.dsconv_graphs import ACTIVATIONS, BlockSpec, dsconv_network
+from support.graph_zoo import OK, ZOO, ZooCase, masked_reference, zoo_feeds
+from deprune_onnx.onnx_io.load_save import drop_initializer_inputs, load_model
 from deprune_onnx.dw.planner import DWOptions
 from deprune_onnx.onnx_io.graph import GraphIndex
 from deprune_onnx.dw.masks import SUBGEMM_CHANNELS, round_half_up, subgemm_vectors
@@ -133,3 +138,33 @@ def test_lowered_rewrite_equals_the_dense_model(blocks: list[BlockSpec], options
     want, got = run_ort(dense, feeds)[0], run_ort(lowered, feeds)[0]
     scale = max(float(np.abs(want).max()), 1e-6)
     assert float(np.abs(got - want).max()) / scale <= 1e-5
+
+
+ZOO_ACCEPTED = [case for case in ZOO if case.expect == OK]
+
+
+@PROPERTY_SETTINGS
+@given(case=st.sampled_from(ZOO_ACCEPTED), options=options_strategy, seed=st.integers(0, 3))
+def test_graph_zoo_models_prune_exactly(case: ZooCase, options: DWOptions, seed: int) -> None:
+    """Every graph pattern of issue #13 the tool accepts (If/Loop/function reads of a DW weight, IR 3, folded and
+    QDQ weights, SAME pads, ...), at any ratio and method: the dense output equals the input with the plan's masks
+    applied by an inserted Mul (ONNX Runtime, 1e-5), and lower(rewrite(dense)) equals the dense output."""
+    original = case.build()
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "in.onnx"
+        path.write_bytes(original.SerializeToString())
+        model = load_model(path)
+    if "--drop-initializer-inputs" in case.args:
+        drop_initializer_inputs(model)
+    result = prune_model(model, PruneOptions(dw=options, output_format="dense"))
+    masks = {layer.name: layer.keep_mask() for layer in result.plan.dw_layers}
+    rewritten, _ = rewrite_to_plugin(result.model, masks)
+    lowered = lower(rewritten)
+    reference = masked_reference(original, masks)
+    for cond in (True, False):
+        feeds = zoo_feeds(original, seed, cond)
+        want = run_ort(reference, feeds)[0]
+        got = run_ort(result.model, feeds)[0]
+        scale = max(float(np.abs(want).max()), 1e-6)
+        assert float(np.abs(got - want).max()) / scale <= 1e-5
+        assert float(np.abs(run_ort(lowered, feeds)[0] - got).max()) / scale <= 1e-5

@@ -18,6 +18,8 @@ from support.builders import dsconv_model
 from support.samples import SAMPLE_MODEL, sample_model
 from support.op_testing import random_feeds, run_ort
 
+pytestmark = pytest.mark.model
+
 
 def ort_outputs(model: onnx.ModelProto | Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     return run_ort(model if isinstance(model, onnx.ModelProto) else onnx.load(str(model)), feeds)

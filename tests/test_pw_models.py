@@ -12,6 +12,8 @@ from deprune_onnx.pw import apply_nm24, count_macs, count_params, pw_report, sum
 from deprune_onnx.onnx_io.shapes import infer_tensor_shapes
 from support.pw_graphs import assert_exact_pruning, random_feeds, run
 
+pytestmark = pytest.mark.model
+
 MODELS = SAMPLES_DIR
 # MobileNetV3-Small x0.35 has 8..48-channel projections: only an 8-channel tile can cut them.
 ALIGN = {"mobilenet_v2_torchvision": 32, "pplcnet_x1_0_doc_orientation_rapid": 32,

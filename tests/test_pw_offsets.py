@@ -117,7 +117,7 @@ def test_removing_test_planted_zero_channels_through_a_concat_is_exact(inputs: i
     planted = model
     for node, rows in zip(info["branch_nodes"], removed):
         planted = zero_filters(planted, node, rows)
-    pruned = apply_pw_plan(planted, hand_plan(concat_members(info, inputs), removed))
+    pruned, _ = apply_pw_plan(planted, hand_plan(concat_members(info, inputs), removed))
     assert_same_outputs(planted, pruned)
     # the reader loses the concatenated positions offset_i + removed_i, written out by hand
     positions = [1, 4, 9, 15, 19, 23, 26, 30][: {3: 6, 4: 8}[inputs]]
@@ -146,7 +146,7 @@ def test_removing_test_planted_zero_channels_before_a_three_way_split_is_exact(b
     planted = zero_filters(model, info["x_node"], [2, 5, 9, 17, 23])  # split parts: [2], [1, 5], [1, 7]
     plan = hand_plan([sorted([(x, 0, 24), (parts[0], 0, 4)]), sorted([(x, 4, 24), (parts[1], 0, 12)]),
                       sorted([(x, 16, 24), (parts[2], 0, 8)])], [[2], [1, 5], [1, 7]])
-    pruned = apply_pw_plan(planted, plan)
+    pruned, _ = apply_pw_plan(planted, plan)
     assert_same_outputs(planted, pruned)
     split = next(n for n in pruned.graph.node if n.op_type == "Split")
     assert GraphIndex(pruned.graph).constant(split.input[1]).tolist() == [3, 10, 6]

@@ -26,7 +26,9 @@ def test_report_rows_for_pruned_and_skipped_groups():
     projected = g.conv(hidden, 64, 32)
     model = g.model("input", [1, 3, 4, 4], [g.conv(g.relu(projected), 32, 4)])
     plan = plan_pw_pruning(model, ratio=0.5, align=8, scope="project")
-    report = pw_report(plan, summarize_model(model), apply_pw_plan(model, plan))
+    pruned, record = apply_pw_plan(model, plan)
+    report = pw_report(plan, summarize_model(model), pruned)
+    assert record == report  # the removal's record is this report
     rows = {row["group"]: row for row in report["groups"]}
     pruned = [row for row in rows.values() if row["pruned"]]
     assert len(pruned) == 1 and pruned[0]["channels_before"] == 32 and pruned[0]["channels_after"] == 16

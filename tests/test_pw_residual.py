@@ -56,7 +56,7 @@ def test_batchnorm_parameters_are_sliced_and_scale_folded_into_importance():
     scores, rule = group_importance(model, graph, group, set())
     assert rule == "l2*bn" and scores.shape == (WIDTH,)
     plan = plan_pw_pruning(model, ratio=0.25, align=8, scope="project")
-    pruned = apply_pw_plan(model, plan)
+    pruned, _ = apply_pw_plan(model, plan)
     bn = next(n for n in pruned.graph.node if n.op_type == "BatchNormalization")
     entry = next(g for g in plan.groups if len(g.producers) > 1)
     assert all(weight(pruned, bn.name, i).shape == (entry.kept,) for i in range(1, 5))

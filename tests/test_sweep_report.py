@@ -4,10 +4,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 
 from support.cli_testing import run_cli
 from support.samples import imagenet_samples, sample_model
 from deprune_onnx.report.plots import have_matplotlib
+
+pytestmark = pytest.mark.model
 
 
 def test_sweep_table_json_and_overlap_warning(tmp_path: Path) -> None:

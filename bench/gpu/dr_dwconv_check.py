@@ -10,13 +10,18 @@ Run on a machine with an NVIDIA GPU, nvcc, CMake and PyTorch (CUDA build), from 
     python bench/gpu/dr_dwconv_check.py --roofline-only    # bytes/FLOPs/floor per layer, no GPU needed
 
 Per architecture and DW pruning ratio 0 / 0.5 / 0.7 / 0.85, the architecture's DW layers (random weights) go
-through the real `prune` pipeline (method bh: DCP + BWT + HSR decided per model, rewritten to the custom op;
-deprune_onnx/trt/bench_models.py), and every resulting layer is checked and timed at batch 1 and 32, float32 and
-float16, by deprune_onnx/trt/layer_bench.py, the same code as `deprune-onnx bench`: poisoned output, fresh random
-input, float64 reference on the dense masked weights, op-spec tolerance (1e-5 float32, 1e-2 float16), CUDA-event
-medians against cuDNN, distance from the memory floor (bytes / measured copy bandwidth). At batch 1 each
-model's DW layers are also captured in one CUDA graph and replayed (ours vs cuDNN), since launch latency dominates
-there. Results (card, date, exact command) go to bench/results/ as JSON; the exit code is 1 when any check fails.
+through the real `prune` pipeline (method bh: DCP + BWT + HSR decided per model) and are packed with the plan's
+masks (deprune_onnx/trt/bench_models.py: `pruned_bench_layers`, no onnx-graphsurgeon needed), and every layer is
+checked and timed at batch 1 and 32, float32 and float16, kernel versions 1 and 2 side by side (`--kernels`), by
+deprune_onnx/trt/layer_bench.py, the same code as `deprune-onnx bench`: poisoned output, fresh random input,
+float64 reference on the dense masked weights, op-spec tolerance (1e-5 float32, 1e-2 float16), median per-launch
+time from CUDA-graph replays of back-to-back launches over rotating inputs, against cuDNN (timed once per layer),
+and the distance from the memory floor (bytes / measured copy bandwidth). At batch 1 each model's DW layers are
+also captured in one CUDA graph in network order and replayed (each kernel version vs cuDNN).
+Results (card, date, exact command) go to bench/results/ as JSON; the exit code is 1 when any check fails.
+
+Imports only numpy, onnx, torch and the parts of deprune_onnx that need nothing more: it runs on the GPU machines that lack
+onnx-graphsurgeon, polygraphy and onnxconverter-common (tests/test_bench_run_all.py checks it with them blocked).
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ import datetime
 import platform
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +38,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from deprune_onnx.trt import layer_bench as lb  # noqa: E402
-from deprune_onnx.trt.bench_models import ARCHITECTURES, LAYER_SHAPES, pruned_dw_layers_model  # noqa: E402
+from deprune_onnx.trt.bench_models import ARCHITECTURES, LAYER_SHAPES, pruned_bench_layers  # noqa: E402
 
 RESULTS_DIR = REPO / "bench" / "results"
 RATIOS = (0.0, 0.5, 0.7, 0.85)
@@ -42,8 +48,8 @@ NAME_WIDTH = max(len(layer.name) for layer in LAYER_SHAPES)
 
 
 def pruned_layers(architecture: str, ratio: float) -> list[lb.BenchLayer]:
-    """The architecture's DW layers pruned by the real pipeline, read back like any pruned model."""
-    return lb.layers_from_model(pruned_dw_layers_model(architecture, ratio), group=f"{architecture} PR {ratio:.2f}")
+    """The architecture's DW layers pruned by the real pipeline (bh masks), packed like the rewrite packs them."""
+    return pruned_bench_layers(architecture, ratio, group=f"{architecture} PR {ratio:.2f}")
 
 
 def roofline_table(bandwidth_gbs: float, batch: int, dtype: str) -> list[str]:
@@ -83,11 +89,13 @@ def run_check(args: argparse.Namespace) -> int:
     print(f"{card}: copy bandwidth {bandwidth:.0f} GB/s; kernel library {built.kernels}", flush=True)
 
     warmup, iters = (2, 3) if args.quick else (args.warmup, args.runs)
-    if args.quick:  # two layers (a 3x3 and a 5x5), one config each: enough for compute-sanitizer to see every path
+    if args.quick:  # two layers (a 3x3 and a 5x5), one config each, every kernel version: for compute-sanitizer
         plan = [("mobilenet_v2", 0.5, [0], [(2, "float32")]), ("efficientnet_b0", 0.85, [12], [(2, "float16")])]
     else:
         plan = [(arch, ratio, None, [(b, d) for b in BATCHES for d in DTYPES])
-                for arch in ARCHITECTURES for ratio in RATIOS]
+                for ratio in RATIOS for arch in ARCHITECTURES]  # every architecture at PR 0 first
+    began = time.monotonic()
+    skipped: list[str] = []
     results: list[lb.LayerResult] = []
     records: list[dict[str, Any]] = []
     graphs: list[dict[str, Any]] = []
@@ -102,35 +110,48 @@ def run_check(args: argparse.Namespace) -> int:
             "card": card, "date": stamp.isoformat(), "command": shlex.join([sys.executable, *sys.argv]),
             "torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
             "host": platform.node(), "copy_bandwidth_gbs": bandwidth, "warmup": warmup, "runs": iters,
-            "complete": complete, "failures": sum(not r.ok for r in results), "layers": records,
+            "complete": complete, "skipped_for_time": skipped, "kernels": list(args.kernels),
+            "failures": sum(not r.ok for r in results), "layers": records,
             "totals": lb.summarize(results) if results else [], "cuda_graphs": graphs})
 
     print(lb.format_table([], [], name_width=NAME_WIDTH)[0])
     for architecture, ratio, picks, configs in plan:
+        if args.budget_s and time.monotonic() - began > args.budget_s:
+            skipped.append(f"{architecture} PR {ratio:.2f}")
+            print(f"budget of {args.budget_s:.0f} s spent: {architecture} PR {ratio:.2f} skipped", flush=True)
+            continue
         layers = pruned_layers(architecture, ratio)
         layers = [layers[i] for i in picks] if picks is not None else layers
         for batch, dtype in configs:
-            runs = []
+            runs: dict[int, list[lb.DeviceLayer]] = {version: [] for version in args.kernels}
             for index, layer in enumerate(layers):
-                result, run = lb.measure_layer(torch, library, layer, batch, dtype, warmup=warmup, iters=iters,
-                                               bandwidth_gbs=bandwidth, seed=index)
-                results.append(result)
-                records.append({**result.to_dict(), "architecture": architecture, "pr": ratio,
-                                "kept_counts": layer.packed.kept_counts.tolist()})
-                print(lb.format_table([result], [], name_width=NAME_WIDTH)[1], flush=True)
-                if batch == 1 and not args.quick:
-                    runs.append(run)
-            if runs:
-                ours = lb.graph_replay_us(torch, [run.ours for run in runs], warmup, iters)
-                cudnn = lb.graph_replay_us(torch, [run.cudnn for run in runs], warmup, iters)
-                graphs.append({"architecture": architecture, "pr": ratio, "batch": batch, "dtype": dtype,
-                               "layers": len(runs), "ours_graph_us": ours, "cudnn_graph_us": cudnn})
-                print(f"CUDA graph {architecture} PR {ratio:.2f} N={batch} {dtype}: ours {ours:.1f} us, cuDNN "
-                      f"{cudnn:.1f} us ({len(runs)} layers)", flush=True)
+                cudnn_us = None  # timed once per layer, shared by the kernel versions (side by side, same inputs)
+                for version in args.kernels:
+                    result, run = lb.measure_layer(torch, library, layer, batch, dtype, warmup=warmup, iters=iters,
+                                                   bandwidth_gbs=bandwidth, seed=index, version=version,
+                                                   cudnn_us=cudnn_us)
+                    cudnn_us = result.cudnn_us
+                    results.append(result)
+                    records.append({**result.to_dict(), "architecture": architecture, "pr": ratio,
+                                    "kept_counts": layer.packed.kept_counts.tolist()})
+                    print(lb.format_table([result], [], name_width=NAME_WIDTH)[1], flush=True)
+                    if batch == 1 and not args.quick:
+                        runs[version].append(run)
+            if runs[args.kernels[0]]:
+                cudnn = lb.graph_replay_us(torch, [run.cudnn for run in runs[args.kernels[0]]], warmup, iters)
+                entry = {"architecture": architecture, "pr": ratio, "batch": batch, "dtype": dtype,
+                         "layers": len(runs[args.kernels[0]]), "cudnn_graph_us": cudnn}
+                for version in args.kernels:
+                    entry[f"ours_v{version}_graph_us"] = lb.graph_replay_us(torch, [run.ours for run in runs[version]],
+                                                                            warmup, iters)
+                graphs.append(entry)
+                ours = ", ".join(f"ours v{v} {entry[f'ours_v{v}_graph_us']:.1f} us" for v in args.kernels)
+                print(f"CUDA graph {architecture} PR {ratio:.2f} N={batch} {dtype}: {ours}, cuDNN {cudnn:.1f} us "
+                      f"({entry['layers']} layers)", flush=True)
             del runs
         save(complete=False)
 
-    save(complete=True)
+    save(complete=not skipped)
     print("\n".join(lb.format_table(results, lb.summarize(results))[len(results) + 1:]))
     failures = sum(not r.ok for r in results)
     print(f"{failures} failure(s); wrote {output}")
@@ -144,8 +165,12 @@ def main() -> int:
     parser.add_argument("--roofline-only", action="store_true", help="print bytes/FLOPs/floor per layer and exit")
     parser.add_argument("--bandwidth", type=float, default=3350.0, help="GB/s for --roofline-only (H100 SXM: 3350)")
     parser.add_argument("--build-dir", type=Path, default=REPO / "build" / "bench-gpu")
-    parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=5, help="graph replays before timing")
+    parser.add_argument("--runs", type=int, default=30, help="timed graph replays (median)")
+    parser.add_argument("--kernels", type=lambda text: tuple(int(v) for v in text.split(",")), default=(1, 2),
+                        help="kernel versions timed side by side, e.g. 1,2 (default) or 2")
+    parser.add_argument("--budget-s", type=float, default=0.0,
+                        help="start no new architecture/ratio group after this many seconds (0: no limit)")
     parser.add_argument("--output", type=Path, default=None, help="JSON path (default bench/results/...)")
     args = parser.parse_args()
     if args.roofline_only:

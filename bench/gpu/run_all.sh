@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
-# The whole first GPU session in one script (see bench/gpu/README.md): on a fresh GPU box with this repository,
-# set up Python, build the kernel library, run the correctness + timing check, run it once under compute-sanitizer,
-# time `deprune-onnx bench` on a pruned MobileNetV2 (samples/), and, where TensorRT is installed, build an engine
-# and compare it with ONNX Runtime. Every result lands in $OUT (the device tool's folder) or, without $OUT, in
-# bench/results/gpu_run_<date>/.
+# The whole GPU session in ONE call of at most 8 minutes (see bench/gpu/README.md): build the kernel library for
+# this GPU, run its host tests, probe compute-sanitizer and run the quick check under memcheck and racecheck, run
+# the correctness + timing check of every DW layer (ours vs cuDNN vs the memory floor), and, when the wheels of
+# .whl/ are there, time `deprune-onnx bench` on a pruned sample MobileNetV2. Results: at most 8 files in $OUT (the
+# device tool's folder) or, without $OUT, in bench/results/gpu_run_<date>/.
 #
-#   bash bench/gpu/run_all.sh                 # every phase
-#   bash bench/gpu/run_all.sh check           # setup + build + the full check only
-#   bash bench/gpu/run_all.sh sanitize bench  # setup + build + compute-sanitizer + deprune-onnx bench
+#   bash bench/gpu/run_all.sh                   # check sanitize bench (bench needs .whl/, see below)
+#   bash bench/gpu/run_all.sh check sanitize    # no wheels needed
 #
-# Phases: check, sanitize, bench, trt (skipped with a note when TensorRT is not installed). Setup and the build run
-# every time (incremental). A failing step never stops the next one; summary.txt lists each step's exit code.
-# Environment: PYTHON (default python3), DEPRUNE_WHEELS (wheel folder for offline installs, default .whl),
-# DEPRUNE_TRT_INCLUDE (TensorRT headers), CHECK_TIMEOUT / SANITIZE_TIMEOUT / BENCH_TIMEOUT / TRT_TIMEOUT (seconds).
+# Needs nvidia-smi, nvcc, cmake, and python3 with torch (CUDA), numpy, onnx, click: what this workplace's GPU
+# image has. The bench phase also needs onnx-graphsurgeon and onnxconverter-common, carried as wheels in .whl/
+# (fetch them here, with network, by the one command in bench/gpu/README.md); without them the script stops at
+# once with one line saying so, before any GPU work. Each phase has a time budget (seconds, overridable:
+# BUILD_BUDGET CHECK_BUDGET SANITIZE_BUDGET BENCH_BUDGET) and the whole run stops starting steps after
+# TOTAL_BUDGET (default 450 s). A failing step never stops the next one; summary.txt lists each step's outcome.
 set -uo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -22,33 +23,59 @@ WHEELS=${DEPRUNE_WHEELS:-$REPO/.whl}
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 RESULTS=${OUT:-$REPO/bench/results/gpu_run_$STAMP}
 WORK=$(mktemp -d)
-BUILD=$REPO/build/native
-PHASES=" ${*:-check sanitize bench trt} "
+BUILD=$REPO/build/gpu-run
+PHASES=" ${*:-check sanitize bench} "
+TOTAL_BUDGET=${TOTAL_BUDGET:-450}
+# The wheels bench needs (pure Python); the fetch command is in bench/gpu/README.md.
+BENCH_WHEELS=(onnx_graphsurgeon onnxconverter_common)
 export PYTHONUNBUFFERED=1
+
+wants() { [[ $PHASES == *" $1 "* ]]; }
+
+# ---- wheels first: a missing one stops the script before any GPU time is spent --------------------------------
+if wants bench; then
+    for module in "${BENCH_WHEELS[@]}"; do
+        if ! ls "$WHEELS"/"$module"-*.whl >/dev/null 2>&1; then
+            echo "run_all.sh: error: $WHEELS has no $module wheel, which the bench phase needs; fetch the wheels" \
+                 "with the command in bench/gpu/README.md, or run only 'bash bench/gpu/run_all.sh check sanitize'"
+            exit 2
+        fi
+    done
+fi
+
 mkdir -p "$RESULTS"
 exec > >(tee -a "$RESULTS/run_all.log") 2>&1
 
 STEPS=()
-step() {  # step NAME COMMAND...: run, log, remember the exit code, never abort the script
-    local name=$1 start=$SECONDS rc
-    shift
-    echo "=== [$name] $*"
-    "$@"
+remaining() { echo $((TOTAL_BUDGET - SECONDS)); }
+step() {  # step NAME BUDGET COMMAND...: run with min(BUDGET, time left), log, remember the outcome
+    local name=$1 budget=$2 start=$SECONDS rc left
+    shift 2
+    left=$(remaining)
+    if ((left < 10)); then
+        echo "=== [$name] skipped: total budget of $TOTAL_BUDGET s spent"
+        STEPS+=("$name: skipped (total budget spent)")
+        return 0
+    fi
+    ((budget > left)) && budget=$left
+    echo "=== [$name] (budget $budget s) $*"
+    timeout --kill-after=5 "$budget" "$@"
     rc=$?
-    echo "=== [$name] exit $rc after $((SECONDS - start)) s"
-    STEPS+=("$name: exit $rc")
+    local outcome="exit $rc"
+    ((rc == 124 || rc == 137)) && outcome="TIMEOUT after $budget s"
+    echo "=== [$name] $outcome after $((SECONDS - start)) s"
+    STEPS+=("$name: $outcome ($((SECONDS - start)) s)")
     return $rc
 }
-wants() { [[ $PHASES == *" $1 "* ]]; }
-deprune() { "$PY" -m deprune_onnx.cli.main "$@"; }
 
 summary() {
     {
-        echo "run_all.sh $STAMP on $(hostname), phases:$PHASES"
+        echo "run_all.sh $STAMP, commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'), phases:$PHASES"
         nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>&1
         printf '%s\n' "${STEPS[@]}"
-        grep -E '^(total |CUDA graph |[0-9]+ failure)' "$RESULTS/run_all.log" || true
-        grep -hE 'ERROR SUMMARY|RACECHECK SUMMARY' "$RESULTS"/*check.log 2>/dev/null || true
+        grep -E '^(total |CUDA graph |[0-9]+ failure|budget of|sanitizer:)' "$RESULTS/run_all.log" || true
+        grep -hE 'ERROR SUMMARY|RACECHECK SUMMARY' "$RESULTS"/memcheck.log "$RESULTS"/racecheck.log 2>/dev/null || true
+        echo "total wall time $SECONDS s"
     } > "$RESULTS/summary.txt"
     rm -rf "$WORK"
     echo "results in $RESULTS:"
@@ -56,125 +83,97 @@ summary() {
 }
 trap summary EXIT
 
-# ---- setup: what this machine has, torch, Python packages, deprune-onnx itself --------------------------------
+# ---- setup: what this machine has; deprune-onnx from this checkout (no install, no network) --------------------
 echo "== deprune-onnx GPU run $STAMP, commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'), phases:$PHASES"
-nvidia-smi || { echo "no nvidia-smi: this is not a GPU machine"; exit 2; }
+nvidia-smi || { echo "run_all.sh: error: no nvidia-smi: this is not a GPU machine"; exit 2; }
 nvcc --version | tail -n 2
 cmake --version | head -n 1
-compute-sanitizer --version 2>/dev/null | tail -n 1
-"$PY" --version
-
-if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
-    echo "torch with CUDA not importable by $PY; trying pip install torch"
-    "$PY" -m pip install -q torch
-    "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
-        || { echo "no usable torch+CUDA for $PY (set PYTHON to an interpreter that has it)"; exit 2; }
-fi
+"$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
+    || { echo "run_all.sh: error: $PY has no torch with CUDA (set PYTHON to an interpreter that has it)"; exit 2; }
 "$PY" -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda, 'cuDNN', \
 torch.backends.cudnn.version(), torch.cuda.get_device_name(), torch.cuda.get_device_properties(0))"
 
-# Runtime dependencies the GPU image may lack: from $WHEELS when it holds a wheel (no internet), else from PyPI.
-for pair in onnx_graphsurgeon:onnx-graphsurgeon onnxconverter_common:onnxconverter-common polygraphy:polygraphy \
-            onnx:onnx onnxruntime:onnxruntime click:click; do
-    module=${pair%%:*} package=${pair##*:}
-    "$PY" -c "import $module" 2>/dev/null && continue
-    wheel=$(ls "$WHEELS"/"${module}"-*.whl 2>/dev/null | head -n 1)
-    if [[ -n $wheel ]]; then
-        "$PY" -m pip install -q --no-index --no-deps "$wheel"
-    else
-        "$PY" -m pip install -q "$package"
-    fi
-    "$PY" -c "import $module" 2>/dev/null || echo "warning: $package not installed; steps that need it are skipped"
-done
-
-# deprune-onnx itself: editable install without touching the index; else a symlink shim on PYTHONPATH.
-if ! "$PY" -m pip install -q --no-deps --no-build-isolation -e "$REPO"; then
-    echo "pip install -e failed; using a symlink shim of the package on PYTHONPATH"
-    mkdir -p "$WORK/shim/deprune_onnx"
-    ln -s "$REPO"/deprune_onnx/* "$WORK/shim/deprune_onnx/"
-    ln -s "$REPO/cli" "$WORK/shim/deprune_onnx/cli"
-    export PYTHONPATH=$WORK/shim${PYTHONPATH:+:$PYTHONPATH}
+# The Click front end lives in cli/ but imports as deprune_onnx.cli (pyproject's package-dir): a symlink shim.
+mkdir -p "$WORK/shim/deprune_onnx"
+ln -s "$REPO"/deprune_onnx/* "$WORK/shim/deprune_onnx/"
+ln -s "$REPO/cli" "$WORK/shim/deprune_onnx/cli"
+export PYTHONPATH=$WORK/shim${PYTHONPATH:+:$PYTHONPATH}
+if wants bench; then  # pure-Python wheels, unpacked to a private folder (never into the image)
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$WORK/site" "$WHEELS"/*.whl \
+        || { echo "run_all.sh: error: installing the wheels of $WHEELS failed"; exit 2; }
+    export PYTHONPATH=$PYTHONPATH:$WORK/site
 fi
-deprune --help >/dev/null || { echo "deprune-onnx is not importable"; exit 2; }
 
-# ---- build: the kernel library for this GPU (and the plugin where TensorRT headers exist), host unit tests -----
-TRT_INCLUDE=${DEPRUNE_TRT_INCLUDE:-}
-for candidate in /usr/include/x86_64-linux-gnu /usr/local/tensorrt/include /opt/tensorrt/include; do
-    [[ -z $TRT_INCLUDE && -f $candidate/NvInferRuntime.h ]] && TRT_INCLUDE=$candidate
-done
-export DEPRUNE_TRT_INCLUDE=$TRT_INCLUDE
-step build "$PY" -c "from deprune_onnx.trt.native import build_native; print(build_native('$BUILD', \
-'${TRT_INCLUDE}' or None, cuda_architectures='native'))" || { echo "build failed: nothing to run"; exit 1; }
-step host-tests "$BUILD/drdw_core_tests"
+# ---- build: the kernel library for this GPU only, and the host unit tests --------------------------------------
+step build "${BUILD_BUDGET:-150}" "$PY" -c "from deprune_onnx.trt.native import build_native; \
+print(build_native('$BUILD', None, cuda_architectures='native', targets=['deprune_drdw_kernels', \
+'drdw_core_tests']))" || { echo "build failed: nothing to run"; exit 1; }
+step host-tests 20 "$BUILD/drdw_core_tests"
+
+# ---- sanitize: probe with a tiny CUDA program, then the quick check under memcheck and racecheck ----------------
+if wants sanitize; then
+    cat > "$WORK/probe.cu" <<'EOF'
+#include <cstdio>
+__global__ void touch(int* p) { p[threadIdx.x] = threadIdx.x; }
+int main() {
+    int* p = nullptr;
+    if (cudaMalloc(&p, 32 * sizeof(int)) != cudaSuccess) { std::puts("probe: cudaMalloc failed"); return 1; }
+    touch<<<1, 32>>>(p);
+    cudaError_t e = cudaDeviceSynchronize();
+    std::printf("probe: %s\n", cudaGetErrorString(e));
+    return e == cudaSuccess ? 0 : 1;
+}
+EOF
+    SANITIZER_OK=0
+    if ! command -v compute-sanitizer >/dev/null; then
+        echo "sanitizer: skipped (compute-sanitizer not on PATH)"
+    elif ! nvcc -arch=native -o "$WORK/probe" "$WORK/probe.cu"; then
+        echo "sanitizer: skipped (the probe did not compile)"
+    elif ! timeout 60 compute-sanitizer --tool memcheck --error-exitcode 3 "$WORK/probe" > "$WORK/probe.log" 2>&1 \
+            || ! grep -q "ERROR SUMMARY: 0 errors" "$WORK/probe.log"; then
+        echo "sanitizer: skipped (compute-sanitizer refuses this device or driver on a correct 32-thread probe):"
+        tail -n 5 "$WORK/probe.log"
+    else
+        SANITIZER_OK=1
+    fi
+    if ((SANITIZER_OK)); then
+        FILTER=()
+        compute-sanitizer --kernel-name kns=touch --error-exitcode 3 "$WORK/probe" >/dev/null 2>&1 \
+            && FILTER=(--kernel-name kns=drSparseDwConv)
+        # Without the caching allocator every torch tensor is its own cudaMalloc: a write past one is an error.
+        export PYTORCH_NO_CUDA_MEMORY_CACHING=1
+        for tool in memcheck racecheck; do
+            step "$tool" "${SANITIZE_BUDGET:-75}" compute-sanitizer --tool "$tool" \
+                --error-exitcode 3 "${FILTER[@]}" --log-file "$RESULTS/$tool.log" \
+                "$PY" bench/gpu/dr_dwconv_check.py --quick --build-dir "$BUILD" --output "$WORK/quick_$tool.json"
+        done
+        unset PYTORCH_NO_CUDA_MEMORY_CACHING
+    else
+        STEPS+=("memcheck: skipped (sanitizer refused, see run_all.log)" "racecheck: skipped (sanitizer refused)")
+    fi
+fi
 
 # ---- check: every DW layer of three architectures, 4 ratios, batch 1/32, fp32/fp16, vs cuDNN --------------------
 if wants check; then
-    step check timeout "${CHECK_TIMEOUT:-480}" "$PY" bench/gpu/dr_dwconv_check.py --build-dir "$BUILD" \
-        --output "$RESULTS/dr_dwconv_full.json"
+    check_budget=${CHECK_BUDGET:-200}
+    step check "$check_budget" "$PY" bench/gpu/dr_dwconv_check.py --build-dir "$BUILD" \
+        --budget-s $((check_budget - 30)) --output "$RESULTS/dr_dwconv_check.json"
 fi
 
-# ---- sanitize: the quick check under memcheck and racecheck (only our kernel when the filter is supported) -----
-if wants sanitize; then
-    # Without the caching allocator every torch tensor is its own cudaMalloc, so memcheck sees any write past one.
-    export PYTORCH_NO_CUDA_MEMORY_CACHING=1
-    FILTER=()
-    if compute-sanitizer --kernel-name kns=drSparseDwConv --print-limit 1 true >/dev/null 2>&1; then
-        FILTER=(--kernel-name kns=drSparseDwConv)
-    fi
-    step memcheck timeout "${SANITIZE_TIMEOUT:-240}" compute-sanitizer --tool memcheck --error-exitcode 3 \
-        "${FILTER[@]}" --log-file "$RESULTS/memcheck.log" \
-        "$PY" bench/gpu/dr_dwconv_check.py --quick --build-dir "$BUILD" --output "$RESULTS/dr_dwconv_quick.json"
-    step racecheck timeout "${SANITIZE_TIMEOUT:-240}" compute-sanitizer --tool racecheck --error-exitcode 3 \
-        "${FILTER[@]}" --log-file "$RESULTS/racecheck.log" \
-        "$PY" bench/gpu/dr_dwconv_check.py --quick --build-dir "$BUILD" --output "$WORK/racecheck_quick.json"
-    unset PYTORCH_NO_CUDA_MEMORY_CACHING
-fi
-
-# ---- bench: deprune-onnx bench on the sample MobileNetV2, pruned bh at DW ratio 0.5 (and dense, and float16) -----
+# ---- bench: deprune-onnx prune + bench on the sample MobileNetV2 (bh, DW ratio 0.5), float32 and float16 ----------
 if wants bench; then
     SAMPLE=samples/mobilenet_v2_torchvision.onnx
-    timeout "${BENCH_TIMEOUT:-300}" bash -c '
-        set -u
-        deprune() { "$0" -m deprune_onnx.cli.main "$@"; }
-        deprune prune "$1" "$2/mv2_bh50.onnx" --method bh --dw-ratio 0.5 \
-            && deprune bench "$2/mv2_bh50.onnx" --batch 1,32 \
-            && deprune bench "$2/mv2_bh50.onnx" --batch 1,32 --json > "$3/bench_mv2_bh50.json"
-    ' "$PY" "$SAMPLE" "$WORK" "$RESULTS"
-    STEPS+=("bench mv2 bh 0.5 float32: exit $?")
-    timeout "${BENCH_TIMEOUT:-300}" bash -c '
-        deprune() { "$0" -m deprune_onnx.cli.main "$@"; }
-        deprune prune "$1" "$2/mv2_dense.onnx" --method bh --dw-ratio 0 && deprune bench "$2/mv2_dense.onnx"
-    ' "$PY" "$SAMPLE" "$WORK"
-    STEPS+=("bench mv2 PR 0 float32: exit $?")
-    if "$PY" -c "import onnxconverter_common" 2>/dev/null; then
-        timeout "${BENCH_TIMEOUT:-300}" bash -c '
-            deprune() { "$0" -m deprune_onnx.cli.main "$@"; }
-            deprune prune "$1" "$2/mv2_bh50_fp16.onnx" --method bh --dw-ratio 0.5 --dtype float16 \
-                && deprune bench "$2/mv2_bh50_fp16.onnx" --batch 1,32 \
-                && deprune bench "$2/mv2_bh50_fp16.onnx" --batch 1,32 --json > "$3/bench_mv2_bh50_fp16.json"
-        ' "$PY" "$SAMPLE" "$WORK" "$RESULTS"
-        STEPS+=("bench mv2 bh 0.5 float16: exit $?")
-    else
-        STEPS+=("bench mv2 float16: skipped (onnxconverter-common missing)")
-    fi
-fi
-
-# ---- trt: plugin + engine + Polygraphy comparison, only where TensorRT (Python) and its headers are installed -----
-if wants trt; then
-    if [[ -n $TRT_INCLUDE ]] && "$PY" -c "import tensorrt" 2>/dev/null; then
-        timeout "${TRT_TIMEOUT:-300}" bash -c '
-            set -u
-            deprune() { "$0" -m deprune_onnx.cli.main "$@"; }
-            polygraphy() { "$0" -c "import sys; from polygraphy.tools import main; sys.exit(main())" "$@"; }
-            deprune prune "$1" "$2/mv2_bh50.onnx" --method bh --dw-ratio 0.5 \
-                && deprune prune "$1" "$2/mv2_bh50_dense.onnx" --format dense --method bh --dw-ratio 0.5 \
-                && deprune build-engine "$2/mv2_bh50.onnx" -o "$2/mv2_bh50.engine" --workspace 1024 \
-                && polygraphy run "$2/mv2_bh50_dense.onnx" --onnxrt --save-outputs "$2/ref.json" \
-                && polygraphy run "$2/mv2_bh50.onnx" --trt --plugins "$(deprune plugin-path)" \
-                       --load-outputs "$2/ref.json"
-        ' "$PY" samples/mobilenet_v2_torchvision.onnx "$WORK"
-        STEPS+=("trt engine + polygraphy: exit $?")
-    else
-        STEPS+=("trt: skipped (TensorRT Python package or headers not installed)")
-    fi
+    deprune() { "$PY" -m deprune_onnx.cli.main "$@"; }
+    bench_one() {  # bench_one DTYPE
+        deprune prune "$SAMPLE" "$WORK/mv2_bh50_$1.onnx" --method bh --dw-ratio 0.5 --dtype "$1" \
+            && deprune bench "$WORK/mv2_bh50_$1.onnx" --batch 1,32 --build-dir "$BUILD" --json \
+                > "$WORK/bench_$1.json"
+    }
+    export -f deprune bench_one
+    export PY SAMPLE WORK BUILD
+    step bench-float32 "${BENCH_BUDGET:-60}" bash -c 'bench_one float32'
+    step bench-float16 "${BENCH_BUDGET:-60}" bash -c 'bench_one float16'
+    "$PY" -c "import json, sys; json.dump({d: json.load(open(f'$WORK/bench_{d}.json')) for d in sys.argv[1:] \
+        if __import__('os').path.exists(f'$WORK/bench_{d}.json')}, open('$RESULTS/bench_mv2_bh50.json', 'w'), \
+        indent=1)" float32 float16
 fi

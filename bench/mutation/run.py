@@ -36,7 +36,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
                "tests/test_pinned_patterns.py"]),
     "planner": ("deprune_onnx/dw/planner.py",
                 ["tests/test_masks.py", "tests/test_mask_rules.py", "tests/test_baselines.py",
-                 "tests/test_pinned_patterns.py"]),
+                 "tests/test_pinned_patterns.py", "tests/test_planner_options.py"]),
     "packing": ("deprune_onnx/op/packing.py",
                 ["tests/test_op_packing.py", "tests/test_dr_layout_reference.py"]),
     "oracle": ("deprune_onnx/op/oracle.py",
@@ -62,16 +62,25 @@ def _toml_list(values: list[str]) -> str:
     return "[" + ", ".join(json.dumps(v) for v in values) + "]"
 
 
+SKIP_TESTS: set[str] = set()  # --skip-test: tests that cannot import the --source-commit package
+SOURCE_COMMIT: str | None = None  # --source-commit: mutate the package as of this commit (tests stay current)
+
+
 def prepare(key: str) -> Path:
     """A fresh scratch copy of the checkout configured to mutate one module."""
     source, tests = MODULES[key]
-    tests = [test for test in tests if (REPO / test).exists()]
+    tests = [test for test in tests if (REPO / test).exists() and test not in SKIP_TESTS]
     folder = WORK / key
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    shutil.copytree(REPO / "deprune_onnx", folder / "deprune_onnx",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    if SOURCE_COMMIT:
+        archive = subprocess.run(["git", "archive", SOURCE_COMMIT, "deprune_onnx"], cwd=REPO, check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    else:
+        shutil.copytree(REPO / "deprune_onnx", folder / "deprune_onnx",
+                        ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(REPO / "tests", folder / "tests", ignore=shutil.ignore_patterns("__pycache__"))
     os.symlink(REPO / "samples", folder / "samples")
     pyproject = (REPO / "pyproject.toml").read_text(encoding="utf-8")
@@ -89,34 +98,42 @@ def prepare(key: str) -> Path:
 
 
 def collect(folder: Path) -> dict:
-    """Status of every mutant (mutmut's own .meta files) and the diff of every survivor."""
-    statuses: dict[str, str] = {}
-    listing = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=folder,
-                             capture_output=True, text=True, check=True).stdout
-    for line in listing.splitlines():
-        name, _, status = line.strip().rpartition(": ")
-        if name:
-            statuses[name] = status
-    survivors = {}
-    for name, status in statuses.items():
-        if status in ("survived", "no tests"):
-            survivors[name] = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=folder,
-                                             capture_output=True, text=True).stdout
+    """Status of every mutant (mutmut's own .meta files) and the diff of every mutant not killed."""
+    out = subprocess.run([sys.executable, str(Path(__file__).with_name("collect.py"))], cwd=folder,
+                         capture_output=True, text=True, check=True).stdout
+    result = json.loads(out)
     counts: dict[str, int] = {}
-    for status in statuses.values():
+    for status in result["statuses"].values():
         counts[status] = counts.get(status, 0) + 1
-    return {"counts": counts, "statuses": statuses, "survivors": survivors}
+    result["counts"] = counts
+    return result
 
 
-def run(key: str, max_children: int) -> dict:
+def run(key: str, max_children: int, only: list[str] | None = None) -> dict:
+    """Run mutmut on one module in a fresh scratch copy; ``only``: just these mutants (the others' statuses are
+    taken from the previous result.json, which is kept as result_previous.json)."""
+    previous_path = WORK / key / "result.json"
+    previous = json.loads(previous_path.read_text(encoding="utf-8")) if only and previous_path.exists() else None
     folder = prepare(key)
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)],
-                          cwd=folder, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children),
+                           *(only or [])], cwd=folder, capture_output=True, text=True)
     (folder / "mutmut_run.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
     result = collect(folder)
-    result.update(module=MODULES[key][0], tests=[t for t in MODULES[key][1] if (REPO / t).exists()], seconds=round(time.monotonic() - start),
-                  returncode=proc.returncode)
+    if previous is not None:
+        (folder / "result_previous.json").write_text(json.dumps(previous, indent=1), encoding="utf-8")
+        statuses = dict(previous["statuses"])
+        statuses.update({name: result["statuses"][name] for name in only})
+        survivors = {name: diff for name, diff in previous["survivors"].items() if name not in only}
+        survivors.update({name: diff for name, diff in result["survivors"].items() if name in only})
+        counts: dict[str, int] = {}
+        for status in statuses.values():
+            counts[status] = counts.get(status, 0) + 1
+        result = {"statuses": statuses, "survivors": survivors, "counts": counts,
+                  "rechecked": {name: result["statuses"][name] for name in only}}
+    result.update(module=MODULES[key][0], tests=[t for t in MODULES[key][1] if (REPO / t).exists()
+                                                  and t not in SKIP_TESTS],
+                  seconds=round(time.monotonic() - start), returncode=proc.returncode)
     (folder / "result.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
     return result
 
@@ -137,18 +154,40 @@ def summary(keys: list[str]) -> str:
 
 
 def main() -> None:
+    global WORK, SOURCE_COMMIT
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("modules", nargs="*", help=f"any of {', '.join(ORDER)}, or all")
     parser.add_argument("--max-children", type=int, default=2, help="parallel mutant workers (default 2)")
     parser.add_argument("--summary", action="store_true", help="only print the table of finished modules")
+    parser.add_argument("--recheck", action="store_true",
+                        help="re-run only the mutants that were not killed last time, with today's tests")
+    parser.add_argument("--collect-only", action="store_true",
+                        help="re-read the statuses of finished runs (after mutmut run was interrupted)")
+    parser.add_argument("--source-commit", help="mutate deprune_onnx/ as of this commit (to re-check a run made "
+                        "before the code changed; mutant names depend on the code)")
+    parser.add_argument("--skip-test", action="append", default=[], help="leave this test file out of the selection")
+    parser.add_argument("--work", type=Path, default=WORK, help="scratch folder (default bench/.work/mutation)")
     args = parser.parse_args()
+    WORK, SOURCE_COMMIT = args.work.resolve(), args.source_commit
+    SKIP_TESTS.update(args.skip_test)
     keys = ORDER if args.modules in ([], ["all"]) else args.modules
     unknown = [k for k in keys if k not in MODULES]
     if unknown:
         parser.error(f"unknown module {unknown[0]!r}; expected one of {', '.join(ORDER)}")
-    if not args.summary:
+    if args.collect_only:
         for key in keys:
-            result = run(key, args.max_children)
+            path = WORK / key / "result.json"
+            old = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {
+                "module": MODULES[key][0], "tests": MODULES[key][1], "seconds": None, "returncode": None}
+            old.update(collect(WORK / key))
+            path.write_text(json.dumps(old, indent=1), encoding="utf-8")
+    elif not args.summary:
+        for key in keys:
+            only = None
+            if args.recheck:
+                last = json.loads((WORK / key / "result.json").read_text(encoding="utf-8"))
+                only = sorted(name for name, status in last["statuses"].items() if status != "killed")
+            result = run(key, args.max_children, only)
             print(f"{key}: {result['counts']} in {result['seconds']} s", flush=True)
     print(summary(keys))
 

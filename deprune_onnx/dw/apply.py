@@ -5,6 +5,9 @@ rewritten custom-op model must compute exactly what this model computes.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 import onnx
 from onnx import numpy_helper
@@ -47,16 +50,25 @@ def _mask_quantized_weight(model: onnx.ModelProto, index: GraphIndex, weight_nam
     return True
 
 
-def apply_dw_masks(model: onnx.ModelProto, layers: list[DWLayerPlan]) -> onnx.ModelProto:
-    """Zero the pruned DW weights of ``model`` in place and return it.
+def apply_dw_masks(model: onnx.ModelProto, layers: Sequence[DWLayerPlan], *, in_place: bool = False
+                   ) -> tuple[onnx.ModelProto, list[dict[str, Any]]]:
+    """Zero the pruned DW weights of a copy of ``model`` (or of ``model`` itself with ``in_place=True``).
+
+    Returns the model and one record per layer changed: ``layer``, ``weight`` (the tensor written), ``how``
+    (``initializer``: rewritten under its name; ``quantized``: the integer QDQ weight; ``new initializer``: a
+    copy for this conv) and ``pruned`` (weights set to zero). Raises DepruneError when a layer does not fit.
 
     A weight initializer used by this conv alone is rewritten under its own name; an int8/uint8 QDQ weight is
     masked in its integer form; a shared weight or one behind another foldable chain (Identity/Cast/Constant)
-    gets a new initializer for this conv, so other users keep the original. Layers whose mask keeps everything are left untouched (ratio 0 is bit-exact).
+    gets a new initializer for this conv, so other users keep the original. Layers whose mask keeps everything
+    are left untouched (ratio 0 is bit-exact).
     """
+    if not in_place:
+        model = _copy(model)
     index = GraphIndex(model.graph)
     initializer_position = {t.name: i for i, t in enumerate(model.graph.initializer)}
     replaced_chain = False
+    records: list[dict[str, Any]] = []
     taken = set(initializer_position) | {o for n in model.graph.node for o in n.output}
     for layer in progress(layers, "apply", unit="layer"):
         if layer.name not in index.node_position:
@@ -73,6 +85,8 @@ def apply_dw_masks(model: onnx.ModelProto, layers: list[DWLayerPlan]) -> onnx.Mo
         if keep.all():
             continue
         weight_name = node.input[1]
+        record = {"layer": layer.name, "weight": weight_name, "how": "quantized", "pruned": int(keep.size - keep.sum())}
+        records.append(record)
         if _mask_quantized_weight(model, index, weight_name, keep, initializer_position):
             continue
         new_weight = masked_weight(weight, keep)
@@ -80,6 +94,7 @@ def apply_dw_masks(model: onnx.ModelProto, layers: list[DWLayerPlan]) -> onnx.Mo
         if weight_name in initializer_position and sole_user and weight_name not in index.overridable:
             model.graph.initializer[initializer_position[weight_name]].CopyFrom(
                 numpy_helper.from_array(new_weight, weight_name))
+            record["how"] = "initializer"
             continue
         new_name = f"{layer.name}.masked_weight"
         while new_name in taken:
@@ -87,7 +102,14 @@ def apply_dw_masks(model: onnx.ModelProto, layers: list[DWLayerPlan]) -> onnx.Mo
         taken.add(new_name)
         model.graph.initializer.append(numpy_helper.from_array(new_weight, new_name))
         node.input[1] = new_name
+        record.update(weight=new_name, how="new initializer")
         replaced_chain = True
     if replaced_chain:
         remove_unused(model)
-    return model
+    return model, records
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy

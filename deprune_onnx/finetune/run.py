@@ -129,7 +129,7 @@ def finetune_model(student: onnx.ModelProto, teacher: onnx.ModelProto, train: Im
                            f"{list(shape)}")
     masks = resolve_masks(student, plan, plan_source, realign, tile)
     plan = masks.plan
-    apply_dw_masks(student, plan.dw_layers)
+    apply_dw_masks(student, plan.dw_layers, in_place=True)
     torch_student = to_torch(student, "model", shape)
     torch_teacher = to_torch(teacher, "--teacher", shape)
     torch_student.module.to(processes.device)
@@ -162,7 +162,7 @@ def finetune_model(student: onnx.ModelProto, teacher: onnx.ModelProto, train: Im
     broken = fixed.violations()
     if broken:
         raise CheckFailed(f"pruned weights are not zero after training: {broken}")
-    tuned = apply_dw_masks(write_back(student, torch_student), plan.dw_layers)
+    tuned, _ = apply_dw_masks(write_back(student, torch_student), plan.dw_layers, in_place=True)
     problems = structure_changes(pruned, tuned, plan)
     if problems:
         raise CheckFailed("the fine-tuned model differs from the pruned input beyond kept weight values: "

@@ -13,6 +13,7 @@ flushing to 0, so a kept tap never silently turns into a pruned one) and magnitu
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import numpy as np
 import onnx
@@ -21,8 +22,11 @@ from onnx import numpy_helper
 from deprune_onnx.errors import DepruneError
 
 
-def convert_to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A float16 copy of ``model``: weights, activations, graph inputs and outputs, packed op weights.
+def convert_to_float16(model: onnx.ModelProto, *, in_place: bool = False
+                       ) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """A float16 copy of ``model`` (or ``model`` itself converted, with ``in_place=True``): weights, activations,
+    graph inputs and outputs, packed op weights. Returns the model and its record: how many initializers and
+    node attributes now hold float16 tensors.
 
     Raises DepruneError when the model is already float16 or onnxconverter-common is not installed.
     """
@@ -31,13 +35,18 @@ def convert_to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
     except ImportError:
         raise DepruneError("float16 conversion needs onnxconverter-common: pip install onnxconverter-common") \
             from None
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
+    if in_place:
+        copy = model
+    else:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
     try:
         with warnings.catch_warnings():
             # The converter warns once per tensor that has a value it clamps; the module docstring says what.
             warnings.simplefilter("ignore", UserWarning)
-            return float16.convert_float_to_float16(copy, keep_io_types=False)
+            converted = float16.convert_float_to_float16(copy, keep_io_types=False)
+        return converted, {"dtype": "float16", "float16_initializers": sum(
+            t.data_type == onnx.TensorProto.FLOAT16 for t in converted.graph.initializer)}
     except ValueError as exc:
         if "already converted to float16" in str(exc):
             raise DepruneError("the model is already float16; convert the float32 model instead") from None

@@ -55,16 +55,24 @@ def ensure_unique_node_names(model: onnx.ModelProto) -> int:
     return renamed
 
 
-def _subgraph_inputs(node: onnx.NodeProto) -> set[str]:
-    """Every tensor name read inside ``node``'s subgraphs (If/Loop/Scan bodies); outer-scope ones among them
-    are implicit inputs of ``node``."""
-    names: set[str] = set()
+def subgraphs(node: onnx.NodeProto) -> list[tuple[str, onnx.GraphProto]]:
+    """The (attribute name, graph) pairs of ``node``'s subgraphs: If branches, Loop and Scan bodies."""
+    found = []
     for attribute in node.attribute:
-        graphs = list(attribute.graphs) + ([attribute.g] if attribute.HasField("g") else [])
-        for graph in graphs:
-            for inner in graph.node:
-                names.update(name for name in inner.input if name)
-                names |= _subgraph_inputs(inner)
+        if attribute.HasField("g"):
+            found.append((attribute.name, attribute.g))
+        found.extend((attribute.name, graph) for graph in attribute.graphs)
+    return found
+
+
+def subgraph_inputs(node: onnx.NodeProto) -> set[str]:
+    """Every tensor name read inside ``node``'s subgraphs (If/Loop/Scan bodies, nested ones included); the
+    outer-scope ones among them are implicit inputs of ``node``."""
+    names: set[str] = set()
+    for _, graph in subgraphs(node):
+        for inner in graph.node:
+            names.update(name for name in inner.input if name)
+            names |= subgraph_inputs(inner)
     return names
 
 
@@ -111,7 +119,7 @@ def _topological_order(graph: onnx.GraphProto) -> list[int] | None:
     dependants: dict[int, list[int]] = defaultdict(list)
     waiting = [0] * len(graph.node)
     for position, node in enumerate(graph.node):
-        needs = {made_by[name] for name in set(node.input) | _subgraph_inputs(node) if name in made_by}
+        needs = {made_by[name] for name in set(node.input) | subgraph_inputs(node) if name in made_by}
         for other in needs:
             dependants[other].append(position)
         waiting[position] = len(needs)
@@ -142,7 +150,10 @@ class GraphIndex:
             for output in node.output:
                 if output:
                     self.producer[output] = node
-            for name in node.input:
+            # A tensor read inside an If/Loop/Scan body (outer-scope reference) is used by that node: rewriting
+            # it in place would change what the body computes.
+            # (Explicit inputs count once per occurrence, as the walks in analysis expect.)
+            for name in [*node.input, *sorted(subgraph_inputs(node) - set(node.input))]:
                 if name:
                     self.consumers[name].append(node)
         self.graph_inputs = {v.name for v in graph.input} - set(self.initializers)
@@ -167,6 +178,36 @@ class GraphIndex:
         value = self._fold(tensor, depth=0)
         self._constant_cache[tensor] = value
         return value
+
+    def not_constant_reason(self, tensor: str) -> str:
+        """Why ``tensor`` does not fold to a constant, naming what blocks it: a graph input, an initializer a
+        caller can override, or else the op that cannot be folded (for skip reasons; when ``constant`` is None).
+        """
+        blockers: list[str] = []
+        seen: set[str] = set()
+
+        def visit(name: str, path: tuple[str, ...]) -> str | None:
+            if name in seen or len(path) > 64:
+                return None
+            seen.add(name)
+            via = f" (through {', '.join(path)})" if path else ""
+            if name in self.overridable:
+                return (f"initializer '{name}'{via} is also a graph input, so a caller can override it at run "
+                        "time (ONNX IR >= 4); prune --drop-initializer-inputs makes it a constant")
+            node = self.producer.get(name)
+            if node is None:
+                return f"'{tensor}' depends on graph input '{name}'{via}, computed at run time"
+            variable = [n for n in [*node.input, *sorted(subgraph_inputs(node))] if n and not self.is_constant(n)]
+            if not variable:
+                blockers.append(f"'{tensor}' comes from {node.op_type} node '{node.name}'{via}, which cannot be "
+                                "folded")
+            for source in variable:
+                found = visit(source, (*path, f"{node.op_type} '{node.name}'"))
+                if found:
+                    return found
+            return None
+
+        return visit(tensor, ()) or (blockers[0] if blockers else f"'{tensor}' is not a constant")
 
     def _fold(self, tensor: str, depth: int) -> np.ndarray | None:
         if not tensor:
@@ -228,7 +269,7 @@ def remove_unused(model: onnx.ModelProto) -> int:
     graph_outputs = {v.name for v in graph.output}
     removed = 0
     while True:
-        used = {name for node in graph.node for name in node.input} | graph_outputs
+        used = _used_names(graph) | graph_outputs
         dead = [i for i, node in enumerate(graph.node)
                 if not any(output in used for output in node.output if output)]
         if not dead:
@@ -236,7 +277,7 @@ def remove_unused(model: onnx.ModelProto) -> int:
         for position in reversed(dead):
             del graph.node[position]
         removed += len(dead)
-    used = {name for node in graph.node for name in node.input} | graph_outputs
+    used = _used_names(graph) | graph_outputs
     graph_inputs = {v.name for v in graph.input}
     keep = [t for t in graph.initializer if t.name in used or t.name in graph_inputs]
     removed += len(graph.initializer) - len(keep)
@@ -244,3 +285,8 @@ def remove_unused(model: onnx.ModelProto) -> int:
         del graph.initializer[:]
         graph.initializer.extend(keep)
     return removed
+
+
+def _used_names(graph: onnx.GraphProto) -> set[str]:
+    """Names the nodes of ``graph`` read, outer-scope reads inside their subgraphs included."""
+    return {name for node in graph.node for name in [*node.input, *subgraph_inputs(node)]}

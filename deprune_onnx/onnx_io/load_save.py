@@ -20,6 +20,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from deprune_onnx.errors import DepruneError
+from deprune_onnx.logging_utils import LOGGER
 from deprune_onnx.onnx_io.graph import check_graph
 from deprune_onnx.onnx_io.proto_stream import tensor_nbytes, write_model
 
@@ -73,7 +74,35 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
                            "upgrade with onnx.version_converter)")
     _load_external_data(model, path)
     check_graph(model, str(path))
+    if model.ir_version < 4:
+        _upgrade_constant_inputs(model, path)
     return model
+
+
+def drop_initializer_inputs(model: onnx.ModelProto) -> list[str]:
+    """Remove from the graph inputs every name that is also an initializer, in place; returns those names.
+
+    From IR version 4 on, such an input is an overridable default (ONNX Runtime does not treat it as a
+    constant), so its weight cannot be pruned; without the input it is a plain constant. This is what ONNX
+    Runtime's tools/python/remove_initializer_from_input.py does. Callers that fed these inputs lose them.
+    """
+    initializers = {tensor.name for tensor in model.graph.initializer}
+    dropped = [value.name for value in model.graph.input if value.name in initializers]
+    kept = [value for value in model.graph.input if value.name not in initializers]
+    del model.graph.input[:]
+    model.graph.input.extend(kept)
+    return dropped
+
+
+def _upgrade_constant_inputs(model: onnx.ModelProto, path: Path) -> None:
+    """IR version < 4 lists every initializer as a graph input and treats it as a constant (the standard, and
+    ONNX Runtime). Write that meaning in today's form: the inputs go, and the IR version becomes the oldest one
+    the model's opsets allow (new initializers the tool adds would otherwise break IR 3's rule)."""
+    dropped = drop_initializer_inputs(model)
+    version = max(4, onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True))
+    LOGGER.warning("%s: IR version %d: its %d initializer input(s) are constants by the standard; the output is "
+                   "IR version %d with them as plain initializers", path, model.ir_version, len(dropped), version)
+    model.ir_version = version
 
 
 def _load_external_data(model: onnx.ModelProto, path: Path) -> None:

@@ -1,7 +1,9 @@
 """Static shapes of every tensor, by ONNX shape inference on a weightless copy of the model.
 
 Inference only needs initializer dims, not their bytes, so big weights are replaced by data-less stubs: the
-copy costs kilobytes instead of the model's size, and models above protobuf's 2 GB limit still work.
+copy costs kilobytes instead of the model's size, and models above protobuf's 2 GB limit still work. The copy
+keeps the model-local functions and every opset import: without them a call of a function is an unknown op and
+every shape after it is lost.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ def _weightless_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     skeleton = onnx.ModelProto()
     skeleton.ir_version = model.ir_version
     skeleton.opset_import.extend(model.opset_import)
+    skeleton.functions.extend(model.functions)  # inference runs through calls of model-local functions
     skeleton.graph.name = model.graph.name
     skeleton.graph.node.extend(model.graph.node)
     skeleton.graph.input.extend(model.graph.input)

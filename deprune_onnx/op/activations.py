@@ -8,9 +8,12 @@ Matching them in a graph is the job of ``fusion``; this module only computes and
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx_graphsurgeon as gs
+
+if TYPE_CHECKING:  # graphsurgeon only for the lowering: apply_activation runs where it is not installed (GPU check)
+    import onnx_graphsurgeon as gs
 
 # ONNX HardSwish is HardSigmoid(alpha=1/6, beta=0.5) times x; kept in float32 because ONNX float attributes are.
 HARD_SWISH_PARAMS = (float(np.float32(1.0 / 6.0)), 0.5)
@@ -40,6 +43,8 @@ def lower_activation(x: gs.Variable, y: gs.Variable, activation: str, params: Se
     ``activation`` must not be "none" (the caller then writes the conv straight into ``y``). hard_swish with
     ONNX's own parameters becomes one HardSwish node where the opset has it (>= 14), otherwise HardSigmoid + Mul.
     """
+    import onnx_graphsurgeon as gs  # noqa: PLC0415 - see the TYPE_CHECKING import above
+
     if activation == "relu":
         return [gs.Node("Relu", name=fresh(f"{name}/Relu"), inputs=[x], outputs=[y])]
     if activation == "clip":

@@ -9,13 +9,13 @@ one-line error naming the node instead of a wrong result.
 """
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import onnx
-import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
 from deprune_onnx.errors import DepruneError
@@ -109,7 +109,8 @@ def _plain(value: Any) -> Any:
     """Strip the container types attribute values come in: TensorProto, graphsurgeon Constant, bytes."""
     if isinstance(value, onnx.TensorProto):
         return numpy_helper.to_array(value)
-    if isinstance(value, gs.Constant):
+    graphsurgeon = sys.modules.get("onnx_graphsurgeon")  # a gs.Constant exists only once gs is imported
+    if graphsurgeon is not None and isinstance(value, graphsurgeon.Constant):
         return np.asarray(value.values)
     if isinstance(value, bytes):
         return value.decode("utf-8")

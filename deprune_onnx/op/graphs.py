@@ -58,6 +58,7 @@ def stubbed_copy(model: onnx.ModelProto, keep: Collection[str]) -> onnx.ModelPro
     ``keep`` is a data-less stub (name, type, dims). Graph surgery on it costs kilobytes, not the model size."""
     copy = onnx.ModelProto(ir_version=model.ir_version)
     copy.opset_import.extend(model.opset_import)
+    copy.functions.extend(model.functions)  # shape inference and graphsurgeon need the model-local functions
     graph, target = model.graph, copy.graph
     target.name = graph.name
     for field in ("node", "input", "output", "value_info"):

@@ -3,8 +3,9 @@
 Flat public API (the prune pipeline and the PruningPlan use these):
 
 - ``plan_pw_pruning(model, *, ratio, align=32, scope="project", analysis=None) -> PWPlan``
-- ``apply_pw_plan(model, plan) -> ModelProto`` (removes the planned channels; validates the plan first)
-- ``apply_nm24(model, analysis=None) -> (ModelProto, rows)`` (2:4 masks on PW weights, shapes unchanged)
+- ``apply_pw_plan(model, plan, *, in_place=False) -> (ModelProto, report)`` (removes the planned channels;
+  validates the plan first; the report is ``pw_report``'s)
+- ``apply_nm24(model, analysis=None, *, in_place=False) -> (ModelProto, rows)`` (2:4 masks on PW weights, shapes unchanged)
 - ``pw_report(plan, summarize_model(model_before), model_after) -> dict`` (per group / PW layer rows, params and MACs)
 - ``build_dependency_graph(model) -> DependencyGraph`` (the channel groups, for inspection)
 """

@@ -35,12 +35,16 @@ def mask_2_of_4(weight: np.ndarray) -> np.ndarray:
     return np.where(keep, groups, 0).astype(weight.dtype).reshape(weight.shape)
 
 
-def apply_nm24(model: onnx.ModelProto, analysis: ModelAnalysis | None = None
+def apply_nm24(model: onnx.ModelProto, analysis: ModelAnalysis | None = None, *, in_place: bool = False
                ) -> tuple[onnx.ModelProto, list[dict[str, Any]]]:
-    """A copy of ``model`` with 2:4 masks on every PW layer that qualifies, and one report row per PW layer."""
+    """A copy of ``model`` (or ``model`` itself with ``in_place=True``) with 2:4 masks on every PW layer that
+    qualifies, and one report row per PW layer."""
     analysis = analyze(model) if analysis is None else analysis
-    result = onnx.ModelProto()
-    result.CopyFrom(model)
+    if in_place:
+        result = model
+    else:
+        result = onnx.ModelProto()
+        result.CopyFrom(model)
     index = GraphIndex(result.graph)
     writer = ConstantWriter(result.graph)
     nodes = {node.name: node for node in result.graph.node}

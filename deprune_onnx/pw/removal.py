@@ -9,6 +9,7 @@ inputs and outputs never change. A final strict shape inference guards the invar
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
@@ -20,11 +21,12 @@ from deprune_onnx.onnx_io.load_save import default_opset
 from deprune_onnx.pw.constants import ConstantWriter
 from deprune_onnx.pw.dependency import (DependencyGraph, RewriteSlice, RewriteSplit, SetGroupAttribute,
                                         SetShapeEntry, SliceConstant, build_dependency_graph)
+from deprune_onnx.pw.metrics import pw_report, summarize_model
 from deprune_onnx.pw.plan import PWPlan
 from deprune_onnx.onnx_io.shapes import _weightless_copy
 
 
-def _removed_channels(graph: DependencyGraph, plan: PWPlan) -> dict[str, np.ndarray]:
+def removed_channels(graph: DependencyGraph, plan: PWPlan) -> dict[str, np.ndarray]:
     """Tensor -> sorted channel positions to delete; raises DepruneError where the plan does not fit."""
     by_key = {group.member_key(): group for group in graph.groups}
     removed: dict[str, np.ndarray] = {}
@@ -125,30 +127,36 @@ class _Remover:
         self.writer.write(node, 2, ends)
 
 
-def apply_pw_plan(model: onnx.ModelProto, plan: PWPlan, *, in_place: bool = False) -> onnx.ModelProto:
+def apply_pw_plan(model: onnx.ModelProto, plan: PWPlan, *, in_place: bool = False
+                  ) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """``model`` with the plan's channels removed: a copy, or ``model`` itself with ``in_place=True`` (the prune
-    pipeline owns its model, and a copy would double the memory of a multi-GB model).
+    pipeline owns its model, and a copy would double the memory of a multi-GB model), and the record of the
+    removal (``metrics.pw_report``: every group, channels, params and MACs before and after).
 
     Raises DepruneError when the plan does not match the model (another model, edited shapes, a group that
     cannot be pruned here, indices out of range); the model is then unchanged.
     """
+    before = summarize_model(model)
     if in_place:
         result = model
     else:
         result = onnx.ModelProto()
         result.CopyFrom(model)
-    if not plan.groups:
-        return result
+    if plan.groups:
+        _remove(result, plan)
+    return result, pw_report(plan, before, result)
+
+
+def _remove(result: onnx.ModelProto, plan: PWPlan) -> None:
     checkable = _consistent(result)  # models that arrive with stale shape annotations cannot be checked
     graph = build_dependency_graph(result)
-    removed = _removed_channels(graph, plan)
+    removed = removed_channels(graph, plan)
     _Remover(result, graph, removed).run()
     if checkable:
         try:  # the dependency rules guarantee consistent shapes; a failure here is a bug, never a user error
             shape_inference.infer_shapes(_weightless_copy(result), check_type=True, strict_mode=True)
         except Exception as exc:
             raise RuntimeError(f"internal error: PW channel removal produced an inconsistent model ({exc})") from exc
-    return result
 
 
 @dataclass(frozen=True)
@@ -180,7 +188,7 @@ def removed_constant_indices(model: onnx.ModelProto, plan: PWPlan) -> list[Remov
     with unique node names (as the prune pipeline has it); it is not modified. Raises DepruneError like
     apply_pw_plan when the plan does not fit the model."""
     graph = build_dependency_graph(model)
-    removed = _removed_channels(graph, plan) if plan.groups else {}
+    removed = removed_channels(graph, plan) if plan.groups else {}
     per_input: dict[tuple[int, int], dict[int, np.ndarray]] = {}
     for edit in graph.edits:
         if isinstance(edit, SliceConstant) and edit.tensor in removed:

@@ -5,21 +5,26 @@ Predicted speedups use HSR's tile cost model (README.md, "What `prune` does", st
 ceil(K_g/T) tile steps per output pixel, the slowest sub-GEMM sets the layer's time, and the layer's G sub-GEMMs
 run side by side, so a layer costs G * H_out * W_out * max_g ceil(K_g/T). This is the paper's model, not a
 measurement; measured kernel times live in bench/results/.
+In the plugin format a layer the rewrite left a standard Conv (QDQ weights, say) gets no predicted speedup and
+counts at its dense cost in the total. Layers or sub-GEMMs that keep no weight are reported as warnings: their
+channels output act(bias).
 """
 from __future__ import annotations
 
 from dataclasses import asdict
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from deprune_onnx.analysis import ConvLayer, ModelAnalysis
-from deprune_onnx.dw.masks import tile_time
+from deprune_onnx.dw.masks import SUBGEMM_CHANNELS, tile_time
 from deprune_onnx.plan import DWLayerPlan, PruningPlan
 from deprune_onnx.record import PruneRecord
 
 
-def _output_pixels(layer: ConvLayer) -> int:
+def output_pixels(layer: ConvLayer) -> int:
+    """H_out * W_out of a DW layer (1 when unknown), its per-sub-GEMM weight in the tile cost model."""
     shape = layer.output_shape
     if shape is not None and len(shape) == 4 and all(isinstance(d, int) for d in shape[2:]):
         return int(shape[2]) * int(shape[3])
@@ -50,6 +55,8 @@ def dw_layer_row(layer: ConvLayer | None, plan: DWLayerPlan, tile: int, calibrat
         "alpha_source": plan.alpha_source,
         "eps": plan.eps,
         "beta": plan.beta,
+        "hsr_rank": plan.hsr_rank,
+        "hsr_damage": plan.hsr_damage,
         "tile_steps_dense": t_dense,
         "tile_steps_pruned": t_pruned,
         "predicted_speedup": (t_dense / t_pruned) if t_pruned else None,
@@ -65,6 +72,37 @@ def dw_layer_row(layer: ConvLayer | None, plan: DWLayerPlan, tile: int, calibrat
     }
 
 
+def predicted_dw_speedup(plans: Sequence[DWLayerPlan], analysis: ModelAnalysis, tile: int,
+                         dense: set[str] = frozenset()) -> float | None:
+    """Model-wide DW speedup of the tile cost model: sum of G * H_out * W_out * max_g ceil(K_g/T), dense over
+    pruned (None when nothing is left to run). Layers named in ``dense`` (not rewritten to the sparse op) run
+    at their dense cost."""
+    layers = analysis.dw_by_name()
+    cost_dense = cost_pruned = 0
+    for plan in plans:
+        layer = layers.get(plan.name)
+        scale = len(plan.kept_per_subgemm) * (output_pixels(layer) if layer else 1)
+        cost_dense += scale * tile_time(np.array(plan.vectors_per_subgemm), tile)
+        kept = plan.vectors_per_subgemm if plan.name in dense else plan.kept_per_subgemm
+        cost_pruned += scale * tile_time(np.array(kept), tile)
+    return (cost_dense / cost_pruned) if cost_pruned else None
+
+
+def empty_subgemm_warnings(plan: DWLayerPlan, width: int = SUBGEMM_CHANNELS) -> list[str]:
+    """Warnings for a layer, or sub-GEMMs of it, that keep no weight: those channels output act(bias) whatever
+    the input (a ratio near 1, or a small sub-GEMM under BWT rounding)."""
+    kept = plan.kept_per_subgemm
+    if not any(kept):
+        return [f"{plan.name}: every weight is pruned, so the layer's output is act(bias) whatever its input"]
+    channels = plan.shape[0]
+    empty = [g for g, k in enumerate(kept) if k == 0]
+    if not empty:
+        return []
+    spans = ", ".join(f"{g} (channels {g * width}-{min(channels, (g + 1) * width) - 1})"
+                      for g in empty)
+    return [f"{plan.name}: sub-GEMM(s) {spans} keep no weight, so those channels output act(bias)"]
+
+
 def build_report(plan: PruningPlan, analysis: ModelAnalysis, record: PruneRecord | None = None
                  ) -> dict[str, Any]:
     """Report data for ``out.report.json``: per DW layer rows and model totals, the plan's settings, and the
@@ -75,14 +113,18 @@ def build_report(plan: PruningPlan, analysis: ModelAnalysis, record: PruneRecord
     rows = [dw_layer_row(layers.get(p.name), p, plan.tile,
                          calibration.layers.get(p.name) if calibration else None,
                          allocation.layers.get(p.name) if allocation else None) for p in plan.dw_layers]
+    records = record.rewrite if record is not None else None
+    nothing_rewritten = records is not None and not any(entry["rewritten"] for entry in records)
+    if records is not None:  # plugin format: only a rewritten layer runs the sparse op and can be faster
+        rewritten = {entry["layer"] for entry in records if entry["rewritten"]}
+        for row in rows:
+            row["rewritten"] = row["name"] in rewritten
+            if not row["rewritten"]:
+                row["tile_steps_pruned"], row["predicted_speedup"] = row["tile_steps_dense"], None
     weights = sum(row["weights"] for row in rows)
     kept = sum(row["kept_weights"] for row in rows)
-    cost_dense = cost_pruned = 0
-    for p, row in zip(plan.dw_layers, rows):
-        layer = layers.get(p.name)
-        scale = row["subgemms"] * (_output_pixels(layer) if layer else 1)
-        cost_dense += scale * row["tile_steps_dense"]
-        cost_pruned += scale * row["tile_steps_pruned"]
+    speedup = predicted_dw_speedup(plan.dw_layers, analysis, plan.tile,
+                                   {row["name"] for row in rows if not row.get("rewritten", True)})
     totals = {
         "dw_layers": len(rows),
         "dw_weights": weights,
@@ -91,8 +133,9 @@ def build_report(plan: PruningPlan, analysis: ModelAnalysis, record: PruneRecord
         "dw_ratio_achieved": float(1.0 - kept / weights) if weights else 0.0,
         "real_dw_min": min((row["real_dw"] for row in rows if row["method"] != "none"), default=0.0),
         "dw_pattern": plan.dw_pattern_string() if plan.method == "bh" else None,
-        "predicted_dw_speedup": (cost_dense / cost_pruned) if cost_pruned else None,
+        "predicted_dw_speedup": speedup if not nothing_rewritten else None,
         "skipped_layers": [{"name": s.name, "reason": s.reason} for s in analysis.skipped],
+        "warnings": [line for p in plan.dw_layers for line in empty_subgemm_warnings(p, plan.subgemm_channels)],
     }
     report = {"method": plan.method, "tile": plan.tile, "settings": asdict(plan.settings), "dw_layers": rows,
               "totals": totals, "calibration": calibration.summary() if calibration else None,
@@ -100,7 +143,7 @@ def build_report(plan: PruningPlan, analysis: ModelAnalysis, record: PruneRecord
     if record is not None:
         report.update({"format": record.output_format, "dtype": record.dtype})
         sections = {"pw": record.pw, "pw_nm24": record.pw_nm24, "rewrite": record.rewrite,
-                    "keep_zeros": record.keep_zeros}
+                    "format_auto": record.format_auto, "keep_zeros": record.keep_zeros}
         report.update({key: value for key, value in sections.items() if value is not None})
     return report
 
@@ -129,11 +172,13 @@ def format_report_table(report: dict[str, Any]) -> str:
     for row in report["dw_layers"]:
         stride = "x".join(map(str, row["strides"])) if row["strides"] and row["strides"][0] != row["strides"][1] \
             else str(row["strides"][0] if row["strides"] else "?")
-        speedup = f"{row['predicted_speedup']:.2f}x" if row["predicted_speedup"] else "all"
+        speedup = f"{row['predicted_speedup']:.2f}x" if row["predicted_speedup"] else \
+            "-" if row.get("rewritten") is False else "all"
         lines.append(f"{_short(row['name'], 40):<40} {row['channels']:>5} {row['kernel'][0]:>3} {stride:>3} "
                      f"{row['subgemms']:>3} {row['target_ratio']:>6.3f} {row['achieved_ratio']:>6.3f} "
                      f"{row['real_dw']:>6.3f} {row['pattern']:>4} {speedup:>7}  "
-                     f"{_kept_summary(row['kept_per_subgemm'])}")
+                     f"{_kept_summary(row['kept_per_subgemm'])}"
+                     + (f"  pred. KL {row['sensitivity']['predicted_kl']:.3f}" if row.get("sensitivity") else ""))
     totals = report["totals"]
     lines.append("-" * len(header))
     speedup = totals["predicted_dw_speedup"]
@@ -141,10 +186,15 @@ def format_report_table(report: dict[str, Any]) -> str:
                f"(target {totals['dw_ratio_target']}), Real DW {totals['real_dw_min']:.4f}")
     if totals["dw_pattern"]:
         summary += f", DW-Pat. {totals['dw_pattern']}"
+        ranks = sorted({f"{row['hsr_rank']}" + (f" ({row['hsr_damage']['source']})" if row.get("hsr_damage") else "")
+                        for row in report["dw_layers"] if row.get("hsr_rank") and row["pattern"] in ("o", "u")})
+        if ranks:
+            summary += f" (HSR rank: {', '.join(ranks)})"
     summary += f", predicted DW speedup {speedup:.2f}x (tile model)" if speedup else ""
     lines.append(summary)
     for skipped in totals["skipped_layers"]:
         lines.append(f"skipped {skipped['name']}: {skipped['reason']}")
+    lines += [f"warning: {line}" for line in totals.get("warnings", [])]
     lines += _pw_lines(report) + _rewrite_lines(report)
     return "\n".join(lines)
 

@@ -135,3 +135,39 @@ def pruned_dw_layers_model(model: str, ratio: float, seed: int = 0, dtype: str =
 
     options = PruneOptions(dw=DWOptions(method="bh", dw_ratio=ratio), output_format="plugin", dtype=dtype)
     return prune_model(dw_layers_model(model, seed), options).model
+
+
+ACTIVATION_PARAMS = {"relu": (), "clip": (0.0, 6.0), "silu": ()}  # hard_swish: op.activations.HARD_SWISH_PARAMS
+
+
+def pruned_bench_layers(model: str, ratio: float, seed: int = 0, group: str = "") -> list:
+    """The layers of ``pruned_dw_layers_model`` packed straight from the plan's masks, without the ONNX rewrite.
+
+    Why: the rewrite (op/rewrite.py) needs onnx-graphsurgeon, which the GPU machines lack, and the GPU check must
+    import nothing more than torch, onnx and numpy. The masks are the same pipeline's (``prune_model``, method bh,
+    format dense) and the packing the rewrite's own (``pack_dr_weights`` with the plan's keep mask), so the layers
+    equal what ``layers_from_model(pruned_dw_layers_model(...))`` reads back (tests/test_bench_models.py checks it).
+    Returns ``layer_bench.BenchLayer`` objects in network order.
+    """
+    from deprune_onnx.dw.planner import DWOptions  # noqa: PLC0415 - the pipeline is heavy; only the check needs it
+    from deprune_onnx.op.activations import HARD_SWISH_PARAMS  # noqa: PLC0415
+    from deprune_onnx.op.attributes import DRConvParams  # noqa: PLC0415
+    from deprune_onnx.op.packing import pack_dr_weights  # noqa: PLC0415
+    from deprune_onnx.pipeline import PruneOptions, prune_model  # noqa: PLC0415
+    from deprune_onnx.trt.layer_bench import BenchLayer  # noqa: PLC0415
+
+    source = dw_layers_model(model, seed)
+    weights = {init.name: numpy_helper.to_array(init) for init in source.graph.initializer}
+    plan = prune_model(source, PruneOptions(dw=DWOptions(method="bh", dw_ratio=ratio), output_format="dense")).plan
+    masks = {layer.name: layer.keep_mask() for layer in plan.dw_layers if layer.method != "none"}
+    layers = []
+    for shape in architecture_layers(model):
+        weight, bias = weights[f"{shape.name}.weight"], weights[f"{shape.name}.bias"]
+        keep = masks.get(shape.name, np.ones(weight.shape, dtype=bool))
+        packed = pack_dr_weights(weight * keep, bias, keep_mask=keep)
+        act_params = HARD_SWISH_PARAMS if shape.activation == "hard_swish" else ACTIVATION_PARAMS[shape.activation]
+        params = DRConvParams(channels=shape.channels, kernel_shape=(shape.kernel, shape.kernel),
+                              strides=(shape.stride, shape.stride), pads=(shape.pad,) * 4,
+                              activation=shape.activation, activation_params=tuple(act_params))
+        layers.append(BenchLayer(shape.name, params, packed, shape.size, shape.size, group))
+    return layers

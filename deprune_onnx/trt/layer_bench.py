@@ -10,8 +10,9 @@ kernel, check it and print numbers the same way:
 * correctness: output poisoned with NaN, a fresh random input per layer, the reference computed in float64 on the
   GPU from the dense masked weights (``unpack_dr_weights``, the packer's exact inverse) with the activation of
   ``op.activations``; pass = no NaN left and max |y - ref| / max |ref| within the op spec's tolerance;
-* speed: CUDA events around each launch, warm-up, median; the baseline is PyTorch's cuDNN depthwise conv2d on the
-  same dense masked weights in the same dtype (conv + bias: the fused activation is not charged to cuDNN);
+* speed: CUDA graphs of back-to-back launches over rotating input sets (no CPU launch overhead, no L2 reuse),
+  warm-up, median replay time per launch; the baseline is PyTorch's cuDNN depthwise conv2d on the same dense
+  masked weights in the same dtype (conv + bias: the fused activation is not charged to cuDNN);
 * the memory floor: bytes the layer must move (input channels with a kept tap read once, output written once,
   packed weights) over the device-to-device copy bandwidth measured on the card.
 
@@ -40,7 +41,9 @@ from deprune_onnx.onnx_io.shapes import conv_output_size
 from deprune_onnx.op.attributes import DRConvParams, decode_attributes, kept_slot_mask
 from deprune_onnx.op.packing import PackedDR, subgemm_offsets, unpack_dr_weights
 
-DRDW_ABI_VERSION = 1  # drSparseDwConvKernel.h
+DRDW_ABI_VERSION = 2  # drSparseDwConvKernel.h
+KERNEL_VERSIONS = (1, 2)  # DRDW_KERNEL_V1, DRDW_KERNEL_V2
+DEFAULT_KERNEL = 1  # DRDW_KERNEL_DEFAULT: v1 until v2 is measured faster on a GPU
 DTYPE_CODES = {"float32": 0, "float16": 1}  # enum DrDwDataType
 ELEMENT_BYTES = {"float32": 4, "float16": 2}
 # enum Activation of drSparseDwConvIndex.h is the spec's activation list in order (a test checks the header).
@@ -180,6 +183,7 @@ class LayerResult:
     bytes: int
     flops: int
     floor_us: float        # bytes / measured copy bandwidth
+    kernel: int = DEFAULT_KERNEL  # kernel version timed as "ours"
 
     @property
     def speedup(self) -> float:
@@ -199,11 +203,12 @@ def tolerance(dtype: str) -> float:
 
 
 def summarize(results: Sequence[LayerResult]) -> list[dict[str, Any]]:
-    """Totals per (group, batch, dtype) in first-seen order: summed times, floors, failures."""
+    """Totals per (group, batch, dtype, kernel version) in first-seen order: summed times, floors, failures."""
     totals: dict[tuple[str, int, str], dict[str, Any]] = {}
     for r in results:
-        entry = totals.setdefault((r.group, r.batch, r.dtype), {
-            "group": r.group, "batch": r.batch, "dtype": r.dtype, "layers": 0, "failures": 0, "ours_us": 0.0,
+        entry = totals.setdefault((r.group, r.batch, r.dtype, r.kernel), {
+            "group": r.group, "batch": r.batch, "dtype": r.dtype, "kernel": r.kernel, "layers": 0, "failures": 0,
+            "ours_us": 0.0,
             "cudnn_us": 0.0, "floor_us": 0.0, "bytes": 0})
         entry["layers"] += 1
         entry["failures"] += not r.ok
@@ -220,16 +225,18 @@ def summarize(results: Sequence[LayerResult]) -> list[dict[str, Any]]:
 def format_table(results: Sequence[LayerResult], totals: Sequence[dict[str, Any]], name_width: int | None = None
                  ) -> list[str]:
     """The header, one line per result and one total line per (group, batch, dtype), as lines of text."""
-    width = name_width or max([len(r.layer) for r in results] + [5])
+    width = name_width or max([len(r.layer) + 3 for r in results] + [5])
     header = (f"{'layer':{width}s} {'shape':>18s} {'N':>3s} {'dtype':7s} {'kept':>5s} {'rel err':>8s} "
               f"{'ours us':>8s} {'cuDNN us':>8s} {'speedup':>7s} {'floor us':>8s} {'x floor':>7s}")
     lines = [header]
     for r in results:
-        lines.append(f"{r.layer:{width}s} {r.shape:>18s} {r.batch:3d} {r.dtype:7s} {r.kept:5.0%} "
+        name = r.layer if r.kernel == DEFAULT_KERNEL else f"{r.layer}@v{r.kernel}"
+        lines.append(f"{name:{width}s} {r.shape:>18s} {r.batch:3d} {r.dtype:7s} {r.kept:5.0%} "
                      f"{r.max_rel_err:8.1e} {r.ours_us:8.1f} {r.cudnn_us:8.1f} {r.speedup:7.2f} {r.floor_us:8.1f} "
                      f"{r.x_floor:7.2f}{'' if r.ok else '  FAIL' + (' (unwritten output)' if r.poison_left else '')}")
     for t in totals:
-        lines.append(f"total {t['group']} N={t['batch']} {t['dtype']}: {t['layers']} layers, ours "
+        version = f" v{t['kernel']}" if t.get("kernel", DEFAULT_KERNEL) != DEFAULT_KERNEL else ""
+        lines.append(f"total {t['group']} N={t['batch']} {t['dtype']}{version}: {t['layers']} layers, ours "
                      f"{t['ours_us']:.1f} us, cuDNN {t['cudnn_us']:.1f} us ({t['speedup']:.2f}x), floor "
                      f"{t['floor_us']:.1f} us ({t['x_floor']:.2f}x floor), {t['failures']} failure(s)")
     return lines
@@ -251,7 +258,22 @@ class Weights(ctypes.Structure):
     """struct DrDwConvWeights of drSparseDwConvKernel.h (device pointers)."""
 
     _fields_ = [("subgemmOffsets", ctypes.c_void_p), ("tapIndices", ctypes.c_void_p),
-                ("tapValues", ctypes.c_void_p), ("bias", ctypes.c_void_p)]
+                ("tapValues", ctypes.c_void_p), ("bias", ctypes.c_void_p), ("channelTapOffsets", ctypes.c_void_p),
+                ("channelTapCodes", ctypes.c_void_p), ("channelTapValues", ctypes.c_void_p)]
+
+
+def channel_taps(packed: PackedDR, params: DRConvParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Kernel version 2's weights: each output channel's kept taps (offsets [C_out+1], codes ky << 8 | kx, values).
+
+    The same decoding as decodeChannelTaps of drSparseDwConvCore.cpp (the plugin's, at creation): padding
+    dropped, taps in increasing flat index, which the packed layout already has.
+    """
+    kept = kept_slot_mask(packed.kept_counts, params.k_tile)
+    flat = packed.tap_indices[kept].astype(np.int64)
+    channel, within = np.divmod(flat, params.taps_per_channel)
+    ky, kx = np.divmod(within, params.kernel_shape[1])
+    offsets = np.searchsorted(channel, np.arange(params.out_channels + 1)).astype(np.int32)
+    return offsets, ((ky << 8) | kx).astype(np.int32), packed.tap_values[kept].astype(np.float32)
 
 
 def make_problem(layer: BenchLayer, batch: int) -> Problem:
@@ -271,9 +293,10 @@ class KernelLibrary:
     def __init__(self, path: Path) -> None:
         try:
             self._lib = ctypes.CDLL(str(path))
-            self._lib.drdwEnqueue.argtypes = [ctypes.POINTER(Problem), ctypes.POINTER(Weights), ctypes.c_int32,
-                                              ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
-            self._lib.drdwEnqueue.restype = ctypes.c_int32
+            self._lib.drdwEnqueueVersion.argtypes = [ctypes.POINTER(Problem), ctypes.POINTER(Weights),
+                                                     ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p,
+                                                     ctypes.c_void_p, ctypes.c_int32]
+            self._lib.drdwEnqueueVersion.restype = ctypes.c_int32
             self._lib.drdwStatusString.argtypes = [ctypes.c_int32]
             self._lib.drdwStatusString.restype = ctypes.c_char_p
             version = self._lib.drdwAbiVersion()
@@ -284,9 +307,11 @@ class KernelLibrary:
                                "rebuild with `deprune-onnx build-plugin`")
         self.path = path
 
-    def enqueue(self, problem: Problem, weights: Weights, dtype: str, x: int, y: int, stream: int) -> None:
-        status = self._lib.drdwEnqueue(ctypes.byref(problem), ctypes.byref(weights), DTYPE_CODES[dtype],
-                                       ctypes.c_void_p(x), ctypes.c_void_p(y), ctypes.c_void_p(stream))
+    def enqueue(self, problem: Problem, weights: Weights, dtype: str, x: int, y: int, stream: int,
+                version: int = DEFAULT_KERNEL) -> None:
+        status = self._lib.drdwEnqueueVersion(ctypes.byref(problem), ctypes.byref(weights), DTYPE_CODES[dtype],
+                                              ctypes.c_void_p(x), ctypes.c_void_p(y), ctypes.c_void_p(stream),
+                                              version)
         if status != 0:
             raise RuntimeError(f"drdwEnqueue: {self._lib.drdwStatusString(status).decode()} (status {status})")
 
@@ -313,7 +338,11 @@ def require_gpu_stack(build_dir: str | Path | None) -> tuple[Any, KernelLibrary]
 
 
 def time_us(torch: Any, fn: Callable[[], Any], warmup: int, iters: int) -> float:
-    """Median time of ``fn`` in microseconds: CUDA events around each call, after ``warmup`` calls."""
+    """Median time of ``fn`` in microseconds: CUDA events around each call, after ``warmup`` calls.
+
+    Only for work far longer than a launch (the copy-bandwidth probe, graph replays): around a single short launch
+    the events also time the CPU's launch overhead. Layers are timed by ``graph_time_us``.
+    """
     for _ in range(warmup):
         fn()
     times = []
@@ -335,8 +364,13 @@ def copy_bandwidth_gbs(torch: Any, megabytes: int = 512) -> float:
     return 2 * source.numel() / (microseconds * 1e-6) / 1e9
 
 
-def graph_replay_us(torch: Any, launches: Sequence[Callable[[], Any]], warmup: int, iters: int) -> float:
-    """Median time of one replay of a CUDA graph capturing ``launches`` in order (launch latency amortised)."""
+def graph_replay_us(torch: Any, launches: Sequence[Callable[[], Any]], warmup: int, iters: int,
+                    repeat: int = 1) -> float:
+    """Median time of ``launches`` (in order, ``repeat`` times over) captured in one CUDA graph, per repetition.
+
+    A graph replays its kernels back to back with no CPU launch overhead between them, so a batch-1 layer of a
+    few microseconds is timed by the GPU alone (METHOD.md: events around single launches would time the launch).
+    """
     stream = torch.cuda.Stream()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.stream(stream):
@@ -344,17 +378,31 @@ def graph_replay_us(torch: Any, launches: Sequence[Callable[[], Any]], warmup: i
             launch()
         torch.cuda.synchronize()
         with torch.cuda.graph(graph, stream=stream):
-            for launch in launches:
-                launch()
-    return time_us(torch, graph.replay, warmup, iters)
+            for _ in range(repeat):
+                for launch in launches:
+                    launch()
+    return time_us(torch, graph.replay, warmup, iters) / repeat
+
+
+def graph_time_us(torch: Any, launch: Callable[[], Any], warmup: int, iters: int, expected_us: float) -> float:
+    """Median time of one ``launch`` from a CUDA graph of back-to-back launches (about 200 us of work per replay).
+
+    ``expected_us`` (e.g. the memory floor) sizes the burst: enough launches that the replay's own start-up is
+    small against it, at most 64.
+    """
+    repeat = max(4, min(64, int(200.0 / max(expected_us, 1.0))))
+    return graph_replay_us(torch, [launch], warmup, iters, repeat=repeat)
 
 
 class DeviceLayer:
     """One layer's packed weights, input and output on the GPU, with our kernel and the cuDNN baseline as calls."""
 
+    L2_ROTATION_BYTES = 256 << 20  # inputs+outputs cycled through per timed burst: several times any L2 (H200: 60 MB)
+
     def __init__(self, torch: Any, library: KernelLibrary, layer: BenchLayer, batch: int, dtype: str,
-                 seed: int) -> None:
+                 seed: int, version: int = DEFAULT_KERNEL) -> None:
         self.torch, self.library, self.layer, self.batch, self.dtype = torch, library, layer, batch, dtype
+        self.version = version
         p = layer.params
         self.packed = layer.weights_as(dtype)
 
@@ -362,16 +410,25 @@ class DeviceLayer:
             return torch.from_numpy(np.ascontiguousarray(array)).to(device="cuda", dtype=kind)
 
         offsets = subgemm_offsets(self.packed.kept_counts, p.k_tile)
+        tap_offsets, tap_codes, tap_values = channel_taps(self.packed, p)
         self._buffers = [device(offsets, torch.int32), device(self.packed.tap_indices, torch.int32),
-                         device(self.packed.tap_values, torch.float32), device(self.packed.bias, torch.float32)]
+                         device(self.packed.tap_values, torch.float32), device(self.packed.bias, torch.float32),
+                         device(tap_offsets, torch.int32), device(np.append(tap_codes, 0), torch.int32),
+                         device(np.append(tap_values, 0), torch.float32)]  # never empty: a valid pointer
         self.weights = Weights(*(buffer.data_ptr() for buffer in self._buffers))
         self.problem = make_problem(layer, batch)
         torch_dtype = getattr(torch, dtype)
         generator = torch.Generator(device="cuda").manual_seed(seed)
-        self.x = torch.randn(batch, p.channels, layer.height, layer.width, device="cuda", generator=generator
-                             ).to(torch_dtype)
-        self.y = torch.empty(batch, p.out_channels, layer.out_height, layer.out_width, device="cuda",
-                             dtype=torch_dtype)
+        # Several input/output sets, used in turn, so that back-to-back timed launches read DRAM, not the L2
+        # cache the previous launch filled (both kernels see the same rotation).
+        moved, _ = layer.traffic(batch, ELEMENT_BYTES[dtype])
+        copies = max(1, min(8, -(-self.L2_ROTATION_BYTES // max(moved, 1))))
+        self.xs = [torch.randn(batch, p.channels, layer.height, layer.width, device="cuda", generator=generator
+                               ).to(torch_dtype) for _ in range(copies)]
+        self.ys = [torch.empty(batch, p.out_channels, layer.out_height, layer.out_width, device="cuda",
+                               dtype=torch_dtype) for _ in range(copies)]
+        self.x, self.y = self.xs[0], self.ys[0]
+        self._turn = 0
         dense, bias = unpack_dr_weights(self.packed, p.out_channels, *p.kernel_shape, k_tile=p.k_tile)
         self.dense = device(dense, torch.float64)
         self.bias = device(bias, torch.float64)
@@ -379,10 +436,15 @@ class DeviceLayer:
         top, left, bottom, right = p.pads
         self._symmetric = top == bottom and left == right
 
+    def _next(self) -> int:
+        self._turn = (self._turn + 1) % len(self.xs)
+        return self._turn
+
     def ours(self) -> None:
-        """Launch our kernel on the current stream."""
-        self.library.enqueue(self.problem, self.weights, self.dtype, self.x.data_ptr(), self.y.data_ptr(),
-                             self.torch.cuda.current_stream().cuda_stream)
+        """Launch our kernel on the current stream (the next input/output set)."""
+        i = self._next()
+        self.library.enqueue(self.problem, self.weights, self.dtype, self.xs[i].data_ptr(), self.ys[i].data_ptr(),
+                             self.torch.cuda.current_stream().cuda_stream, self.version)
 
     def _conv(self, x: Any, weight: Any, bias: Any) -> Any:
         p = self.layer.params
@@ -394,13 +456,14 @@ class DeviceLayer:
                                                dilation=p.dilations, groups=p.channels)
 
     def cudnn(self) -> Any:
-        """PyTorch's conv2d (cuDNN) on the dense masked weights in the run's dtype: conv + bias."""
-        return self._conv(self.x, self._cudnn_weight, self._cudnn_bias)
+        """PyTorch's conv2d (cuDNN) on the dense masked weights in the run's dtype: conv + bias (next input set)."""
+        return self._conv(self.xs[self._next()], self._cudnn_weight, self._cudnn_bias)
 
     def check(self) -> tuple[float, bool]:
         """Run ours once on a poisoned output; (max relative error vs the float64 reference, output left unwritten)."""
         self.y.fill_(float("nan"))
-        self.ours()
+        self.library.enqueue(self.problem, self.weights, self.dtype, self.x.data_ptr(), self.y.data_ptr(),
+                             self.torch.cuda.current_stream().cuda_stream, self.version)
         self.torch.cuda.synchronize()
         got = self.y.double().cpu().numpy()
         conv = self._conv(self.x.double(), self.dense, self.bias).cpu().numpy()
@@ -414,14 +477,19 @@ class DeviceLayer:
 
 
 def measure_layer(torch: Any, library: KernelLibrary, layer: BenchLayer, batch: int, dtype: str, *, warmup: int,
-                  iters: int, bandwidth_gbs: float, seed: int = 0) -> tuple[LayerResult, DeviceLayer]:
-    """Check and time one layer; returns the result and the device state (for CUDA-graph timing)."""
-    run = DeviceLayer(torch, library, layer, batch, dtype, seed)
+                  iters: int, bandwidth_gbs: float, seed: int = 0, version: int = DEFAULT_KERNEL,
+                  cudnn_us: float | None = None) -> tuple[LayerResult, DeviceLayer]:
+    """Check and time one layer with kernel ``version``; returns the result and the device state (for CUDA-graph
+    timing). ``cudnn_us`` reuses a baseline already timed on the same layer, batch and dtype (side-by-side runs)."""
+    run = DeviceLayer(torch, library, layer, batch, dtype, seed, version)
     error, poison_left = run.check()
-    ours_us, cudnn_us = time_us(torch, run.ours, warmup, iters), time_us(torch, run.cudnn, warmup, iters)
     moved, flops = layer.traffic(batch, ELEMENT_BYTES[dtype])
+    floor = moved / (bandwidth_gbs * 1e3)
+    ours_us = graph_time_us(torch, run.ours, warmup, iters, floor)
+    if cudnn_us is None:
+        cudnn_us = graph_time_us(torch, run.cudnn, warmup, iters, floor)
     ok = not poison_left and error <= tolerance(dtype)
     result = LayerResult(layer=layer.name, group=layer.group, shape=layer.shape_text, batch=batch, dtype=dtype,
                          kept=layer.kept_fraction, max_rel_err=error, poison_left=poison_left, ok=ok, ours_us=ours_us,
-                         cudnn_us=cudnn_us, bytes=moved, flops=flops, floor_us=moved / (bandwidth_gbs * 1e3))
+                         cudnn_us=cudnn_us, bytes=moved, flops=flops, floor_us=floor, kernel=version)
     return result, run

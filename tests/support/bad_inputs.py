@@ -18,8 +18,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from support.samples import SAMPLE_MODEL
 from support.dsconv_graphs import BlockSpec, dsconv_network, two_block_model
+from support.graph_zoo import OK, ZOO
 
-OK = "ok"
+
 OUT = "out.onnx"
 
 
@@ -526,3 +527,5 @@ CASES: list[Case] = [
     Case("--plan missing", _options("--plan", "/nonexistent/p.json"), "not found"),
     Case("--hsr-timings not JSON", _timings_not_json, "t.json"),
 ]
+# The graph patterns of issue #13 (If/Loop/function reads, invalid convs, IR 3, folded chains, QDQ, ...).
+CASES += [Case(f"graph zoo: {case.name}", _model_case(case.build, *case.args), case.expect) for case in ZOO]

@@ -1,5 +1,5 @@
-"""Helpers shared by tests/test_plugin_*.py: the native test build, field files, DW layers of the real models, and
-a numpy reference of the op.
+"""Helpers shared by tests/test_plugin_*.py: the native test build, field files and DW layers of the real models
+(the op's numpy reference is deprune_onnx/op/oracle.py).
 
 The native build (CMake, g++ always, nvcc when present, the TensorRT plugin when $DEPRUNE_TRT_INCLUDE names
 TensorRT headers) goes to build/test-native, one CUDA architecture only so CI stays fast; the release build of
@@ -21,6 +21,7 @@ from onnx import numpy_helper, shape_inference
 from deprune_onnx.op.activations import apply_activation
 from deprune_onnx.op.packing import PackedDR, pack_dr_weights
 from support.samples import SAMPLES_DIR
+from deprune_onnx.trt.emulated import write_field_file  # noqa: F401 - re-exported for tests/test_plugin_*.py
 from deprune_onnx.trt.native import SOURCE_ROOT, build_native, find_tensorrt_include
 
 TEST_BUILD_DIR = SOURCE_ROOT / "build" / "test-native"
@@ -30,7 +31,6 @@ MODEL_INPUTS = {
     "pplcnet_x1_0_doc_orientation_rapid.onnx": (1, 3, 224, 224),
     "ppocr_mobile_v2_cls_mobilenetv3_small.onnx": (1, 3, 48, 192),
 }
-FIELD_TYPES = {"float16": 0, "float32": 1, "int32": 5, "char": 6, "int64": 10}
 
 
 def has_nvcc() -> bool:
@@ -102,23 +102,6 @@ def random_keep_mask(weight: np.ndarray, keep_ratio: float, seed: int) -> np.nda
     return keep
 
 
-def write_field_file(path: Path, fields: list[tuple[str, str, np.ndarray | str]]) -> None:
-    """Write (name, type, value) like the TensorRT ONNX parser passes PluginFields (see tests/fieldFile.h)."""
-    chunks = [b"DRDWFLD1", struct.pack("<I", len(fields))]
-    for name, kind, value in fields:
-        if kind == "char":
-            data = str(value).encode() + b"\0"
-            length = len(data)
-        else:
-            array = np.ascontiguousarray(value, dtype={"int32": np.int32, "int64": np.int64,
-                                                       "float32": np.float32, "float16": np.float16}[kind])
-            data, length = array.tobytes(), array.size
-        encoded = name.encode()
-        chunks += [struct.pack("<I", len(encoded)), encoded, struct.pack("<iiQ", FIELD_TYPES[kind], length, len(data)),
-                   data]
-    path.write_bytes(b"".join(chunks))
-
-
 def read_field_file(path: Path) -> dict[str, tuple[int, np.ndarray | str]]:
     """Inverse of write_field_file (for checking what the C++ side serialized)."""
     blob = path.read_bytes()
@@ -161,31 +144,6 @@ def op_fields(packed: PackedDR, *, channels: int, kernel: tuple[int, int], strid
     ]
 
 
-def reference_dw_conv(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, *, strides, pads, dilations,
-                      depth_multiplier: int = 1, activation: str = "none",
-                      activation_params: tuple[float, ...] = ()) -> np.ndarray:
-    """numpy float64 Y = act(Conv(X, W, B, group=C_in)) on the DENSE masked weight W [C_out, 1, kh, kw] the test
-    packed (never rebuilt from the packed fields, so a packer bug cannot hide behind a mirrored unpacker);
-    ``bias`` None means no bias."""
-    c_out, _, kh, kw = weight.shape
-    bias = np.zeros(c_out) if bias is None else bias
-    weight = weight.astype(np.float64)[:, 0]
-    n, c_in, h, w = x.shape
-    top, left, bottom, right = pads
-    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (top, bottom), (left, right)))
-    xp = np.repeat(xp, depth_multiplier, axis=1)  # output channel o reads input channel o // m
-    ho = (h + top + bottom - dilations[0] * (kh - 1) - 1) // strides[0] + 1
-    wo = (w + left + right - dilations[1] * (kw - 1) - 1) // strides[1] + 1
-    y = np.zeros((n, c_out, ho, wo))
-    for ky in range(kh):
-        for kx in range(kw):
-            rows = slice(ky * dilations[0], ky * dilations[0] + (ho - 1) * strides[0] + 1, strides[0])
-            cols = slice(kx * dilations[1], kx * dilations[1] + (wo - 1) * strides[1] + 1, strides[1])
-            y += xp[:, :, rows, cols] * weight[None, :, ky, kx, None, None]
-    y += bias.astype(np.float64)[None, :, None, None]
-    return apply_activation(y, activation, activation_params)
-
-
 def run_tool(build_dir: Path, *args: str | os.PathLike[str]) -> subprocess.CompletedProcess:
     return subprocess.run([str(build_dir / "drdw_host_tool"), *map(str, args)], capture_output=True, text=True,
                           check=False)
@@ -193,3 +151,28 @@ def run_tool(build_dir: Path, *args: str | os.PathLike[str]) -> subprocess.Compl
 
 def pack_layer(weight: np.ndarray, bias: np.ndarray | None, keep: np.ndarray) -> PackedDR:
     return pack_dr_weights(np.where(keep, weight, 0).astype(np.float32), bias, keep_mask=keep)
+
+
+def dense_reference(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, *, strides, pads, dilations,
+                    depth_multiplier: int = 1, activation: str = "none",
+                    activation_params: tuple[float, ...] = ()) -> np.ndarray:
+    """numpy float64 Y = act(Conv(X, W, B, group=C_in)) on the DENSE masked weight W [C_out, 1, kh, kw] and the bias
+    the test packed (None: no bias), never on anything rebuilt from the packed fields, so a packer bug (a dropped
+    bias, a wrong tap index) cannot hide behind a reader that mirrors it."""
+    c_out, _, kh, kw = weight.shape
+    n, _, h, w = x.shape
+    top, left, bottom, right = pads
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (top, bottom), (left, right)))
+    xp = np.repeat(xp, depth_multiplier, axis=1)  # output channel o reads input channel o // m
+    ho = (h + top + bottom - dilations[0] * (kh - 1) - 1) // strides[0] + 1
+    wo = (w + left + right - dilations[1] * (kw - 1) - 1) // strides[1] + 1
+    w64 = weight.astype(np.float64)[:, 0]
+    y = np.zeros((n, c_out, ho, wo))
+    for ky in range(kh):
+        for kx in range(kw):
+            rows = slice(ky * dilations[0], ky * dilations[0] + (ho - 1) * strides[0] + 1, strides[0])
+            cols = slice(kx * dilations[1], kx * dilations[1] + (wo - 1) * strides[1] + 1, strides[1])
+            y += xp[:, :, rows, cols] * w64[None, :, ky, kx, None, None]
+    if bias is not None:
+        y += bias.astype(np.float64)[None, :, None, None]
+    return apply_activation(y, activation, activation_params)

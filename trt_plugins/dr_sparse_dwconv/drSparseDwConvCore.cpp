@@ -9,6 +9,7 @@
 #include <cstring>
 #include <limits>
 #include <sstream>
+#include <utility>
 
 namespace deprune
 {
@@ -575,6 +576,111 @@ std::string planLaunch(DrDwConvProblem const& q, int32_t elementBytes, int32_t s
     plan.gridZ = q.batch;
     plan.sharedBytes = sharedFor(channelsPerBlock, tileH, tileW);
     return "";
+}
+
+// Kernel version 2: 4 warps, 8 float accumulators per lane, at most 48 KB of dynamic shared memory (no opt-in).
+constexpr int32_t kV2Warps = 4;
+constexpr int32_t kV2MaxAccumulators = 8;
+constexpr int64_t kV2SharedBudgetBytes = 48 * 1024;
+
+std::string planLaunchV2(DrDwConvProblem const& q, int32_t elementBytes, int32_t smCount, DrDwLaunchPlanV2& plan)
+{
+    DrDwLaunchPlan v1{};
+    if (planLaunch(q, elementBytes, 0, v1) == "invalid problem")
+    {
+        return "invalid problem";
+    }
+    // Register blocking along x where rows are wide; lanes along x sized so a warp covers the map's width (small
+    // maps: 7 lanes x 1 pixel for 7x7, 7 x 2 for 14x14, instead of half-empty 32-pixel rows).
+    int32_t rx = q.outW >= 32 ? 4 : (q.outW >= 12 ? 2 : 1);
+    int32_t const maxLanesX = rx == 4 ? 8 : (rx == 2 ? 16 : 32);
+    int32_t lanesX = std::min((q.outW + rx - 1) / rx, maxLanesX);
+    int32_t const rowsPerPass = 32 / lanesX;
+    int32_t passes = std::min(kV2MaxAccumulators / rx, (q.outH + rowsPerPass - 1) / rowsPerPass);
+    auto stageElements = [&](int32_t p, int32_t r, int32_t lx) {
+        int64_t const ih = tileInputExtent((32 / lx) * p, q.kernelH, q.strideH, q.dilationH);
+        int64_t const iw = tileInputExtent(lx * r, q.kernelW, q.strideW, q.dilationW);
+        int64_t const align = 16 / elementBytes;
+        return (ih * iw + align - 1) / align * align;
+    };
+    auto sharedFor = [&](int32_t p, int32_t r, int32_t lx) {
+        return static_cast<int64_t>(kV2Warps) * 2 * stageElements(p, r, lx) * elementBytes;
+    };
+    while (sharedFor(passes, rx, lanesX) > kV2SharedBudgetBytes)
+    {
+        if (passes > 1)
+        {
+            --passes;
+        }
+        else if (rx > 1)
+        {
+            rx /= 2;
+        }
+        else
+        {
+            return "kernel version 2: a staged tile of one row exceeds 48 KB of shared memory (huge dilation)";
+        }
+    }
+    plan.rx = rx;
+    plan.lanesX = lanesX;
+    plan.passes = passes;
+    plan.tileW = lanesX * rx;
+    plan.tileH = (32 / lanesX) * passes;
+    plan.inTileH = tileInputExtent(plan.tileH, q.kernelH, q.strideH, q.dilationH);
+    plan.inTileW = tileInputExtent(plan.tileW, q.kernelW, q.strideW, q.dilationW);
+    plan.stageStride = static_cast<int32_t>(stageElements(passes, rx, lanesX));
+    plan.tilesH = (q.outH + plan.tileH - 1) / plan.tileH;
+    plan.tilesW = (q.outW + plan.tileW - 1) / plan.tileW;
+    int64_t const cOut = static_cast<int64_t>(q.channels) * q.depthMultiplier;
+    int64_t const spatial = static_cast<int64_t>(plan.tilesH) * plan.tilesW;
+    // 4 channels per warp, fewer when the grid would leave SMs idle (batch 1, late 7x7 layers).
+    plan.channelsPerWarp = 4;
+    auto blocks = [&](int32_t cpw) { return spatial * ((cOut + kV2Warps * cpw - 1) / (kV2Warps * cpw)) * q.batch; };
+    while (smCount > 0 && plan.channelsPerWarp > 1 && blocks(plan.channelsPerWarp) < 4LL * smCount)
+    {
+        plan.channelsPerWarp /= 2;
+    }
+    int64_t const gridY = (cOut + kV2Warps * plan.channelsPerWarp - 1) / (kV2Warps * plan.channelsPerWarp);
+    if (spatial > std::numeric_limits<int32_t>::max() || gridY > kMaxGridYZ || q.batch > kMaxGridYZ)
+    {
+        return "problem exceeds CUDA grid limits (channel groups <= 65535, batch <= 65535)";
+    }
+    plan.threads = 32 * kV2Warps;
+    plan.gridX = static_cast<int32_t>(spatial);
+    plan.gridY = static_cast<int32_t>(gridY);
+    plan.gridZ = q.batch;
+    plan.sharedBytes = sharedFor(passes, rx, lanesX);
+    return "";
+}
+
+ChannelTaps decodeChannelTaps(Params const& p)
+{
+    ChannelTaps taps;
+    int32_t const cOut = p.outChannels();
+    int32_t const perChannel = p.kernelH * p.kernelW;
+    std::vector<int32_t> const offsets = subgemmOffsets(p);
+    std::vector<std::vector<std::pair<int32_t, float>>> byChannel(static_cast<size_t>(cOut));
+    for (size_t g = 0; g < p.keptCounts.size(); ++g)
+    {
+        for (int32_t t = offsets[g]; t < offsets[g] + p.keptCounts[g]; ++t) // kept entries only, no padding
+        {
+            int32_t const flat = p.tapIndices[static_cast<size_t>(t)];
+            int32_t const within = flat % perChannel;
+            byChannel[static_cast<size_t>(flat / perChannel)].emplace_back(
+                (within / p.kernelW) << 8 | (within % p.kernelW), p.tapValues[static_cast<size_t>(t)]);
+        }
+    }
+    taps.offsets.assign(static_cast<size_t>(cOut) + 1, 0);
+    for (int32_t o = 0; o < cOut; ++o)
+    {
+        for (auto const& [code, value] : byChannel[static_cast<size_t>(o)])
+        {
+            taps.codes.push_back(code);
+            taps.values.push_back(value);
+        }
+        taps.offsets[static_cast<size_t>(o) + 1] = static_cast<int32_t>(taps.codes.size());
+    }
+    return taps;
 }
 
 std::vector<FieldView> serializeFields(Params const& p, std::vector<int32_t>& scratch, std::string& activation)

@@ -115,6 +115,18 @@ DrDwConvProblem makeProblem(Params const& params, int32_t batch, int32_t inH, in
 //! Launch plan (C++ name of drdwPlanLaunch): returns "" or why no plan exists.
 std::string planLaunch(DrDwConvProblem const& problem, int32_t elementBytes, int32_t smCount, DrDwLaunchPlan& plan);
 
+//! Launch plan of kernel version 2 (see DrDwLaunchPlanV2); "" or why none fits (then version 1 runs).
+std::string planLaunchV2(DrDwConvProblem const& problem, int32_t elementBytes, int32_t smCount, DrDwLaunchPlanV2& plan);
+
+//! The kept taps of every output channel, decoded from the packed DR layout once (kernel version 2's weights).
+struct ChannelTaps
+{
+    std::vector<int32_t> offsets; //!< [C_out+1]
+    std::vector<int32_t> codes;   //!< ky << 8 | kx, increasing per channel
+    std::vector<float> values;
+};
+ChannelTaps decodeChannelTaps(Params const& params);
+
 //! Fields that reproduce `params` exactly through parseFields (float32 taps/bias, int32 integers). The views
 //! point into `params`, `scratch` holds the values that are not stored as-is; both must outlive the views.
 std::vector<FieldView> serializeFields(Params const& params, std::vector<int32_t>& scratch, std::string& activation);

@@ -25,8 +25,8 @@
 extern "C" {
 #endif
 
-/* Version of this ABI; bump when a struct below changes. */
-#define DRDW_ABI_VERSION 1
+/* Version of this ABI; bump when a struct below changes. 2: per-channel tap lists, kernel versions, plan v2. */
+#define DRDW_ABI_VERSION 2
 
 /* Element type of X and Y. */
 enum DrDwDataType
@@ -69,6 +69,11 @@ typedef struct DrDwConvWeights
     int32_t const* tapIndices;     /* [subgemmOffsets[G]] flat dense indices o*kh*kw + ky*kw + kx */
     float const* tapValues;        /* [subgemmOffsets[G]], 0 for padding entries */
     float const* bias;             /* [C_out] */
+    /* Kernel version 2: the kept taps of each output channel, decoded once at plugin creation (padding dropped,
+     * increasing ky, kx). NULL for version 1 only. */
+    int32_t const* channelTapOffsets; /* [C_out+1] start of each channel's taps */
+    int32_t const* channelTapCodes;   /* [total] ky << 8 | kx */
+    float const* channelTapValues;    /* [total] */
 } DrDwConvWeights;
 
 /* How a problem is cut into thread blocks; computed on the host (drdwPlanLaunch), also compiled by g++. */
@@ -85,6 +90,29 @@ typedef struct DrDwLaunchPlan
     int64_t sharedBytes;
 } DrDwLaunchPlan;
 
+/* Launch plan of kernel version 2: 4 warps per block, each warp owns whole output channels of one output tile
+ * and stages its own input tile (double-buffered across its channels); each lane computes rx consecutive output
+ * pixels along x (register blocking) in `passes` row passes of 32/lanesX rows. */
+typedef struct DrDwLaunchPlanV2
+{
+    int32_t tileH, tileW;           /* output pixels per (warp, channel): tileW = lanesX * rx */
+    int32_t inTileH, inTileW;       /* staged input rows/cols per channel (halo included) */
+    int32_t rx;                     /* output pixels per lane along x: 1, 2 or 4 */
+    int32_t lanesX;                 /* lanes along x; 32 / lanesX rows per pass */
+    int32_t passes;                 /* row passes: rx * passes <= 8 accumulators per lane */
+    int32_t channelsPerWarp;        /* output channels each warp handles in turn */
+    int32_t stageStride;            /* elements between the two stage buffers of a warp (16-byte multiple) */
+    int32_t tilesH, tilesW;
+    int32_t threads;                /* 128 */
+    int32_t gridX, gridY, gridZ;    /* spatial tiles, channel groups of 4 * channelsPerWarp, batch */
+    int64_t sharedBytes;
+} DrDwLaunchPlanV2;
+
+/* Kernel versions drdwEnqueueVersion accepts; DRDW_KERNEL_DEFAULT is what drdwEnqueue (and the plugin) runs. */
+#define DRDW_KERNEL_V1 1
+#define DRDW_KERNEL_V2 2
+#define DRDW_KERNEL_DEFAULT DRDW_KERNEL_V1
+
 /* ABI version compiled into the library (DRDW_ABI_VERSION). */
 DRDW_API int32_t drdwAbiVersion(void);
 
@@ -98,6 +126,11 @@ DRDW_API int32_t drdwPlanLaunch(
  * cudaError_t from the launch. */
 DRDW_API int32_t drdwEnqueue(DrDwConvProblem const* problem, DrDwConvWeights const* weights, int32_t dtype,
     void const* x, void* y, void* stream);
+
+/* drdwEnqueue with an explicit kernel version (1 or 2). Version 2 needs the channel tap lists in `weights` and
+ * falls back to version 1 when its plan does not fit (DRDW_ERR_NO_PLAN from version 1 then). */
+DRDW_API int32_t drdwEnqueueVersion(DrDwConvProblem const* problem, DrDwConvWeights const* weights, int32_t dtype,
+    void const* x, void* y, void* stream, int32_t kernelVersion);
 
 /* Human-readable text of a status code returned above. */
 DRDW_API char const* drdwStatusString(int32_t status);

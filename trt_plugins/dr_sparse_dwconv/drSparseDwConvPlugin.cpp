@@ -80,6 +80,7 @@ DrSparseDwConvPlugin::DrSparseDwConvPlugin(std::string layerName, Params params)
     : mLayerName(std::move(layerName))
     , mParams(std::move(params))
     , mOffsets(subgemmOffsets(mParams))
+    , mChannelTaps(decodeChannelTaps(mParams))
 {
     std::ostringstream text;
     text << "DRSparseDepthwiseConv C=" << mParams.channels << " m=" << mParams.depthMultiplier << " k="
@@ -98,6 +99,7 @@ DrSparseDwConvPlugin::DrSparseDwConvPlugin(DrSparseDwConvPlugin const& other)
     , mLayerName(other.mLayerName)
     , mParams(other.mParams)
     , mOffsets(other.mOffsets)
+    , mChannelTaps(other.mChannelTaps)
     , mDescription(other.mDescription)
 {
     // The device buffer is not shared: every clone uploads its own copy (a few KiB), so lifetimes stay independent.
@@ -314,8 +316,12 @@ bool DrSparseDwConvPlugin::uploadWeights() noexcept
     size_t const indexBytes = mParams.tapIndices.size() * sizeof(int32_t);
     size_t const valueBytes = mParams.tapValues.size() * sizeof(float);
     size_t const biasBytes = mParams.bias.size() * sizeof(float);
+    size_t const channelOffsetsBytes = mChannelTaps.offsets.size() * sizeof(int32_t);
+    size_t const channelCodesBytes = mChannelTaps.codes.size() * sizeof(int32_t);
+    size_t const channelValuesBytes = mChannelTaps.values.size() * sizeof(float);
     auto align = [](size_t v) { return (v + 255) / 256 * 256; };
-    size_t const total = align(offsetsBytes) + align(indexBytes) + align(valueBytes) + align(biasBytes);
+    size_t const total = align(offsetsBytes) + align(indexBytes) + align(valueBytes) + align(biasBytes)
+        + align(channelOffsetsBytes) + align(channelCodesBytes) + align(channelValuesBytes);
     void* buffer = nullptr;
     cudaError_t status = cudaMalloc(&buffer, total);
     if (status != cudaSuccess)
@@ -338,6 +344,10 @@ bool DrSparseDwConvPlugin::uploadWeights() noexcept
     mDeviceWeights.tapIndices = static_cast<int32_t const*>(put(mParams.tapIndices.data(), indexBytes));
     mDeviceWeights.tapValues = static_cast<float const*>(put(mParams.tapValues.data(), valueBytes));
     mDeviceWeights.bias = static_cast<float const*>(put(mParams.bias.data(), biasBytes));
+    mDeviceWeights.channelTapOffsets
+        = static_cast<int32_t const*>(put(mChannelTaps.offsets.data(), channelOffsetsBytes));
+    mDeviceWeights.channelTapCodes = static_cast<int32_t const*>(put(mChannelTaps.codes.data(), channelCodesBytes));
+    mDeviceWeights.channelTapValues = static_cast<float const*>(put(mChannelTaps.values.data(), channelValuesBytes));
     if (status != cudaSuccess)
     {
         cudaFree(buffer);

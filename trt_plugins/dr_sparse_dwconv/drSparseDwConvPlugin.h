@@ -82,9 +82,10 @@ private:
     std::string mLayerName;
     Params mParams;
     std::vector<int32_t> mOffsets;
+    ChannelTaps mChannelTaps; //!< kernel version 2's per-channel tap lists, decoded once here
     std::string mDescription;
 
-    // Device copy of offsets, tap indices, tap values and bias in one allocation.
+    // Device copy of offsets, tap indices, tap values, bias and the channel tap lists in one allocation.
     void* mDeviceBuffer{nullptr};
     DrDwConvWeights mDeviceWeights{};
 
