@@ -17,102 +17,161 @@ if TYPE_CHECKING:
 @click.argument("output_path", metavar="OUT.onnx", type=click.Path(dir_okay=True))
 @click.option("--teacher", "teacher_path", required=True, type=click.Path(dir_okay=True),
               help="The unpruned model to distil from (same input and output as PRUNED.onnx).")
-@click.option("--images", "images_dir", required=True, metavar="DIR|FILE|GLOB",
-              help="Training images (unlabelled; a trailing _<class> in the name is used as label).")
-@click.option("--val-images", "val_dir", metavar="DIR|FILE|GLOB",
-              help="Held-out images on which the KL to the teacher is reported before and after.")
+@click.option("--images", "images_source", required=True, metavar="DIR|LIST|GLOB",
+              help="Training images: an ImageFolder tree (one sub-folder per class), a folder of images (a "
+                   "trailing _<class> in every name is a label), a list file ('path [label]' per line) or a glob.")
+@click.option("--val-images", "val_source", metavar="DIR|LIST|GLOB",
+              help="Validation images (same layouts) [default: --val-fraction of --images, held out].")
+@click.option("--val-fraction", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=0.1,
+              show_default=True, help="Share of --images held out for validation when --val-images is not given.")
 @preprocessing_options()
 @click.option("--plan", "plan_path", type=click.Path(dir_okay=True),
-              help="The plan PRUNED.onnx was made with [default: its DW zero pattern, as prune --keep-zeros].")
-@click.option("--method", type=click.Choice(["dcp", "b", "bh"]), default="bh", show_default=True,
-              help="Structure the zero pattern is checked and aligned to when --plan is not given.")
-@click.option("--tile", type=int, default=32, show_default=True, help="Tile T for HSR alignment (without --plan).")
-@click.option("--steps", type=click.IntRange(min=1), default=200, show_default=True, help="Optimizer steps.")
-@click.option("--batch", type=click.IntRange(min=1), default=16, show_default=True, help="Views per step.")
-@click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True,
-              help="adam, or sgd with momentum 0.9 (the paper's long fine-tuning).")
+              help="The plan whose masks stay fixed [default: PRUNED.plan.json when it exists, else the DW zero "
+                   "pattern of PRUNED.onnx exactly as it is].")
+@click.option("--realign", type=click.Choice(["b", "bh"]),
+              help="Check and align the zero pattern to this structure first, like prune --keep-zeros --method "
+                   "(changes masks; every changed layer is reported). Off by default: masks never change.")
+@click.option("--tile", type=int, default=32, show_default=True, help="Tile T for --realign bh.")
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True, help="Passes over --images.")
+@click.option("--batch", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Global batch per optimizer step (over all processes and --accumulate micro-batches).")
+@click.option("--accumulate", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Gradient accumulation: micro-batches per optimizer step.")
+@click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default="sgd", show_default=True,
+              help="sgd: momentum 0.9 (the paper's); adam: better for short runs on few images.")
 @click.option("--lr", type=click.FloatRange(min=0.0, min_open=True),
-              help="Learning rate [default: 1e-4 for adam, 1e-3 for sgd].")
+              help="Learning rate [default: 1e-3 for sgd, 1e-4 for adam].")
+@click.option("--weight-decay", type=click.FloatRange(min=0.0), default=1e-4, show_default=True)
+@click.option("--schedule", type=click.Choice(["step", "cosine", "constant"]), default="step", show_default=True,
+              help="step: lr x --step-gamma every --step-epochs epochs (the paper's: /10 every 30); cosine: to 0 "
+                   "at the last step.")
+@click.option("--step-epochs", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--step-gamma", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.1, show_default=True)
 @click.option("--temperature", type=click.FloatRange(min=0.0, min_open=True), default=2.0, show_default=True,
               help="Distillation temperature T.")
 @click.option("--label-weight", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True,
-              help="Weight of the cross-entropy on labels, used only when every image has a usable label.")
+              help="Weight of the cross-entropy on labels, used only when every training image has a usable label.")
+@click.option("--min-scale", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.08, show_default=True,
+              help="Smallest area share of the random resized crop (torchvision's and the paper's 0.08).")
+@click.option("--batchnorm", type=click.Choice(["auto", "train", "frozen"]), default="auto", show_default=True,
+              help="BatchNorm layers left in the model: auto = train mode (statistics re-estimated) unless the "
+                   "graph runs one sample at a time.")
+@click.option("--amp/--no-amp", default=True, show_default=True, help="Mixed precision on CUDA (ignored on CPU).")
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
+              help="DataLoader worker processes decoding images.")
+@click.option("--select", type=click.Choice(["auto", "loss", "kl", "accuracy", "last"]), default="auto",
+              show_default=True,
+              help="Validation metric that picks the written epoch: auto = accuracy when the validation images "
+                   "carry labels, else the validation loss; last = the last epoch, whatever validation says.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random views.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the data order, views and split.")
+@click.option("--checkpoint-dir", type=click.Path(file_okay=False),
+              help="Where last.pt / best.pt are written every epoch [default: OUT.checkpoints/].")
+@click.option("--resume", is_flag=True, help="Continue from CHECKPOINT_DIR/last.pt (same models, data, options).")
 @click.option("--plan-out", type=click.Path(dir_okay=False),
               help="Where to write the plan whose masks were kept [default: OUT.plan.json].")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False),
-              help="Where to write losses and KL [default: OUT.finetune.json].")
+              help="Where to write the per-epoch metrics [default: OUT.finetune.json; the curve: OUT.finetune.png].")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
-def command(input_path: str, output_path: str, teacher_path: str, images_dir: str, val_dir: str | None,
-            preprocessing: "PreprocessOptions", plan_path: str | None, method: str, tile: int, steps: int, batch: int, optimizer: str,
-            lr: float | None, temperature: float,
-            label_weight: float, device: str, seed: int, plan_out: str | None, report_path: str | None,
+def command(input_path: str, output_path: str, teacher_path: str, images_source: str, val_source: str | None,
+            val_fraction: float, preprocessing: "PreprocessOptions", plan_path: str | None, realign: str | None, tile: int,
+            epochs: int, batch: int, accumulate: int, optimizer: str, lr: float | None, weight_decay: float,
+            schedule: str, step_epochs: int, step_gamma: float, temperature: float, label_weight: float,
+            min_scale: float, batchnorm: str, amp: bool, workers: int, select: str, device: str, seed: int,
+            checkpoint_dir: str | None, resume: bool, plan_out: str | None, report_path: str | None,
             as_json: bool, quiet: bool) -> None:
-    """Fine-tune PRUNED.onnx by distillation from --teacher, keeping pruned weights at zero; write OUT.onnx.
+    """Fine-tune PRUNED.onnx by distillation from --teacher, keeping its masks; write the best epoch to OUT.onnx.
 
-    PRUNED.onnx is a dense pruned model ('prune --format dense'). It is converted to PyTorch (onnx2torch,
-    checked against ONNX Runtime), trained on random crops and flips of --images (preprocessed by the
-    preprocessing 'eval' would use: --preprocess, --mean/--std/..., the teacher's metadata_props) to match the
-    teacher's
-    outputs (KL at temperature T; plus cross-entropy when the file names carry labels), with the DW masks
-    fixed: pruned weights stay exactly zero, removed channels stay removed. The trained values are written
-    back into PRUNED.onnx's own graph (node names unchanged) and the plan is re-applied, so OUT.onnx passes
-    the structural checks and rewrites to the plugin op (last line of the example). Writes OUT.plan.json and
-    OUT.finetune.json (loss per step, KL to the teacher before/after). Needs PyTorch:
-    pip install 'deprune-onnx[finetune]'. Recipe for your own training code: docs/finetune.md.
+    PRUNED.onnx is a dense pruned model ('prune --format dense'). Its masks come from --plan, else from
+    PRUNED.plan.json beside it, else from its zero pattern as it is; they never change unless --realign asks.
+    Student and teacher are converted to PyTorch (onnx2torch, checked against ONNX Runtime) and the student
+    is trained for --epochs on random resized crops and flips of --images (streamed by DataLoader workers,
+    preprocessed as 'eval' would: --preprocess, --mean/--std/..., the teacher's metadata_props) to match the teacher (KL at temperature T, plus
+    cross-entropy when the images carry labels). Every epoch is validated and checkpointed; OUT.onnx holds the
+    best epoch's weights, written back into PRUNED.onnx's own graph and checked against it (same nodes and
+    shapes, pruned weights +0.0), so it rewrites to the plugin op (last line of the example). Writes
+    OUT.plan.json, OUT.finetune.json (metrics per epoch, the chosen epoch) and OUT.finetune.png. Several
+    GPUs: torchrun --nproc_per_node N -m deprune_onnx.finetune PRUNED.onnx OUT.onnx ... (same options).
+    Needs PyTorch: pip install 'deprune-onnx[finetune]'. Recipe for your own training code: docs/finetune.md.
 
     \b
     Example:
       deprune-onnx prune mobilenet_v2.onnx pruned.onnx --format dense --dw-ratio 0.5
-      deprune-onnx finetune pruned.onnx tuned.onnx --teacher mobilenet_v2.onnx \\
-          --images train_images/ --plan pruned.plan.json --steps 500 --device cuda
+      deprune-onnx finetune pruned.onnx tuned.onnx --teacher mobilenet_v2.onnx \
+          --images train/ --val-images val/ --epochs 65 --batch 256 --device cuda
       deprune-onnx prune tuned.onnx fast.onnx --keep-zeros --format plugin
     """
     from deprune_onnx.finetune import require_torch
 
     require_torch()
-    import torch
+    from pathlib import Path
 
-    from deprune_onnx.errors import DepruneError
-    from deprune_onnx.finetune.distill import DistillOptions
-    from deprune_onnx.evaluation.images import TrainingImages, find_images, load_image_set, preprocessing_for
+    from deprune_onnx.evaluation.images import preprocessing_for
+    from deprune_onnx.finetune import distributed
+    from deprune_onnx.finetune.curves import curve_png
+    from deprune_onnx.finetune.data import hold_out, list_images
     from deprune_onnx.finetune.run import finetune_model, input_shape
+    from deprune_onnx.errors import DepruneError
+    from deprune_onnx.finetune.train import TrainOptions, loader_batch
     from deprune_onnx.onnx_io.load_save import (check_output_path, load_model, save_model, sidecar_path,
-                                                write_json_atomic)
+                                                write_bytes_atomic, write_json_atomic)
     from deprune_onnx.plan import load_plan
-    from deprune_onnx.progress import configure_progress, count_progress
+    from deprune_onnx.progress import configure_progress
 
     output = check_output_path(output_path, input_path, teacher_path)
     plan_file = check_output_path(plan_out or sidecar_path(output, ".plan.json"), input_path)
     report_file = check_output_path(report_path or sidecar_path(output, ".finetune.json"), input_path)
-    if device == "cuda" and not torch.cuda.is_available():
-        raise DepruneError("--device cuda: PyTorch sees no CUDA device (use --device cpu)")
-    plan = load_plan(plan_path) if plan_path else None
+    curve_file = report_file.with_suffix(".png")
+    checkpoints = Path(checkpoint_dir) if checkpoint_dir else sidecar_path(output, ".checkpoints")
+    sidecar = sidecar_path(Path(input_path), ".plan.json")
+    if plan_path:
+        plan, plan_source = load_plan(plan_path), f"--plan {plan_path}"
+    elif realign is None and sidecar.is_file():
+        plan, plan_source = load_plan(sidecar), f"{sidecar}, beside the pruned model"
+    else:
+        plan, plan_source = None, None
+    options = TrainOptions(epochs=epochs, batch=batch, accumulate=accumulate, optimizer=optimizer, lr=lr,
+                           weight_decay=weight_decay, schedule=schedule, step_epochs=step_epochs,
+                           step_gamma=step_gamma, temperature=temperature, label_weight=label_weight,
+                           batchnorm=batchnorm, amp=amp, workers=workers, min_scale=min_scale, select=select,
+                           seed=seed, device=device)
     student, teacher = load_model(input_path), load_model(teacher_path)
     preset = preprocessing_for(preprocessing, input_shape(student), (teacher, str(teacher_path)),
                                (student, str(input_path)))
-    images = TrainingImages.load(find_images(images_dir), preset)
-    eval_sets = {"train_centre": images.centre_views(), "train_corner_flips": images.corner_flip_views()}
-    if val_dir:
-        eval_sets["val_centre"] = load_image_set(find_images(val_dir, "--val-images"), preset).inputs
-    options = DistillOptions(steps=steps, batch=batch, optimizer=optimizer, lr=lr, temperature=temperature,
-                             label_weight=label_weight, seed=seed, device=device)
-
-    configure_progress(False if quiet or as_json else None)
-    with count_progress(steps, "distilling", unit="step") as advance:
-        result = finetune_model(student, teacher, images, options, plan, method, tile, eval_sets,
-                                on_step=lambda step, loss: advance(1))
-    save_model(result.model, output)
-    write_json_atomic(plan_file, result.plan.to_dict())
-    report = result.to_dict()
-    write_json_atomic(report_file, report)
-    if as_json:
-        click.echo(json.dumps(report, indent=2, sort_keys=True))
-    elif not quiet:
-        for name in result.kl_before:
-            click.echo(f"KL to teacher on {name}: {result.kl_before[name]:.4f} -> {result.kl_after[name]:.4f}")
-        click.echo(f"labels: {'used' if result.labels_used else 'not used'}; "
-                   f"{len(result.masked_parameters)} masked DW weights; {len(result.frozen)} frozen parameters")
-        click.echo(f"wrote {output}, {plan_file}, {report_file}")
+    train = list_images(images_source)
+    val = list_images(val_source, "--val-images") if val_source else None
+    if val is None:
+        train, val = hold_out(train, val_fraction, seed)
+    processes = distributed.start(device)
+    try:
+        loader_batch(options, processes.world)  # option errors before any message
+        if resume and not (checkpoints / "last.pt").is_file():
+            raise DepruneError(f"--resume: no checkpoint '{checkpoints / 'last.pt'}'")
+        talk = processes.main and not (quiet or as_json)
+        configure_progress(None if talk else False)
+        result = finetune_model(student, teacher, train, val, preset, options, processes, plan, plan_source,
+                                realign, tile, checkpoints, resume, log=click.echo if talk else (lambda _: None))
+        if processes.main:
+            report = result.to_dict()
+            report["data"].update(train_source=images_source, val_source=val_source or
+                                  f"held out from --images (fraction {val_fraction}, seed {seed})")
+            save_model(result.model, output)
+            write_json_atomic(plan_file, result.plan.to_dict())
+            write_json_atomic(report_file, report)
+            write_bytes_atomic(curve_file, curve_png(result.training.history, result.training.best_epoch,
+                                                     result.training.selected_by))
+            if as_json:
+                click.echo(json.dumps(report, indent=2, sort_keys=True))
+            elif talk:
+                best = result.training.history[result.training.best_epoch]
+                summary = ", ".join(f"{key} {best[key]:.4f}" for key in ("val_loss", "val_kl", "val_accuracy")
+                                    if key in best)
+                click.echo(f"best epoch {result.training.best_epoch} by {result.training.selected_by}: {summary}")
+                click.echo(f"labels: {'used' if result.labels_used else 'not used'}; "
+                           f"{len(result.masked_parameters)} masked DW weights; {len(result.frozen)} frozen "
+                           "parameters; masks and removed channels unchanged (checked)")
+                click.echo(f"wrote {output}, {plan_file}, {report_file}, {curve_file}")
+        processes.barrier()
+    finally:
+        distributed.finish(processes)

@@ -14,7 +14,7 @@ from PIL import Image
 from support.cli_testing import run_cli
 from support.samples import imagenet_samples, sample_model
 from deprune_onnx.errors import DepruneError
-from deprune_onnx.evaluation.images import (PRESETS, PreprocessOptions, TrainingImages, find_images, fit_preset, image_labels,
+from deprune_onnx.evaluation.images import (PRESETS, PreprocessOptions, find_images, image_labels,
                                             label_from_name, preprocess)
 from deprune_onnx.evaluation.metrics import agreement_metrics, label_metrics, log_probabilities
 from deprune_onnx.evaluation.runner import ModelRunner
@@ -119,20 +119,6 @@ def test_custom_op_models_need_the_lowering(tmp_path: Path, monkeypatch: pytest.
     result = run_cli("eval", path, "--images", imagenet_samples())
     assert result.exit_code == 2
     assert "deprune_onnx.op.lower is missing" in result.output
-
-
-def test_training_views_are_the_views_preprocess_makes() -> None:
-    """finetune's cached views (one decode and resize per image) equal eval's per-view pipeline, here fitted to a
-    160x160 input: centre = view 0, flipped corners = views 6-9."""
-    paths = find_images(imagenet_samples())[:2]
-    preset = fit_preset(PRESETS["pplcnet"], (1, 3, 160, 160))
-    training = TrainingImages.load(paths, preset)
-    views = np.stack([preprocess(p, preset, 10) for p in paths])
-    assert training.centre_views().shape == (2, 3, 160, 160)
-    np.testing.assert_array_equal(training.centre_views(), views[:, 0])
-    np.testing.assert_array_equal(training.corner_flip_views(), views[:, 6:10].reshape(8, 3, 160, 160))
-    batch, labels = training.random_views(np.random.default_rng(0), 5)
-    assert batch.shape == (5, 3, 160, 160) and set(labels) <= {label_from_name(p) for p in paths}
 
 
 def test_compare_images_use_the_guessed_preset_and_mean_std_override() -> None:

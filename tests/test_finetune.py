@@ -1,13 +1,14 @@
-"""``deprune-onnx finetune``: conversion, write-back, distillation with fixed masks (CPU mechanism tests).
+"""``deprune-onnx finetune``: masks kept as they are, streamed data, epochs, validation-driven selection,
+checkpoints and resume, BatchNorm statistics, write-back (CPU tests on tiny generated models and the sample
+images; the 2-process DDP check is tests/test_finetune_ddp.py).
 
-These need PyTorch and onnx2torch (the ``finetune`` extra, which CI installs). They are a mechanism check, not
-an ImageNet claim: a few dozen distillation steps on 7 of the 10 sample images must lower the KL to the teacher
-on those images and on the 3 held-out images, keep the pruned weights exactly zero, and give a model that
-passes the mask checks and runs in ONNX Runtime.
+Every test that trains checks the result against the pruned input independently of the code under test: the
+zero pattern of every DW weight is read back from the written ONNX file with numpy and compared to the input's.
 """
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,26 +17,29 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from support.cli_testing import run_cli
+from support.cli_testing import assert_one_line_error, run_cli
 from support.builders import dsconv_model
+from support.finetune_data import CLASSES, image_tree, tiny_classifier
+from support.op_testing import run_ort
 from support.samples import imagenet_samples, sample_model
 from deprune_onnx.analysis import analyze
-from deprune_onnx.dw.planner import DWOptions
-from deprune_onnx.evaluation.images import PRESETS, TrainingImages, find_images, fit_preset
-from deprune_onnx.finetune.convert import batchable, to_torch, write_back
-from deprune_onnx.finetune.distill import DistillOptions
-from deprune_onnx.finetune.run import finetune_model, input_shape
 from deprune_onnx.dw.keep_zeros import plan_keep_zeros
 from deprune_onnx.dw.masks import dcp_mask
-from deprune_onnx.pipeline import PruneOptions, prune_model
-from support.op_testing import run_ort
+from deprune_onnx.evaluation.images import PRESETS, fit_preset, preprocess, training_view
+from deprune_onnx.finetune.convert import batchable, to_torch, write_back
+from deprune_onnx.finetune.data import ImageList, PresetImages, hold_out, list_images
+from deprune_onnx.finetune.distributed import Processes
+from deprune_onnx.finetune.run import finetune_model, input_shape
+from deprune_onnx.finetune.structure import resolve_masks
+from deprune_onnx.finetune.train import TrainOptions, lr_factor
 
 pytestmark = pytest.mark.torch
-
 IMAGES = imagenet_samples()
 # Two OpenMP threads beside ONNX Runtime's pool on a 2-core machine make small convs 10x slower (measured on
 # the MobileNetV3-Small classifier: 0.14 s vs 1.7 s per batch of 32); one thread keeps these tests fast.
 torch.set_num_threads(1)
+ONE_PROCESS = Processes(0, 1, torch.device("cpu"))
+FAST = ["--workers", "0", "--batch", "4", "--optimizer", "adam", "--lr", "1e-3", "-q"]
 
 
 def ort_run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
@@ -43,90 +47,244 @@ def ort_run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     return run_ort(model, {model.graph.input[0].name: x})[0]
 
 
-def imagenet_views(paths: list[Path], height: int, width: int) -> TrainingImages:
-    """The training views ``finetune`` makes for an ImageNet model of input H x W."""
-    return TrainingImages.load(paths, fit_preset(PRESETS["imagenet"], (1, 3, height, width)))
-
-
 def initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
 
 
+def dw_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Depthwise conv node name -> weight, read straight from the graph (not through the plan code)."""
+    values = initializers(model)
+    found = {}
+    for node in model.graph.node:
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        if node.op_type == "Conv" and group > 1 and node.input[1] in values:
+            found[node.name] = values[node.input[1]]
+    return found
+
+
+def assert_same_masks_and_structure(pruned: onnx.ModelProto, tuned: onnx.ModelProto) -> None:
+    """Independent check: same nodes and initializer shapes; every DW zero of ``pruned`` is +0.0 in ``tuned``
+    and every non-zero DW weight is still non-zero (the zero pattern is exactly the input's)."""
+    assert [(n.name, n.op_type, list(n.input)) for n in pruned.graph.node] == \
+        [(n.name, n.op_type, list(n.input)) for n in tuned.graph.node]
+    assert {k: v.shape for k, v in initializers(pruned).items()} == \
+        {k: v.shape for k, v in initializers(tuned).items()}
+    before, after = dw_weights(pruned), dw_weights(tuned)
+    assert before.keys() == after.keys() and before
+    for name, weight in before.items():
+        assert np.array_equal(weight == 0, after[name] == 0), name
+        assert not np.any(np.signbit(after[name][weight == 0])), name
+
+
 @pytest.fixture(scope="module")
-def distilled() -> dict[str, object]:
-    """MobileNetV2 pruned (bh, DW PR 0.3), distilled 24 steps of 4 views from 7 images; 3 images held out."""
-    teacher = onnx.load(str(sample_model("mobilenet_v2")))
-    pruned = prune_model(onnx.load(str(sample_model("mobilenet_v2"))),
-                         PruneOptions(dw=DWOptions(method="bh", dw_ratio=0.3), output_format="dense"))
-    student = onnx.ModelProto()
-    student.CopyFrom(pruned.model)
-    paths = find_images(IMAGES)
-    train, held_out = imagenet_views(paths[:7], 224, 224), imagenet_views(paths[7:], 224, 224)
-    eval_sets = {"train": train.centre_views(), "held_out": held_out.centre_views(),
-                 "held_out_flipped_corners": held_out.corner_flip_views()[::2]}
-    result = finetune_model(student, teacher, train, DistillOptions(steps=24, batch=4), pruned.plan,
-                            eval_sets=eval_sets)
-    return {"pruned": pruned.model, "plan": pruned.plan, "result": result, "teacher": teacher}
-
-
-def test_distillation_lowers_kl_on_training_and_held_out_images(distilled: dict) -> None:
-    result = distilled["result"]
-    assert result.labels_used  # imagenet_00_243.jpg: the names carry ImageNet class indices
-    for name in ("train", "held_out", "held_out_flipped_corners"):
-        assert result.kl_after[name] < 0.8 * result.kl_before[name], (name, result.kl_before, result.kl_after)
-    assert np.mean(result.losses[-6:]) < np.mean(result.losses[:6])
-
-
-def test_pruned_weights_stay_exactly_zero_and_kept_weights_train(distilled: dict) -> None:
-    tuned, plan = distilled["result"].model, distilled["plan"]
-    before, after = initializers(distilled["pruned"]), initializers(tuned)
-    assert {k: v.shape for k, v in before.items()} == {k: v.shape for k, v in after.items()}  # shapes fixed
-    weight_of = {n.name: n.input[1] for n in tuned.graph.node if n.op_type == "Conv"}
-    changed = []
-    assert len(distilled["result"].masked_parameters) == sum(1 for p in plan.dw_layers if not p.keep_mask().all())
-    for layer in plan.dw_layers:
-        keep = layer.keep_mask()
-        weight = after[weight_of[layer.name]]
-        assert np.all(weight[~keep] == 0) and not np.any(np.signbit(weight[~keep])), layer.name
-        changed.append(np.mean(weight[keep] != before[weight_of[layer.name]][keep]))
-    # kept weights did train (channels whose ReLU6 is saturated on every training view get no gradient)
-    assert min(changed) > 0 and np.mean(changed) > 0.5, changed
-    assert not distilled["result"].frozen
-
-
-def test_finetuned_model_passes_the_mask_checks_and_runs_in_onnxruntime(distilled: dict) -> None:
-    tuned, plan = distilled["result"].model, distilled["plan"]
-    onnx.checker.check_model(tuned, full_check=True)
-    assert [n.name for n in tuned.graph.node] == [n.name for n in distilled["pruned"].graph.node]
-    again = plan_keep_zeros(tuned, analyze(tuned), "bh", 32)
-    assert again.violations == {}
-    for original, found in zip(plan.dw_layers, again.dw_layers):
-        assert np.array_equal(original.keep_mask(), found.keep_mask()), original.name
-    x = sample_batch()
-    logits = ort_run(tuned, x)
-    assert logits.shape == (len(x), 1000) and np.all(np.isfinite(logits))
-
-
-def sample_batch() -> np.ndarray:
-    """One ImageNet view: the shared MobileNetV2 has a static batch of 1."""
-    return imagenet_views(find_images(IMAGES)[:1], 224, 224).centre_views().astype(np.float32)
-
-
-def test_finetuned_model_rewrites_to_plugin_and_lowers_back_exactly(distilled: dict, tmp_path: Path) -> None:
-    """fine-tuned dense -> prune --keep-zeros --format plugin -> lower == the fine-tuned dense model."""
-    from deprune_onnx.op.lower import lower
-
-    tuned_path, plugin_path = tmp_path / "tuned.onnx", tmp_path / "plugin.onnx"
-    onnx.save(distilled["result"].model, str(tuned_path))
-    result = run_cli("prune", tuned_path, plugin_path, "--keep-zeros", "--method", "bh", "--format", "plugin",
-                     "-q")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny classifier, its bh-unaligned prune (method b, DW PR 0.5, with its sidecar plan), an image tree."""
+    root = tmp_path_factory.mktemp("tiny")
+    teacher = root / "teacher.onnx"
+    onnx.save(tiny_classifier(), str(teacher))
+    pruned = root / "pruned.onnx"
+    result = run_cli("prune", teacher, pruned, "--method", "b", "--dw-ratio", "0.5", "--format", "dense", "-q")
     assert result.exit_code == 0, result.output
-    plugin = onnx.load(str(plugin_path))
-    assert sum(n.op_type == "DRSparseDepthwiseConv" for n in plugin.graph.node) == 17
-    lowered = lower(plugin)
-    x = sample_batch()
-    expected = ort_run(distilled["result"].model, x)
-    np.testing.assert_allclose(ort_run(lowered, x), expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    return {"teacher": teacher, "pruned": pruned, "plan": root / "pruned.plan.json",
+            "tree": image_tree(root / "tree", per_class=3)}
+
+
+def finetune_cli(tiny: dict[str, Path], out: Path, *extra: object, pruned: Path | None = None) -> dict:
+    result = run_cli("finetune", pruned or tiny["pruned"], out, "--teacher", tiny["teacher"], "--images",
+                     tiny["tree"], *FAST, *extra)
+    assert result.exit_code == 0, result.output
+    return json.loads(out.with_name(out.stem + ".finetune.json").read_text())
+
+
+def test_masks_come_from_the_sidecar_plan_and_never_change(tiny: dict[str, Path], tmp_path: Path) -> None:
+    """The issue's case: pruned with --method b, fine-tuned without --plan: the plan beside the model is used,
+    the masks stay the b masks (a bh re-alignment would change them), the structure check passes, and the
+    written plan has the input plan's masks."""
+    out = tmp_path / "tuned.onnx"
+    report = finetune_cli(tiny, out, "--epochs", "2")
+    assert report["masks"]["source"].startswith(str(tiny["plan"])) and report["masks"]["changed_layers"] == {}
+    pruned, tuned = onnx.load(str(tiny["pruned"])), onnx.load(str(out))
+    assert_same_masks_and_structure(pruned, tuned)
+    assert any(not np.array_equal(a, b) for a, b in zip(dw_weights(pruned).values(), dw_weights(tuned).values()))
+    plan_in, plan_out = (json.loads(p.read_text()) for p in (tiny["plan"], tmp_path / "tuned.plan.json"))
+    assert [l["mask"] for l in plan_in["dw_layers"]] == [l["mask"] for l in plan_out["dw_layers"]]
+    # what the old default (align to bh) would have done to these b masks: it changes them
+    assert resolve_masks(pruned, None, None, "bh").changed
+
+
+def test_without_plan_the_zero_pattern_is_kept_as_it_is(tiny: dict[str, Path], tmp_path: Path) -> None:
+    alone = tmp_path / "alone.onnx"
+    shutil.copyfile(tiny["pruned"], alone)  # no sidecar plan beside it
+    out = tmp_path / "tuned.onnx"
+    report = finetune_cli(tiny, out, "--epochs", "1", pruned=alone)
+    assert report["masks"] == {"source": "zero pattern", "changed_layers": {}}
+    assert_same_masks_and_structure(onnx.load(str(alone)), onnx.load(str(out)))
+
+
+def test_realign_changes_masks_only_when_asked_and_reports_each_layer(tiny: dict[str, Path],
+                                                                      tmp_path: Path) -> None:
+    out = tmp_path / "tuned.onnx"
+    result = run_cli("finetune", tiny["pruned"], out, "--teacher", tiny["teacher"], "--images", tiny["tree"],
+                     "--realign", "bh", "--epochs", "1", *FAST[:-1])
+    assert result.exit_code == 0, result.output
+    pruned = onnx.load(str(tiny["pruned"]))
+    expected = plan_keep_zeros(pruned, analyze(pruned), "bh", 32)
+    changed = json.loads((tmp_path / "tuned.finetune.json").read_text())["masks"]["changed_layers"]
+    assert changed  # the b masks are not tile-aligned
+    for layer in expected.dw_layers:
+        before = dw_weights(pruned)[layer.name] != 0
+        after = dw_weights(onnx.load(str(out)))[layer.name] != 0
+        assert np.array_equal(after, layer.keep_mask() & after) and not np.any(after & ~layer.keep_mask())
+        if layer.name in changed:
+            assert changed[layer.name]["newly_pruned"] == int(np.sum(before & ~layer.keep_mask()))
+            assert changed[layer.name]["restored_zero_taps"] == int(np.sum(~before & layer.keep_mask()))
+            assert f"{layer.name}: {changed[layer.name]['newly_pruned']} weight(s) newly pruned" in result.output
+        else:
+            assert np.array_equal(before, layer.keep_mask())
+
+
+def test_a_plan_that_does_not_fit_the_model_is_refused(tiny: dict[str, Path], tmp_path: Path) -> None:
+    other = tmp_path / "other.onnx"
+    assert run_cli("prune", tiny["teacher"], other, "--method", "b", "--dw-ratio", "0.7", "--format", "dense",
+                   "-q").exit_code == 0
+    result = run_cli("finetune", tiny["pruned"], tmp_path / "o.onnx", "--teacher", tiny["teacher"], "--images",
+                     tiny["tree"], "--plan", tmp_path / "other.plan.json", *FAST)
+    assert_one_line_error(result, "the plan prunes")
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_written_model_is_the_best_epoch_and_resume_equals_a_straight_run(tiny: dict[str, Path],
+                                                                         tmp_path: Path) -> None:
+    """Epochs 1-2, then --resume to 3, equals 3 epochs straight (weights and history); the written model's own
+    validation KL (ONNX Runtime, recomputed here) is the chosen epoch's; metrics JSON and PNG are written."""
+    straight = finetune_cli(tiny, tmp_path / "straight.onnx", "--epochs", "3", "--select", "kl")
+    first = finetune_cli(tiny, tmp_path / "resumed.onnx", "--epochs", "2", "--select", "kl")
+    assert (tmp_path / "resumed.checkpoints" / "last.pt").is_file()
+    resumed = finetune_cli(tiny, tmp_path / "resumed.onnx", "--epochs", "3", "--select", "kl", "--resume")
+    assert resumed["training"]["resumed_from"] == 3 and len(resumed["history"]) == 4
+    for a, b in zip(straight["history"], resumed["history"]):
+        assert a["epoch"] == b["epoch"]
+        assert a["val_kl"] == pytest.approx(b["val_kl"], rel=1e-5, abs=1e-7)
+    assert first["history"] == resumed["history"][:3] or all(
+        a["val_kl"] == pytest.approx(b["val_kl"], rel=1e-6) for a, b in zip(first["history"], resumed["history"]))
+    assert straight["best_epoch"] == resumed["best_epoch"]
+    a, b = initializers(onnx.load(str(tmp_path / "straight.onnx"))), initializers(
+        onnx.load(str(tmp_path / "resumed.onnx")))
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    # the chosen epoch, by the chosen metric, and the written model's own validation KL is that epoch's
+    best = min(straight["history"], key=lambda r: (r["val_kl"], r["val_loss"]))
+    assert straight["best_epoch"] == best["epoch"] and straight["selected_by"] == "val_kl"
+    train = list_images(str(tiny["tree"]))
+    _, val = hold_out(train, 0.1, 0)
+    preset = fit_preset(PRESETS["imagenet"], (1, 3, 16, 16))
+    x = np.stack([preprocess(p, preset)[0] for p in val.paths])
+    student = ort_run(onnx.load(str(tmp_path / "straight.onnx")), x)
+    teacher = ort_run(onnx.load(str(tiny["teacher"])), x)
+    log_s = student - np.log(np.exp(student).sum(1, keepdims=True))
+    log_t = teacher - np.log(np.exp(teacher).sum(1, keepdims=True))
+    kl = float(np.mean(np.sum(np.exp(log_t) * (log_t - log_s), axis=1)))
+    assert kl == pytest.approx(best["val_kl"], rel=1e-3, abs=1e-6)
+    assert (tmp_path / "straight.finetune.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_when_training_only_hurts_the_pruned_model_itself_is_written(tiny: dict[str, Path],
+                                                                     tmp_path: Path) -> None:
+    """SGD at lr 50 wrecks the student: epoch 0 (the untouched pruned model) is the best and is written."""
+    out = tmp_path / "tuned.onnx"
+    run = run_cli("finetune", tiny["pruned"], out, "--teacher", tiny["teacher"], "--images", tiny["tree"],
+                  "--workers", "0", "--batch", "4", "--optimizer", "sgd", "--lr", "50", "--epochs", "2",
+                  "--select", "loss", "--json")
+    assert run.exit_code == 0, run.output
+    report = json.loads(run.output)
+    assert report["best_epoch"] == 0
+    assert not any(r["val_loss"] <= report["history"][0]["val_loss"] for r in report["history"][1:])  # or NaN
+    pruned, tuned = initializers(onnx.load(str(tiny["pruned"]))), initializers(onnx.load(str(out)))
+    for name, value in pruned.items():
+        assert np.array_equal(value, tuned[name]), name
+
+
+def test_batchnorm_statistics_train_and_are_written_back(tmp_path: Path) -> None:
+    """A model that still has BatchNorm: train mode re-estimates its statistics (written back), pruned DW
+    weights stay exactly zero; --batchnorm frozen leaves the statistics as they were."""
+    teacher = tiny_classifier(batchnorm=True)
+    (tmp_path / "t.onnx").write_bytes(teacher.SerializeToString())
+    assert run_cli("prune", tmp_path / "t.onnx", tmp_path / "p.onnx", "--method", "bh", "--dw-ratio", "0.5",
+                   "--format", "dense", "-q").exit_code == 0
+    tree = image_tree(tmp_path / "tree", per_class=3)
+    stats = ("bn.mean", "bn.var")
+    for mode, changes in (("auto", True), ("frozen", False)):
+        out = tmp_path / f"{mode}.onnx"
+        result = run_cli("finetune", tmp_path / "p.onnx", out, "--teacher", tmp_path / "t.onnx", "--images", tree,
+                         "--epochs", "1", "--batchnorm", mode, "--select", "kl", *FAST)
+        assert result.exit_code == 0, result.output
+        report = json.loads((tmp_path / f"{mode}.finetune.json").read_text())
+        assert report["training"]["batchnorm_train"] is changes
+        pruned, tuned = onnx.load(str(tmp_path / "p.onnx")), onnx.load(str(out))
+        assert_same_masks_and_structure(pruned, tuned)
+        if report["best_epoch"] == 1:
+            for name in stats:
+                same = np.array_equal(initializers(pruned)[name], initializers(tuned)[name])
+                assert same is not changes, (mode, name)
+
+
+def test_image_sources_imagefolder_flat_and_list_file(tmp_path: Path) -> None:
+    tree = image_tree(tmp_path / "tree", per_class=2)
+    folder = list_images(str(tree))
+    assert folder.classes == [f"c{i}" for i in range(CLASSES)]
+    assert folder.labels == [i // 2 for i in range(2 * CLASSES)]
+    assert all(path.parent.name == f"c{label}" for path, label in zip(folder.paths, folder.labels))
+    flat = list_images(str(IMAGES))
+    assert [p.name for p in flat.paths][:2] == ["imagenet_00_243.jpg", "imagenet_01_559.jpg"] and \
+        flat.labels[:2] == [243, 559]
+    listing = tmp_path / "train.txt"
+    listing.write_text("# path label\ntree/c1/0.png 1\ntree/c3/1.png 3  # comment\n\n" + f"{folder.paths[0]}\n")
+    listed = list_images(str(listing))
+    assert listed.paths == [tree / "c1" / "0.png", tree / "c3" / "1.png", folder.paths[0]]
+    assert listed.labels == [1, 3, None] and not listed.labelled(CLASSES)
+    listing.write_text("tree/c1/0.png one\n")
+    with pytest.raises(Exception, match=r"train.txt':1: expected 'path \[label\]'"):
+        list_images(str(listing))
+    train, val = hold_out(folder, 0.25, seed=3)
+    assert len(val.paths) == 2 and not set(train.paths) & set(val.paths)
+    assert sorted(train.paths + val.paths) == sorted(folder.paths)
+
+
+def test_training_views_are_random_resized_crops_seeded_by_sample_and_epoch(tmp_path: Path) -> None:
+    tree = image_tree(tmp_path / "tree", per_class=1)
+    preset = fit_preset(PRESETS["imagenet"], (1, 3, 16, 16))
+    data = PresetImages(list_images(str(tree)), preset, augment=True, seed=5)
+    first = [data[i][0] for i in range(len(data))]
+    again = [data[i][0] for i in range(len(data))]
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    data.epoch = 1
+    assert not all(torch.equal(a, data[i][0]) for i, a in enumerate(first))
+    assert first[0].shape == (3, 16, 16) and data[0][1] == 0
+    path = data.images.paths[0]
+    box = lambda image: (2, 3, 14, 17)  # noqa: E731
+    plain, mirrored = training_view(path, preset, box), training_view(path, preset, box, flipped=True)
+    np.testing.assert_array_equal(mirrored, plain[:, :, ::-1])
+    whole = training_view(path, preset)  # no window, no flip: the image resized to H x W and normalised
+    assert whole.shape == (3, 16, 16) and whole.dtype == np.float32
+    validation = PresetImages(data.images, preset, augment=False)
+    np.testing.assert_array_equal(validation[0][0].numpy(), preprocess(path, preset)[0])
+
+
+def test_schedules() -> None:
+    paper = TrainOptions(schedule="step", epochs=65, step_epochs=30)
+    assert [lr_factor(paper, epoch * 10, 10) for epoch in (0, 29, 30, 59, 60)] == \
+        pytest.approx([1, 1, 0.1, 0.1, 0.01])
+    cosine = TrainOptions(schedule="cosine", epochs=2)
+    assert [lr_factor(cosine, step, 10) for step in (0, 10, 20)] == pytest.approx([1, 0.5, 0])
+
+
+def test_bad_options_are_one_line_errors(tiny: dict[str, Path], tmp_path: Path) -> None:
+    base = ["finetune", tiny["pruned"], tmp_path / "o.onnx", "--teacher", tiny["teacher"], "--images", tiny["tree"]]
+    assert_one_line_error(run_cli(*base, "--batch", "5", "--accumulate", "2", "--workers", "0"),
+                          "--batch 5: must be a multiple")
+    assert_one_line_error(run_cli(*base, "--resume", "--workers", "0"), "--resume: no checkpoint")
+    assert_one_line_error(run_cli(*base, "--plan", tiny["plan"], "--realign", "bh"), "--realign")
+    assert not (tmp_path / "o.onnx").exists()
 
 
 @pytest.mark.parametrize("key", ["mobilenet_v2", "mobilenet_v3_small", "pplcnet"])
@@ -153,29 +311,6 @@ def test_batchable_copy_computes_the_same_per_sample() -> None:
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1  # input model untouched
 
 
-def test_finetune_cli_on_a_softmax_model_without_plan(tmp_path: Path) -> None:
-    """MobileNetV3-Small text classifier: Softmax output, 2 classes (the image names' labels are unusable),
-    masks from the zero pattern (no --plan); writes model, plan and report; pruned weights stay zero."""
-    source = sample_model("mobilenet_v3_small")
-    pruned = tmp_path / "pruned.onnx"
-    assert run_cli("prune", source, pruned, "--method", "b", "--dw-ratio", "0.6", "--format", "dense",
-                   "-q").exit_code == 0
-    out = tmp_path / "tuned.onnx"
-    result = run_cli("finetune", pruned, out, "--teacher", source, "--images", IMAGES, "--steps", "3",
-                     "--batch", "4", "--method", "b", "--json")
-    assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
-    assert report["output_kind"] == "probabilities" and report["labels_used"] is False
-    assert len(report["losses"]) == 3 and all(np.isfinite(report["losses"]))
-    assert (tmp_path / "tuned.plan.json").is_file() and (tmp_path / "tuned.finetune.json").is_file()
-    tuned, start = onnx.load(str(out)), onnx.load(str(pruned))
-    before = plan_keep_zeros(start, analyze(start), "b", 32)
-    after = plan_keep_zeros(tuned, analyze(tuned), "b", 32)
-    assert after.violations == {}
-    for old, new in zip(before.dw_layers, after.dw_layers):
-        assert np.array_equal(old.keep_mask(), new.keep_mask()), old.name
-
-
 def test_finetune_without_torch_says_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import importlib.util
 
@@ -196,7 +331,7 @@ def test_finetune_rejects_a_teacher_that_does_not_match(tmp_path: Path, student:
                                                         message: str) -> None:
     """One line naming --teacher, exit 2, no output file."""
     result = run_cli("finetune", sample_model(student), tmp_path / "o.onnx", "--teacher", sample_model(teacher),
-                     "--images", IMAGES, "--steps", "1")
+                     "--images", IMAGES, "--epochs", "1")
     assert result.exit_code == 2
     assert message in result.output
     assert not (tmp_path / "o.onnx").exists()
@@ -225,10 +360,15 @@ def test_fixed_batch_graph_trains_one_sample_at_a_time() -> None:
     w = numpy_helper.to_array(weight)
     weight.CopyFrom(numpy_helper.from_array(w * dcp_mask(w, 0.6), "w_dw"))
     assert to_torch(student, "student", (1, 3, 16, 16)).micro_batch == 1
-    images = imagenet_views(find_images(IMAGES), 16, 16)
-    result = finetune_model(student, teacher, images, DistillOptions(steps=4, batch=3, lr=1e-3), method="dcp")
+    images = list_images(str(IMAGES))
+    train, val = ImageList(images.paths[:6], images.labels[:6]), ImageList(images.paths[6:], images.labels[6:])
+    options = TrainOptions(epochs=2, batch=3, optimizer="adam", lr=1e-3, workers=0, select="kl")
+    result = finetune_model(student, teacher, train, val, fit_preset(PRESETS["imagenet"], (1, 3, 16, 16)),
+                            options, ONE_PROCESS)
     assert result.micro_batch == 1 and not result.labels_used  # 3 outputs: ImageNet labels unusable
-    assert len(result.losses) == 4 and np.all(np.isfinite(result.losses))
+    assert result.training.steps_per_epoch == 2 and not result.training.batchnorm_train
+    assert all(np.isfinite(r["train_loss"]) for r in result.training.history[1:])
     tuned = initializers(result.model)["w_dw"]
     assert np.array_equal(tuned == 0, dcp_mask(w, 0.6) == 0)
-    assert not np.array_equal(tuned, w * dcp_mask(w, 0.6))
+    if result.training.best_epoch > 0:
+        assert not np.array_equal(tuned, w * dcp_mask(w, 0.6))

@@ -43,11 +43,14 @@ CASES = [
     ("PIL", ["sweep", MODEL, "--images", "IMAGE", "--ratios", "0.3", "--methods", "b", "--no-plot", "-o", "OUT"]),
     ("PIL", ["prune", MODEL, "OUT/x.onnx", "--dw-ratio", "0.5", "--calib", "IMAGE"]),
     ("PIL", ["prune", MODEL, "OUT/x.onnx", "--dw-ratio", "0.5", "--allocate", "kl", "--calib", "IMAGE"]),
-    ("PIL", ["finetune", "PRUNED", "OUT/t.onnx", "--teacher", MODEL, "--images", "IMAGE", "--steps", "1"]),
+    ("PIL", ["finetune", "PRUNED", "OUT/t.onnx", "--teacher", MODEL, "--images", "IMAGE", "--val-images", "IMAGE",
+                  "--epochs", "1"]),
     ("matplotlib", ["report", "REPORT", "-o", "OUT/r.html"]),
     ("matplotlib", ["sweep", MODEL, "--images", "IMAGE", "--ratios", "0.3", "--methods", "b", "-o", "OUT"]),
-    ("torch", ["finetune", "PRUNED", "OUT/t.onnx", "--teacher", MODEL, "--images", "IMAGE", "--steps", "1"]),
-    ("onnx2torch", ["finetune", "PRUNED", "OUT/t.onnx", "--teacher", MODEL, "--images", "IMAGE", "--steps", "1"]),
+    ("torch", ["finetune", "PRUNED", "OUT/t.onnx", "--teacher", MODEL, "--images", "IMAGE", "--val-images", "IMAGE",
+                  "--epochs", "1"]),
+    ("onnx2torch", ["finetune", "PRUNED", "OUT/t.onnx", "--teacher", MODEL, "--images", "IMAGE", "--val-images", "IMAGE",
+                  "--epochs", "1"]),
     ("torch", ["bench", "PLUGIN"]),
 ]
 

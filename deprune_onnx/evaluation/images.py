@@ -43,9 +43,9 @@ standard view; views 1-4 move the crop window to the four corners, views 5-9 are
 A model whose input is not the preset's size gets the preset fitted to it (``fit_preset``): the same family,
 the model's H x W, and for ``short-crop`` the same 224/256 ratio (the image is resized to cover H x W / 0.875).
 
-Training (``TrainingImages``, used by ``finetune``): every image is decoded and brought to the preset's scale
-once, and each view is a numpy slice of it: the fixed views above (centre, flipped corners) and random windows
-in the slack with random horizontal flips. A slice equals the view ``preprocess`` makes at the same position.
+Training (``training_view``, used by ``finetune``'s streamed data set): a random window of the decoded image
+(the random-resized-crop of the paper's ImageNet recipe, chosen by the caller) brought to the preset's geometry,
+flipped if asked, and normalised exactly like the views above.
 
 Labels: the last number of the file name (``imagenet_00_243.jpg`` -> 243), or a labels file whose lines are
 ``file-name label`` (whitespace or comma separated; ``#`` comments).
@@ -56,7 +56,7 @@ import glob
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -519,45 +519,20 @@ def load_image_set(paths: Sequence[Path], preset: Preset, views: int = 1,
                     views, preset.name, preset)
 
 
-@dataclass
-class TrainingImages:
-    """Images decoded and brought to the preset's scale once (``pixels``); every view is a slice of them."""
+def training_view(path: Path, preset: Preset,
+                  window: "Callable[[Image.Image], tuple[int, int, int, int]] | None" = None,
+                  flipped: bool = False) -> np.ndarray:
+    """One training input [3, H, W] float32 of the image at ``path``: the box ``window(image)`` returns (left,
+    top, right, bottom in pixels; None: the whole image) resized to the preset's H x W (short-crop) or to its
+    line geometry (text-line: H high, aspect ratio kept, zero padding on the right), mirrored when ``flipped``,
+    then normalised like every view of ``preprocess``. A DepruneError naming the file when it cannot be read."""
+    from PIL import Image
 
-    paths: list[Path]
-    pixels: list[np.ndarray]     # float32 RGB [h, w, 3] at the preset's scale (``_resized``)
-    labels: list[int | None]
-    preset: Preset
-
-    @classmethod
-    def load(cls, paths: Sequence[Path], preset: Preset,
-             labels: Sequence[int | None] | None = None) -> "TrainingImages":
-        """Decode and resize every image; labels from the file names unless given."""
-        return cls(list(paths), [_resized(_decode(p), preset) for p in paths],
-                   list(labels) if labels is not None else [label_from_name(p) for p in paths], preset)
-
-    def _views(self, picks: Iterable[int], positions: Iterable[tuple[float, float]],
-               flips: Iterable[bool]) -> np.ndarray:
-        return np.stack([_place(self.pixels[i], self.preset, fx, fy, flip)
-                         for i, (fx, fy), flip in zip(picks, positions, flips)]).astype(np.float32)
-
-    def centre_views(self) -> np.ndarray:
-        """[N, 3, H, W]: the standard view of every image (view 0 of ``preprocess``)."""
-        count = len(self.pixels)
-        return self._views(range(count), [_POSITIONS[0]] * count, [False] * count)
-
-    def corner_flip_views(self) -> np.ndarray:
-        """[4N, 3, H, W]: the four corner windows, horizontally flipped, of every image (for short-crop presets
-        views 6-9 of ``preprocess``; never the centre view; random training draws come from the same distribution, but hit
-        these exact windows with probability zero)."""
-        corners = _POSITIONS[1:]
-        picks = [i for i in range(len(self.pixels)) for _ in corners]
-        return self._views(picks, corners * len(self.pixels), [True] * len(picks))
-
-    def random_views(self, rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """[count, 3, H, W] random windows and flips of random images, and their labels (-1 where unknown)."""
-        picks = rng.integers(0, len(self.pixels), count)
-        positions = rng.random((count, 2))
-        flips = rng.random(count) < 0.5
-        views = self._views((int(i) for i in picks), (tuple(p) for p in positions), (bool(f) for f in flips))
-        labels = np.array([-1 if self.labels[i] is None else self.labels[i] for i in picks], dtype=np.int64)
-        return views, labels
+    image = _decode(path)
+    if window is not None:
+        image = image.crop(window(image))
+    if preset.mode == "short-crop":
+        pixels = np.asarray(image.resize((preset.width, preset.height), Image.BILINEAR), dtype=np.float32)
+    else:
+        pixels = _resized(image, preset)
+    return _normalise(pixels[:, ::-1] if flipped else pixels, preset).astype(np.float32)

@@ -4,8 +4,11 @@ Importing this package needs nothing beyond the base install; its modules need P
 (``pip install 'deprune-onnx[finetune]'``). Call ``require_torch()`` first: it turns a missing dependency into
 one DepruneError line that says how to install it.
 
-Modules (training views: ``deprune_onnx.evaluation.images.TrainingImages``): ``convert`` (onnx2torch, parameter bindings, write-back),
-``fixed_masks`` (zeros kept exactly), ``distill`` (loss and training loop), ``run`` (``finetune_model``).
+Modules: ``data`` (image sources, streamed training and validation views), ``structure`` (which masks stay
+fixed; the check against the pruned input), ``convert`` (onnx2torch, parameter bindings, write-back),
+``fixed_masks`` (zeros kept exactly), ``distill`` (the loss), ``train`` (epochs, schedules, validation,
+checkpoints, DDP), ``distributed`` (torchrun process group), ``curves`` (the metrics PNG), ``run``
+(``finetune_model``); ``python -m deprune_onnx.finetune`` is the torchrun entry point.
 """
 from __future__ import annotations
 

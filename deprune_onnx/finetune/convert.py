@@ -34,7 +34,7 @@ CONVERSION_TOLERANCE = 1e-5
 
 @dataclass(frozen=True)
 class ParameterBinding:
-    """One trainable parameter and the ONNX initializer it is written back to."""
+    """One trainable parameter (or BatchNorm running statistic) and the ONNX initializer it is written back to."""
 
     parameter: str        # torch name, e.g. "Conv@2.weight"
     node: str             # ONNX node name
@@ -102,6 +102,12 @@ def bind_parameters(module: torch.nn.Module, model: onnx.ModelProto
                 frozen[full] = f"initializer '{found[0]}' is shared by {users[found[0]]} nodes"
             else:
                 bindings.append(ParameterBinding(full, node.name, found[0], found[1]))
+                del candidates[found[0]]  # equal values (BN scale = variance = 1) never bind twice
+        for local, buffer in owner.named_buffers():  # BatchNorm running statistics (trained in BN train mode)
+            found = _match(buffer.detach().cpu().numpy(), candidates) if buffer.is_floating_point() else None
+            if found is not None and users[found[0]] == 1:
+                bindings.append(ParameterBinding(f"{module_name}.{local}", node.name, found[0], found[1]))
+                del candidates[found[0]]
     bound = {b.parameter for b in bindings}
     for name, parameter in module.named_parameters():
         if name not in bound:
@@ -185,7 +191,7 @@ def write_back(model: onnx.ModelProto, torch_model: TorchModel) -> onnx.ModelPro
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     position = {t.name: i for i, t in enumerate(copy.graph.initializer)}
-    parameters = dict(torch_model.module.named_parameters())
+    parameters = {**dict(torch_model.module.named_parameters()), **dict(torch_model.module.named_buffers())}
     for binding in torch_model.bindings:
         tensor = copy.graph.initializer[position[binding.initializer]]
         value = parameters[binding.parameter].detach().cpu().numpy()

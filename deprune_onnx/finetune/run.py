@@ -1,35 +1,40 @@
 """Fine-tune a pruned ONNX model by distillation, masks fixed: the library call behind ``deprune-onnx finetune``.
 
-Steps: choose the masks (the given plan, or the student's zero pattern checked and aligned like
-``prune --keep-zeros``) -> apply them to the student -> convert student and teacher to PyTorch (each checked
-against ONNX Runtime) -> measure KL to the teacher -> distil -> measure again -> write the trained values back
-into the student's own graph -> re-apply the plan (pruned weights exactly +0). Removed PW channels stay removed
-because shapes never change: the student already lacks them and only values are trained.
+Steps: the fixed masks (``structure.resolve_masks``: a plan, or the zero pattern as it is) -> applied to the
+student (a no-op unless re-alignment was asked for) -> student and teacher converted to PyTorch (each checked
+against ONNX Runtime) -> ``train.Trainer`` (epochs, validation, checkpoints, the best epoch kept) -> the trained
+values written back into the student's own graph -> the plan re-applied (pruned weights exactly +0) -> checked
+against the pruned input (``structure.structure_changes``). Removed PW channels stay removed because shapes
+never change: the student already lacks them and only values are trained.
 
 Either model may hold deprune's custom op (lowered to Conv first) or be float16 (``prune --dtype float16``):
 training runs on an exact float32 copy, and a float16 student is written back as float16.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import onnx
 
-from deprune_onnx.analysis import analyze
 from deprune_onnx.dw.apply import apply_dw_masks
-from deprune_onnx.dw.planner import DWOptions
 from deprune_onnx.errors import CheckFailed, DepruneError
-from deprune_onnx.evaluation.images import TrainingImages
-from deprune_onnx.finetune.convert import to_torch, write_back
+from deprune_onnx.evaluation.images import Preset, preprocess
 from deprune_onnx.evaluation.output_kind import CLASS_SCORES, DENSE, SEQUENCE, output_kind as shape_kind
-from deprune_onnx.finetune.distill import DistillOptions, check_informative, distill, mean_kl, predict
-from deprune_onnx.finetune.fixed_masks import FixedMasks
 from deprune_onnx.evaluation.runner import lower_custom_ops
+from deprune_onnx.finetune.convert import to_torch, write_back
+from deprune_onnx.finetune.data import ImageList, PresetImages
+from deprune_onnx.finetune.distill import check_informative, predict
+from deprune_onnx.finetune.distributed import Processes
+from deprune_onnx.finetune.fixed_masks import FixedMasks
+from deprune_onnx.finetune.structure import MaskSource, resolve_masks, structure_changes
+from deprune_onnx.finetune.train import Trainer, TrainOptions, TrainResult
 from deprune_onnx.onnx_io.float16 import convert_to_float16, convert_to_float32, is_float16
 from deprune_onnx.onnx_io.graph import ensure_unique_node_names
-from deprune_onnx.pipeline import PruneOptions, make_keep_zeros_plan
 from deprune_onnx.plan import PruningPlan
 
 
@@ -37,21 +42,25 @@ from deprune_onnx.plan import PruningPlan
 class FinetuneResult:
     model: onnx.ModelProto
     plan: PruningPlan
-    losses: list[float]
-    kl_before: dict[str, float]
-    kl_after: dict[str, float]
+    training: TrainResult
+    masks: MaskSource
     output_kind: str
     labels_used: bool
     micro_batch: int | None
     masked_parameters: list[str]
+    data: dict[str, Any] = field(default_factory=dict)
     frozen: dict[str, str] = field(default_factory=dict)
-    options: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The ``OUT.finetune.json`` record (everything but the model and the plan)."""
-        data = asdict(self)
-        del data["model"], data["plan"]
-        return data
+        training = asdict(self.training)
+        return {"best_epoch": self.training.best_epoch, "selected_by": self.training.selected_by,
+                "best": self.training.history[self.training.best_epoch], "history": training.pop("history"),
+                "training": training, "masks": self.masks.to_dict(), "output_kind": self.output_kind,
+                "labels_used": self.labels_used, "micro_batch": self.micro_batch,
+                "masked_parameters": self.masked_parameters, "data": self.data, "frozen": self.frozen,
+                "structure_check": "passed: same nodes and initializer shapes as the pruned input, every pruned "
+                                   "DW weight +0.0 (after training and after write-back)"}
 
 
 def input_shape(model: onnx.ModelProto) -> tuple[int, ...]:
@@ -85,70 +94,82 @@ def output_kind(model: onnx.ModelProto, shape: Sequence[int]) -> str:
     return activation
 
 
-def resolve_plan(student: onnx.ModelProto, plan: PruningPlan | None, method: str, tile: int) -> PruningPlan:
-    """The plan whose masks stay fixed: ``plan``, or the student's zero pattern (checked, aligned for bh)."""
-    if plan is not None:
-        return plan
-    options = PruneOptions(dw=DWOptions(method=method, tile=tile), keep_zeros=True)
-    return make_keep_zeros_plan(student, options, analyze(student))
+def fingerprint(student: onnx.ModelProto, teacher: onnx.ModelProto, train: ImageList, val: ImageList,
+                options: TrainOptions, plan: PruningPlan) -> str:
+    """What a checkpoint must have been trained on to be resumed: models, data lists, masks, options (the
+    number of epochs and the device may change on resume)."""
+    digest = hashlib.sha256()
+    for model in (student, teacher):
+        digest.update(model.SerializeToString(deterministic=True))
+    for images in (train, val):
+        digest.update(json.dumps([[str(p), l] for p, l in zip(images.paths, images.labels)]).encode())
+    settings = {k: v for k, v in asdict(options).items() if k not in ("epochs", "device", "workers")}
+    digest.update(json.dumps([settings, plan.to_dict()], sort_keys=True, default=str).encode())
+    return digest.hexdigest()
 
 
-def _labels_usable(images: TrainingImages, classes: int) -> bool:
-    return all(label is not None and 0 <= label < classes for label in images.labels)
-
-
-def finetune_model(student: onnx.ModelProto, teacher: onnx.ModelProto, images: TrainingImages, options: DistillOptions,
-                   plan: PruningPlan | None = None, method: str = "bh", tile: int = 32,
-                   eval_sets: dict[str, np.ndarray] | None = None,
-                   on_step: Callable[[int, float], None] | None = None) -> FinetuneResult:
-    """Distil ``teacher`` into ``student`` (modified in place, masks applied, unless it is float16 or holds the
-    custom op: then a float32 / lowered copy is trained) and return the fine-tuned model.
-
-    ``eval_sets`` maps a name to views [N, C, H, W] on which the KL to the teacher is measured before and after
-    (default: the training images' centre views and their flipped corner crops).
-    """
+def finetune_model(student: onnx.ModelProto, teacher: onnx.ModelProto, train: ImageList, val: ImageList,
+                   preset: Preset, options: TrainOptions, processes: Processes, plan: PruningPlan | None = None,
+                   plan_source: str | None = None, realign: str | None = None, tile: int = 32,
+                   checkpoints: Path | None = None, resume: bool = False,
+                   log: Callable[[str], None] = lambda _: None) -> FinetuneResult:
+    """Distil ``teacher`` into ``student`` and return the best epoch's model. The fixed masks are
+    ``structure.resolve_masks(student, plan, plan_source, realign, tile)``, taken after custom ops are lowered;
+    ``log`` receives the mask source, any re-alignment change and one line per epoch."""
     half = is_float16(student)
     student, teacher = lower_custom_ops(student, "model"), lower_custom_ops(teacher, "--teacher")
     student = convert_to_float32(student) if half else student
     teacher = convert_to_float32(teacher) if is_float16(teacher) else teacher
     ensure_unique_node_names(student)
+    pruned = onnx.ModelProto()
+    pruned.CopyFrom(student)
     shape = input_shape(student)
     if input_shape(teacher) != shape:
         raise DepruneError(f"--teacher: input shape {list(input_shape(teacher))} differs from the model's "
                            f"{list(shape)}")
-    plan = resolve_plan(student, plan, method, tile)
+    masks = resolve_masks(student, plan, plan_source, realign, tile)
+    plan = masks.plan
     apply_dw_masks(student, plan.dw_layers, in_place=True)
     torch_student = to_torch(student, "model", shape)
     torch_teacher = to_torch(teacher, "--teacher", shape)
-    torch_student.module.to(options.device)
-    torch_teacher.module.to(options.device)
+    torch_student.module.to(processes.device)
+    torch_teacher.module.to(processes.device)
     for parameter in torch_teacher.module.parameters():
         parameter.requires_grad_(False)
-    probe = images.centre_views()[:2]
-    raw = list(predict(torch_teacher, probe, "map", options.device).shape)
-    student_raw = list(predict(torch_student, probe, "map", options.device).shape)
+    probe = np.concatenate([preprocess(path, preset, 1) for path in train.paths[:2]])
+    device = str(processes.device)
+    raw = list(predict(torch_teacher, probe, "map", device).shape)
+    student_raw = list(predict(torch_student, probe, "map", device).shape)
     if raw != student_raw:
         per_image = [" x ".join(map(str, dims[1:])) for dims in (raw, student_raw)]
         raise DepruneError(f"--teacher: {per_image[0]} outputs per image, the model has {per_image[1]}")
     kind = output_kind(student, raw)
-    check_informative(predict(torch_teacher, probe, kind, options.device), kind, options.temperature, raw)
+    check_informative(predict(torch_teacher, probe, kind, device), kind, options.temperature, raw)
     classes = raw[1] if shape_kind(raw) == CLASS_SCORES and len(raw) == 2 else 0
-    masks = FixedMasks.from_plan(torch_student, student, plan)
-    sets = eval_sets if eval_sets is not None else {"train_centre": images.centre_views(),
-                                                     "train_corner_flips": images.corner_flip_views()}
-    before = {name: mean_kl(torch_student, torch_teacher, views, kind, options.device)
-              for name, views in sets.items()}
-    use_labels = classes > 0 and _labels_usable(images, classes) and options.label_weight > 0
-    losses = distill(torch_student, torch_teacher, images, masks, kind, use_labels, options, on_step)
-    broken = masks.violations()
+    log(f"masks: {masks.source}" + (f"; {len(masks.changed)} layer(s) changed" if realign else " (unchanged)"))
+    for layer, change in masks.changed.items():
+        log(f"  {layer}: {change['newly_pruned']} weight(s) newly pruned, {change['restored_zero_taps']} "
+            "zero-valued tap(s) restored")
+    log(f"data: {len(train.paths)} training, {len(val.paths)} validation image(s); {processes.world} "
+        "process(es)")
+    fixed = FixedMasks.from_plan(torch_student, student, plan)
+    use_labels = classes > 0 and train.labelled(classes) and options.label_weight > 0
+    trainer = Trainer(torch_student, torch_teacher, fixed, kind, use_labels,
+                      PresetImages(train, preset, augment=True, min_scale=options.min_scale, seed=options.seed),
+                      PresetImages(val, preset, augment=False), options, processes, checkpoints,
+                      fingerprint(pruned, teacher, train, val, options, plan), log)
+    result = trainer.run(resume, options.select)
+    broken = fixed.violations()
     if broken:
-        raise CheckFailed(f"pruned weights moved during training: {broken}")
-    after = {name: mean_kl(torch_student, torch_teacher, views, kind, options.device)
-             for name, views in sets.items()}
+        raise CheckFailed(f"pruned weights are not zero after training: {broken}")
     tuned, _ = apply_dw_masks(write_back(student, torch_student), plan.dw_layers, in_place=True)
-    tuned = convert_to_float16(tuned)[0] if half else tuned
-    return FinetuneResult(
-        model=tuned, plan=plan, losses=losses, kl_before=before, kl_after=after, output_kind=kind,
-        labels_used=use_labels, micro_batch=torch_student.micro_batch, masked_parameters=masks.parameters,
-        frozen=torch_student.frozen, options=asdict(options))
-
+    problems = structure_changes(pruned, tuned, plan)
+    if problems:
+        raise CheckFailed("the fine-tuned model differs from the pruned input beyond kept weight values: "
+                          + "; ".join(problems))
+    tuned = convert_to_float16(tuned) if half else tuned
+    data = {"train_images": len(train.paths), "val_images": len(val.paths), "classes": classes,
+            "val_labelled": classes > 0 and val.labelled(classes), "preset": asdict(preset)}
+    return FinetuneResult(model=tuned, plan=plan, training=result, masks=masks, output_kind=kind,
+                          labels_used=use_labels, micro_batch=torch_student.micro_batch,
+                          masked_parameters=fixed.parameters, data=data, frozen=torch_student.frozen)
