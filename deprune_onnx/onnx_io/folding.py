@@ -11,7 +11,6 @@ rest of the model is left exactly as it is. What cannot be folded is named by ``
 from __future__ import annotations
 
 import onnx
-import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
 from deprune_onnx.logging_utils import LOGGER
@@ -83,6 +82,8 @@ def fold_conv_weight_chains(model: onnx.ModelProto) -> dict[str, str]:
 
 def _fold(model: onnx.ModelProto, index: GraphIndex, chain: set[str], targets: list[str]) -> dict[str, object]:
     """The values of ``targets``, computed by graphsurgeon's folder on a model of the ``chain`` nodes only."""
+    import onnx_graphsurgeon as gs  # noqa: PLC0415 - only when a chain is folded: the GPU check imports the
+    # pipeline on machines without graphsurgeon (tests/test_bench_run_all.py)
     nodes = sorted((index.node(name) for name in chain), key=lambda n: index.node_position[n.name])
     read = {name for node in nodes for name in node.input}
     sub = onnx.helper.make_model(
