@@ -11,9 +11,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from deprune_onnx.errors import DepruneError
+
 from deprune_onnx.op.attributes import DRConvParams, encode_attributes
 from deprune_onnx.op.oracle import run_dr_sparse_dwconv
-from deprune_onnx.op.packing import pack_dr_weights
+from deprune_onnx.op.packing import pack_dr_weights, unpack_dr_weights
 from support.op_testing import dw_model, max_rel_err, run_ort
 
 
@@ -92,3 +94,40 @@ def test_packed_fields_and_oracle_match_ort_conv_on_the_dense_masked_weight(case
     got = run_dr_sparse_dwconv(x, encode_attributes(params, packed))
     assert got.shape == expected.shape
     assert max_rel_err(got, expected) <= 1e-5
+
+
+def test_packer_and_unpacker_reject_bad_shapes_with_the_reason() -> None:
+    weight = np.ones((4, 1, 3, 3), np.float32)
+    with pytest.raises(ValueError, match=r"DW weight must be \[C_out, 1, kh, kw\], got \[4, 2, 3, 3\]"):
+        pack_dr_weights(np.ones((4, 2, 3, 3), np.float32))
+    with pytest.raises(ValueError, match=r"got \[4, 9\]"):
+        pack_dr_weights(np.ones((4, 9), np.float32))
+    with pytest.raises(ValueError, match=r"keep_mask shape \[4, 1, 3, 2\] differs from weight shape \[4, 1, 3, 3\]"):
+        pack_dr_weights(weight, keep_mask=np.ones((4, 1, 3, 2), bool))
+    with pytest.raises(ValueError, match=r"bias must have shape \[4\], got \[3\]"):
+        pack_dr_weights(weight, np.ones(3, np.float32))
+    packed = pack_dr_weights(weight, np.ones(4))  # a float64 bias is stored in the weight's dtype
+    assert packed.bias.dtype == np.float32
+    short = type(packed)(packed.kept_counts, packed.tap_indices[:-1], packed.tap_values, packed.bias)
+    with pytest.raises(ValueError, match="^tap_indices/tap_values length does not match kept_counts and k_tile$"):
+        unpack_dr_weights(short, 4, 3, 3)
+    shorter = type(packed)(packed.kept_counts, packed.tap_indices, packed.tap_values[:-1], packed.bias)
+    with pytest.raises(ValueError, match="length does not match"):
+        unpack_dr_weights(shorter, 4, 3, 3)
+    dense, _ = unpack_dr_weights(packed, 4, 3, 3)  # the default tile is the packer's default, 32
+    np.testing.assert_array_equal(dense, weight)
+
+
+def test_oracle_output_of_one_pixel_and_inputs_too_small() -> None:
+    rng = np.random.default_rng(12)
+    weight = rng.standard_normal((8, 1, 3, 5)).astype(np.float32)
+    params = DRConvParams(channels=8, kernel_shape=(3, 5), subgemm_channels=8, k_tile=8)
+    attrs = encode_attributes(params, pack_dr_weights(weight, np.ones(8, np.float32), subgemm_channels=8, k_tile=8))
+    x = rng.standard_normal((1, 8, 3, 5)).astype(np.float32)  # output exactly 1x1
+    expected = run_ort(dw_model(weight, np.ones(8, np.float32), pads=(0, 0, 0, 0), channels=8, hw=(3, 5)), {"X": x})[0]
+    got = run_dr_sparse_dwconv(x, attrs)
+    assert got.shape == (1, 8, 1, 1) and max_rel_err(got, expected) <= 1e-5
+    for hw in ((2, 5), (3, 4), (2, 4)):  # too short, too narrow, both
+        with pytest.raises(DepruneError, match=rf"^DRSparseDepthwiseConv: input {hw[0]}x{hw[1]} is too small for the "
+                                               "kernel and pads$"):
+            run_dr_sparse_dwconv(np.zeros((1, 8, *hw), np.float32), attrs)

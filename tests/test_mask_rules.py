@@ -236,8 +236,8 @@ def test_choose_hsr_patterns_edge_cases() -> None:
     one = misalignment(np.array([33]), np.array([288]))    # eps 1 is misaligned
     assert one.eps == 1
     assert choose_hsr_patterns([(one, None), (one, None)]) == ["o", "u"]
-    # a measured alpha does not make a layer that cannot be over-aligned eligible
-    assert choose_hsr_patterns([(small, 5.0), (one, None)]) == ["u", "o"]
+    # a measured alpha does not make a layer that cannot be over-aligned eligible (50/13 would beat one's 1/1)
+    assert choose_hsr_patterns([(small, 50.0), (one, None)]) == ["u", "o"]
     # with no eligible layer in the top half, nothing is over-aligned
     assert choose_hsr_patterns([(small, None)] * 3) == ["u", "u", "u"]
 

@@ -60,14 +60,14 @@ def test_plan_round_trips_through_json_and_counts_patterns() -> None:
     data = json.loads(json.dumps(plan.to_dict()))
     assert data["format_version"] == PLAN_FORMAT_VERSION and data["dw_layers"][1]["mask"] == "sIA="
     back = PruningPlan.from_dict(data)
-    assert back == plan
+    assert back.to_dict() == plan.to_dict() and list(back.dw_layers) == list(plan.dw_layers)
     assert back.dw_layers[0].keep_mask().reshape(-1).tolist() == [1, 0, 1, 1, 0, 0, 0, 0, 1]
 
 
 def test_load_plan_reads_a_written_plan(tmp_path: Path) -> None:
     path = tmp_path / "p.plan.json"
     path.write_text(json.dumps(sample_plan().to_dict()), encoding="utf-8")
-    assert load_plan(path) == sample_plan()
+    assert load_plan(path).to_dict() == sample_plan().to_dict()
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -75,7 +75,7 @@ def test_load_plan_reads_a_written_plan(tmp_path: Path) -> None:
     (lambda d: d.pop("format_version"), "format_version"),
     (lambda d: d["dw_layers"][2].update(mask="sIA="[:2] + "=="), "mask holds 8 bits, expected 9"),
     (lambda d: d["dw_layers"][0].update(unknown=1), "TypeError"),
-    (lambda d: d.pop("tile"), "TypeError"),
+    (lambda d: d.pop("tile"), "tile"),
 ])
 def test_load_plan_names_the_file_and_the_problem(tmp_path: Path, edit, message: str) -> None:
     data = sample_plan().to_dict()

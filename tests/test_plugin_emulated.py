@@ -1,4 +1,5 @@
-"""The CUDA kernel's real device code, run on the CPU, against the numpy oracle (deprune_onnx/op/oracle.py).
+"""The CUDA kernel's real device code, run on the CPU, against numpy on the dense masked weight and the bias
+the test packed (support/plugin_native.py dense_reference; not the packed fields, issue #17).
 
 drdw_emu_tool compiles drSparseDwConvDeviceV1.cuh and drSparseDwConvDeviceV2.cuh (kernel versions 1 and 2) unchanged
 with g++ through the CUDA-on-CPU layer
@@ -24,19 +25,20 @@ import pytest
 
 from deprune_onnx.op import spec
 from deprune_onnx.op.activations import HARD_SWISH_PARAMS
-from deprune_onnx.op.attributes import DRConvParams, encode_attributes
-from deprune_onnx.op.oracle import run_dr_sparse_dwconv
+from deprune_onnx.op.attributes import DRConvParams
 from deprune_onnx.op.packing import PackedDR
 from deprune_onnx.trt.emulated import build_emulator, run_emulated, traffic_report
 from deprune_onnx.trt.layer_bench import BenchLayer
 from deprune_onnx.trt.native import SOURCE_ROOT
-from support.plugin_native import pack_layer, random_keep_mask, real_dw_layers
+from support.plugin_native import dense_reference, pack_layer, random_keep_mask, real_dw_layers
 
 pytestmark = pytest.mark.native
 
 ACTIVATIONS = [("clip", (0.0, 6.0)), ("hard_swish", HARD_SWISH_PARAMS), ("relu", ()), ("silu", ()), ("none", ())]
 RUN_ALL = os.environ.get("DEPRUNE_EMU_ALL") == "1"
 SHARD = int(os.environ.get("DEPRUNE_EMU_SHARD", "0"))
+# layer name -> (dense masked weight, bias or None) as the test made them: the reference's inputs
+DENSE: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +52,7 @@ def make_layer(name: str, weight: np.ndarray, bias: np.ndarray | None, keep: np.
     params = DRConvParams(channels=channels, kernel_shape=tuple(weight.shape[2:]), depth_multiplier=multiplier,
                           strides=tuple(strides), pads=tuple(pads), dilations=tuple(dilations),
                           activation=activation[0], activation_params=tuple(activation[1]))
+    DENSE[name] = (np.where(keep, weight, 0).astype(np.float32), bias)
     return BenchLayer(name, params, pack_layer(weight, bias, keep), hw[0], hw[1])
 
 
@@ -60,7 +63,7 @@ def in_dtype(layer: BenchLayer, dtype: str) -> BenchLayer:
     return BenchLayer(layer.name, layer.params, packed, layer.height, layer.width)
 
 
-def check_against_oracle(tool: Path, layer: BenchLayer, batch: int, dtype: str, seed: int, sms: int = 132,
+def check_against_dense_reference(tool: Path, layer: BenchLayer, batch: int, dtype: str, seed: int, sms: int = 132,
                          variant: int = 1):
     layer = in_dtype(layer, dtype)
     rng = np.random.default_rng(seed)
@@ -68,7 +71,12 @@ def check_against_oracle(tool: Path, layer: BenchLayer, batch: int, dtype: str, 
     run = run_emulated(tool, layer, x, sms=sms, variant=variant)
     assert run.variant == variant, f"{layer.name}: version {variant} fell back to {run.variant}"
     assert not np.isnan(run.y).any(), f"{layer.name} {dtype}: an output was never written (or read an unstaged slot)"
-    reference = run_dr_sparse_dwconv(x, encode_attributes(layer.params, layer.packed)).astype(np.float64)
+    weight, bias = DENSE[layer.name]
+    p = layer.params
+    reference = dense_reference(x, weight.astype(dtype), None if bias is None else bias.astype(dtype),
+                                strides=p.strides, pads=p.pads, dilations=p.dilations,
+                                depth_multiplier=p.depth_multiplier, activation=p.activation,
+                                activation_params=p.activation_params)
     error = np.abs(run.y.astype(np.float64) - reference).max() / max(np.abs(reference).max(), 1e-30)
     assert error <= spec.MAX_RELATIVE_ERROR[dtype], f"{layer.name} {dtype}: max relative error {error:.2e}"
     return run, layer
@@ -141,16 +149,16 @@ def real() -> list[BenchLayer]:
 
 
 @pytest.mark.parametrize(("index", "dtype", "variant"), real_cases())
-def test_real_dw_layer_equals_the_oracle(tool: Path, real: list[BenchLayer], index: int, dtype: str,
+def test_real_dw_layer_equals_the_dense_reference(tool: Path, real: list[BenchLayer], index: int, dtype: str,
                                          variant: int) -> None:
     # Odd layers with the batch-1 channel slicing of a 132-SM GPU, even ones with whole sub-GEMMs (smCount 0).
-    check_against_oracle(tool, real[index], 1, dtype, seed=index, sms=132 if index % 2 else 0, variant=variant)
+    check_against_dense_reference(tool, real[index], 1, dtype, seed=index, sms=132 if index % 2 else 0, variant=variant)
 
 
 @pytest.mark.parametrize(("index", "dtype", "variant"), generated_cases())
-def test_generated_shape_equals_the_oracle(tool: Path, index: int, dtype: str, variant: int) -> None:
+def test_generated_shape_equals_the_dense_reference(tool: Path, index: int, dtype: str, variant: int) -> None:
     layer = generated_layers()[index]
-    check_against_oracle(tool, layer, GENERATED[index][7], dtype, seed=index, sms=(0, 132)[index % 2],
+    check_against_dense_reference(tool, layer, GENERATED[index][7], dtype, seed=index, sms=(0, 132)[index % 2],
                          variant=variant)
 
 
@@ -168,7 +176,7 @@ def test_traffic_of_a_dense_layer(tool: Path) -> None:
     weight = rng.standard_normal((96, 1, 3, 3)).astype(np.float32)
     layer = make_layer("dense", weight, rng.standard_normal(96).astype(np.float32), np.ones(weight.shape, bool),
                        channels=96, hw=(14, 14), pads=(1, 1, 1, 1), activation=("clip", (0.0, 6.0)))
-    run, stored = check_against_oracle(tool, layer, 2, "float32", seed=1)
+    run, stored = check_against_dense_reference(tool, layer, 2, "float32", seed=1)
     report = traffic_report(stored, 2, "float32", run)
     y, x = run.traffic["y"]["stores"], run.traffic["x"]["loads"]
     assert y["bytes"] == 2 * 96 * 14 * 14 * 4 and y["unique_sectors"] * 32 == y["bytes"]
@@ -188,7 +196,7 @@ def test_version_2_requests_less_and_keeps_more_in_flight(tool: Path) -> None:
                        channels=24, hw=(112, 112), strides=(2, 2), pads=(1, 1, 1, 1), activation=("clip", (0.0, 6.0)))
     reports = {}
     for variant in (1, 2):
-        run, stored = check_against_oracle(tool, layer, 1, "float32", seed=3, variant=variant)
+        run, stored = check_against_dense_reference(tool, layer, 1, "float32", seed=3, variant=variant)
         reports[variant] = traffic_report(stored, 1, "float32", run)
     assert reports[2]["requested_bytes"] < reports[1]["requested_bytes"]
     assert reports[2]["bytes_in_flight_per_sm"] > 4 * reports[1]["bytes_in_flight_per_sm"]
@@ -204,7 +212,7 @@ def test_an_input_channel_with_no_kept_tap_is_never_read(tool: Path, variant: in
     keep[3] = True  # input channel 3 of 64 is the only one with kept taps
     layer = make_layer("one_channel", weight, np.linspace(-1, 1, 64).astype(np.float32), keep, channels=64,
                        hw=(20, 20), pads=(1, 1, 1, 1), activation=("relu", ()))
-    run, _ = check_against_oracle(tool, layer, 1, "float32", seed=2, variant=variant)
+    run, _ = check_against_dense_reference(tool, layer, 1, "float32", seed=2, variant=variant)
     loads = run.traffic["x"]["loads"]
     assert loads["unique_sectors"] * 32 == 20 * 20 * 4  # exactly channel 3's plane, once with a perfect L2
 

@@ -36,7 +36,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
                "tests/test_pinned_patterns.py"]),
     "planner": ("deprune_onnx/dw/planner.py",
                 ["tests/test_masks.py", "tests/test_mask_rules.py", "tests/test_baselines.py",
-                 "tests/test_pinned_patterns.py"]),
+                 "tests/test_pinned_patterns.py", "tests/test_planner_options.py"]),
     "packing": ("deprune_onnx/op/packing.py",
                 ["tests/test_op_packing.py", "tests/test_dr_layout_reference.py"]),
     "oracle": ("deprune_onnx/op/oracle.py",
@@ -62,16 +62,25 @@ def _toml_list(values: list[str]) -> str:
     return "[" + ", ".join(json.dumps(v) for v in values) + "]"
 
 
+SKIP_TESTS: set[str] = set()  # --skip-test: tests that cannot import the --source-commit package
+SOURCE_COMMIT: str | None = None  # --source-commit: mutate the package as of this commit (tests stay current)
+
+
 def prepare(key: str) -> Path:
     """A fresh scratch copy of the checkout configured to mutate one module."""
     source, tests = MODULES[key]
-    tests = [test for test in tests if (REPO / test).exists()]
+    tests = [test for test in tests if (REPO / test).exists() and test not in SKIP_TESTS]
     folder = WORK / key
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    shutil.copytree(REPO / "deprune_onnx", folder / "deprune_onnx",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    if SOURCE_COMMIT:
+        archive = subprocess.run(["git", "archive", SOURCE_COMMIT, "deprune_onnx"], cwd=REPO, check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    else:
+        shutil.copytree(REPO / "deprune_onnx", folder / "deprune_onnx",
+                        ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(REPO / "tests", folder / "tests", ignore=shutil.ignore_patterns("__pycache__"))
     os.symlink(REPO / "samples", folder / "samples")
     pyproject = (REPO / "pyproject.toml").read_text(encoding="utf-8")
@@ -122,7 +131,8 @@ def run(key: str, max_children: int, only: list[str] | None = None) -> dict:
             counts[status] = counts.get(status, 0) + 1
         result = {"statuses": statuses, "survivors": survivors, "counts": counts,
                   "rechecked": {name: result["statuses"][name] for name in only}}
-    result.update(module=MODULES[key][0], tests=[t for t in MODULES[key][1] if (REPO / t).exists()],
+    result.update(module=MODULES[key][0], tests=[t for t in MODULES[key][1] if (REPO / t).exists()
+                                                  and t not in SKIP_TESTS],
                   seconds=round(time.monotonic() - start), returncode=proc.returncode)
     (folder / "result.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
     return result
@@ -144,6 +154,7 @@ def summary(keys: list[str]) -> str:
 
 
 def main() -> None:
+    global WORK, SOURCE_COMMIT
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("modules", nargs="*", help=f"any of {', '.join(ORDER)}, or all")
     parser.add_argument("--max-children", type=int, default=2, help="parallel mutant workers (default 2)")
@@ -152,7 +163,13 @@ def main() -> None:
                         help="re-run only the mutants that were not killed last time, with today's tests")
     parser.add_argument("--collect-only", action="store_true",
                         help="re-read the statuses of finished runs (after mutmut run was interrupted)")
+    parser.add_argument("--source-commit", help="mutate deprune_onnx/ as of this commit (to re-check a run made "
+                        "before the code changed; mutant names depend on the code)")
+    parser.add_argument("--skip-test", action="append", default=[], help="leave this test file out of the selection")
+    parser.add_argument("--work", type=Path, default=WORK, help="scratch folder (default bench/.work/mutation)")
     args = parser.parse_args()
+    WORK, SOURCE_COMMIT = args.work.resolve(), args.source_commit
+    SKIP_TESTS.update(args.skip_test)
     keys = ORDER if args.modules in ([], ["all"]) else args.modules
     unknown = [k for k in keys if k not in MODULES]
     if unknown:

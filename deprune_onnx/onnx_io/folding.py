@@ -81,9 +81,12 @@ def fold_conv_weight_chains(model: onnx.ModelProto) -> dict[str, str]:
 
 
 def _fold(model: onnx.ModelProto, index: GraphIndex, chain: set[str], targets: list[str]) -> dict[str, object]:
-    """The values of ``targets``, computed by graphsurgeon's folder on a model of the ``chain`` nodes only."""
-    import onnx_graphsurgeon as gs  # noqa: PLC0415 - only when a chain is folded: the GPU check imports the
-    # pipeline on machines without graphsurgeon (tests/test_bench_run_all.py)
+    """The values of ``targets``, computed by graphsurgeon's folder on a model of the ``chain`` nodes only.
+
+    onnx-graphsurgeon is imported here, not at module level: prune imports this module on every run, and the
+    GPU check machine (bench/gpu/run_all.sh) has no onnx-graphsurgeon; only a model with a chain to fold needs it.
+    """
+    import onnx_graphsurgeon as gs
     nodes = sorted((index.node(name) for name in chain), key=lambda n: index.node_position[n.name])
     read = {name for node in nodes for name in node.input}
     sub = onnx.helper.make_model(

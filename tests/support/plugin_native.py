@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper, shape_inference
 
+from deprune_onnx.op.activations import apply_activation
 from deprune_onnx.op.packing import PackedDR, pack_dr_weights
 from support.samples import SAMPLES_DIR
 from deprune_onnx.trt.emulated import write_field_file  # noqa: F401 - re-exported for tests/test_plugin_*.py
@@ -150,3 +151,28 @@ def run_tool(build_dir: Path, *args: str | os.PathLike[str]) -> subprocess.Compl
 
 def pack_layer(weight: np.ndarray, bias: np.ndarray | None, keep: np.ndarray) -> PackedDR:
     return pack_dr_weights(np.where(keep, weight, 0).astype(np.float32), bias, keep_mask=keep)
+
+
+def dense_reference(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, *, strides, pads, dilations,
+                    depth_multiplier: int = 1, activation: str = "none",
+                    activation_params: tuple[float, ...] = ()) -> np.ndarray:
+    """numpy float64 Y = act(Conv(X, W, B, group=C_in)) on the DENSE masked weight W [C_out, 1, kh, kw] and the bias
+    the test packed (None: no bias), never on anything rebuilt from the packed fields, so a packer bug (a dropped
+    bias, a wrong tap index) cannot hide behind a reader that mirrors it."""
+    c_out, _, kh, kw = weight.shape
+    n, _, h, w = x.shape
+    top, left, bottom, right = pads
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (top, bottom), (left, right)))
+    xp = np.repeat(xp, depth_multiplier, axis=1)  # output channel o reads input channel o // m
+    ho = (h + top + bottom - dilations[0] * (kh - 1) - 1) // strides[0] + 1
+    wo = (w + left + right - dilations[1] * (kw - 1) - 1) // strides[1] + 1
+    w64 = weight.astype(np.float64)[:, 0]
+    y = np.zeros((n, c_out, ho, wo))
+    for ky in range(kh):
+        for kx in range(kw):
+            rows = slice(ky * dilations[0], ky * dilations[0] + (ho - 1) * strides[0] + 1, strides[0])
+            cols = slice(kx * dilations[1], kx * dilations[1] + (wo - 1) * strides[1] + 1, strides[1])
+            y += xp[:, :, rows, cols] * w64[None, :, ky, kx, None, None]
+    if bias is not None:
+        y += bias.astype(np.float64)[None, :, None, None]
+    return apply_activation(y, activation, activation_params)
