@@ -11,6 +11,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "bench" / "gpu" / "run_all.sh"
 CHECK = REPO / "bench" / "gpu" / "dr_dwconv_check.py"
@@ -80,6 +82,7 @@ def _run_blocked(*args: str) -> subprocess.CompletedProcess[str]:
                           timeout=300, cwd=REPO)
 
 
+@pytest.mark.model  # the prune pipeline on two whole architectures, in subprocesses (37 s under load)
 def test_kernel_check_runs_without_the_packages_the_gpu_machine_lacks(tmp_path: Path) -> None:
     # The layer preparation (prune pipeline, bh masks, packing, bytes and floors) runs in full ...
     roofline = _run_blocked(str(CHECK), "--roofline-only")
