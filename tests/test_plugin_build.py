@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from support.plugin_native import build_test_native, has_nvcc
-from deprune_onnx.trt.layer_bench import Problem  # the kernel ABI struct the benchmark passes, checked here too
+from deprune_onnx.trt.layer_bench import DRDW_ABI_VERSION, Problem  # the kernel ABI the benchmark passes
 from deprune_onnx.trt.native import KERNEL_C_ABI, LIBRARY_FILES, find_tensorrt_include, tensorrt_header_version
 
 pytestmark = pytest.mark.native
@@ -46,7 +46,7 @@ def test_kernel_library_exports_the_c_abi_only(build_dir: Path) -> None:
 @needs_nvcc
 def test_kernel_library_plans_through_ctypes_without_a_gpu(build_dir: Path) -> None:
     library = ctypes.CDLL(str(build_dir / LIBRARY_FILES["kernels"]))
-    assert library.drdwAbiVersion() == 1
+    assert library.drdwAbiVersion() == DRDW_ABI_VERSION == 2
     problem = Problem(batch=1, channels=960, depthMultiplier=1, inH=7, inW=7, outH=7, outW=7, kernelH=5, kernelW=5,
                       strideH=1, strideW=1, dilationH=1, dilationW=1, padTop=2, padLeft=2, subgemmChannels=32)
     plan = Plan()
