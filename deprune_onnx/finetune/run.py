@@ -167,7 +167,7 @@ def finetune_model(student: onnx.ModelProto, teacher: onnx.ModelProto, train: Im
     if problems:
         raise CheckFailed("the fine-tuned model differs from the pruned input beyond kept weight values: "
                           + "; ".join(problems))
-    tuned = convert_to_float16(tuned) if half else tuned
+    tuned = convert_to_float16(tuned)[0] if half else tuned
     data = {"train_images": len(train.paths), "val_images": len(val.paths), "classes": classes,
             "val_labelled": classes > 0 and val.labelled(classes), "preset": asdict(preset)}
     return FinetuneResult(model=tuned, plan=plan, training=result, masks=masks, output_kind=kind,
