@@ -183,33 +183,18 @@ def allocate_for_speedup(curves: list[LayerSensitivity], shapes: dict[str, tuple
     total = sum(dense.values()) + fixed_cost
     need = total * (1.0 - 1.0 / speedup)
     bucket = total / _BUCKETS
-    best = np.full(_BUCKETS + 1, np.inf)
-    best[0] = 0.0
-    choices = []
-    for curve in curves:
-        options = candidate_ratios(shapes[curve.name], method, max(curve.ratios), tile)
-        losses = predicted_loss(curve, options)
+
+    def saved_buckets(curve: LayerSensitivity, options: np.ndarray) -> np.ndarray:
         saved = dense[curve.name] - tile_steps(shapes[curve.name], options, tile) * scales[curve.name]
-        steps = np.floor(saved / bucket + 1e-9).astype(np.int64)
-        table = np.full((len(options), _BUCKETS + 1), np.inf)
-        for row, (step, loss) in enumerate(zip(steps, losses)):
-            table[row, step:] = best[: _BUCKETS + 1 - step] + loss
-        pick = np.argmin(table, axis=0)
-        best = table[pick, np.arange(_BUCKETS + 1)]
-        choices.append((options, steps, pick))
+        return np.floor(saved / bucket + 1e-9).astype(np.int64)
+
+    best, choices = _least_loss_table(curves, shapes, method, tile, saved_buckets)
     low = int(np.ceil(need / bucket - 1e-9))
     window = best[low:]
     if not window.size or not np.isfinite(window).any():
         raise DepruneError(f"--target-speedup {speedup}: not reachable with per-layer ratios up to the largest "
                            "measured ratio (tile model); measure higher ratios with --allocate-ratios")
-    position = low + int(np.argmin(window))
-    ratios: dict[str, float] = {}
-    predicted: dict[str, float] = {}
-    for curve, (options, steps, pick) in zip(reversed(curves), reversed(choices)):
-        row = pick[position]
-        ratios[curve.name] = float(options[row])
-        predicted[curve.name] = float(predicted_loss(curve, options[row:row + 1])[0])
-        position -= int(steps[row])
+    ratios, predicted = _backtrack(curves, choices, low + int(np.argmin(window)))
     per_layer = {c.name: float(dense[c.name] / (tile_steps(shapes[c.name], np.array([ratios[c.name]]), tile)[0]
                                                 * scales[c.name])) for c in curves}
     pruned_cost = fixed_cost + sum(dense[c.name] / per_layer[c.name] for c in curves)
@@ -227,20 +212,8 @@ def allocate_ratios(curves: list[LayerSensitivity], shapes: dict[str, tuple[int,
     if not curves or total == 0:
         raise DepruneError("--allocate: no DW layer to allocate ratios to")
     bucket = total / _BUCKETS
-    infinity = np.inf
-    best = np.full(_BUCKETS + 1, infinity)
-    best[0] = 0.0
-    choices: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    for curve in curves:
-        options = candidate_ratios(shapes[curve.name], method, max(curve.ratios), tile)
-        losses = predicted_loss(curve, options)
-        steps = np.rint(options * curve.weights / bucket).astype(np.int64)
-        table = np.full((len(options), _BUCKETS + 1), infinity)
-        for row, (step, loss) in enumerate(zip(steps, losses)):  # a handful of candidates per layer
-            table[row, step:] = best[: _BUCKETS + 1 - step] + loss
-        pick = np.argmin(table, axis=0)
-        best = table[pick, np.arange(_BUCKETS + 1)]
-        choices.append((options, steps, pick))
+    best, choices = _least_loss_table(curves, shapes, method, tile,
+                                      lambda curve, options: np.rint(options * curve.weights / bucket).astype(np.int64))
     low, high = int(np.ceil((target - tolerance) * _BUCKETS)), int(np.floor((target + tolerance) * _BUCKETS))
     window = best[max(low, 0): min(high, _BUCKETS) + 1]
     if not window.size or not np.isfinite(window).any():
@@ -248,7 +221,39 @@ def allocate_ratios(curves: list[LayerSensitivity], shapes: dict[str, tuple[int,
         raise DepruneError(f"--dw-ratio {target}: --allocate cannot reach it with per-layer ratios up to the "
                            f"largest measured ratio (model-wide at most {reachable:.3f}); measure higher ratios "
                            "with --allocate-ratios")
-    position = max(low, 0) + int(np.argmin(window))
+    ratios, predicted = _backtrack(curves, choices, max(low, 0) + int(np.argmin(window)))
+    achieved = sum(ratios[c.name] * c.weights for c in curves) / total
+    return Allocation({c.name: ratios[c.name] for c in curves}, {c.name: predicted[c.name] for c in curves},
+                      float(achieved), float(sum(predicted.values())))
+
+
+_Choice = tuple[np.ndarray, np.ndarray, np.ndarray]  # per layer: candidate ratios, their bucket steps, best row
+
+
+def _least_loss_table(curves: list[LayerSensitivity], shapes: dict[str, tuple[int, ...]], method: str, tile: int,
+                      bucket_steps) -> tuple[np.ndarray, list[_Choice]]:
+    """The forward pass of the allocation programme (shared by ``allocate_ratios`` and ``allocate_for_speedup``):
+    ``best[b]`` = least sum of predicted KLs over the layers with exactly ``b`` buckets of the constrained quantity
+    (pruned weights or saved tile cost; ``bucket_steps(curve, options)`` gives each candidate's buckets)."""
+    best = np.full(_BUCKETS + 1, np.inf)
+    best[0] = 0.0
+    choices: list[_Choice] = []
+    for curve in curves:
+        options = candidate_ratios(shapes[curve.name], method, max(curve.ratios), tile)
+        losses = predicted_loss(curve, options)
+        steps = bucket_steps(curve, options)
+        table = np.full((len(options), _BUCKETS + 1), np.inf)
+        for row, (step, loss) in enumerate(zip(steps, losses)):  # a handful of candidates per layer
+            table[row, step:] = best[: _BUCKETS + 1 - step] + loss
+        pick = np.argmin(table, axis=0)
+        best = table[pick, np.arange(_BUCKETS + 1)]
+        choices.append((options, steps, pick))
+    return best, choices
+
+
+def _backtrack(curves: list[LayerSensitivity], choices: list[_Choice], position: int
+               ) -> tuple[dict[str, float], dict[str, float]]:
+    """Each layer's chosen ratio and its predicted KL, walking the table back from bucket ``position``."""
     ratios: dict[str, float] = {}
     predicted: dict[str, float] = {}
     for curve, (options, steps, pick) in zip(reversed(curves), reversed(choices)):
@@ -256,6 +261,4 @@ def allocate_ratios(curves: list[LayerSensitivity], shapes: dict[str, tuple[int,
         ratios[curve.name] = float(options[row])
         predicted[curve.name] = float(predicted_loss(curve, options[row:row + 1])[0])
         position -= int(steps[row])
-    achieved = sum(ratios[c.name] * c.weights for c in curves) / total
-    return Allocation({c.name: ratios[c.name] for c in curves}, {c.name: predicted[c.name] for c in curves},
-                      float(achieved), float(sum(predicted.values())))
+    return ratios, predicted
