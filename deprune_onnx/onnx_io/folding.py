@@ -43,6 +43,7 @@ def fold_conv_weight_chains(model: onnx.ModelProto) -> dict[str, str]:
     ``fold_constants`` (ONNX Runtime) on a model made of the chain alone, so a big model is never copied; the
     Conv inputs are rewired to the new initializer and the chain nodes nobody else reads are removed.
     """
+    _bypass_identity_chains(model)
     index = GraphIndex(model.graph)
     targets: list[str] = []
     chain: set[str] = set()
@@ -103,3 +104,30 @@ def _fold(model: onnx.ModelProto, index: GraphIndex, chain: set[str], targets: l
     finally:
         gs.logger.G_LOGGER.severity = previous
     return {tensor.name: tensor.values for tensor in graph.outputs if isinstance(tensor, gs.Constant)}
+
+
+def _bypass_identity_chains(model: onnx.ModelProto) -> None:
+    """Point every Conv weight/bias read through Identity nodes at the initializer itself, in place.
+
+    Why: PyTorch's exporter deduplicates equal initializers and reads the copies through ``Identity`` (often the
+    biases: a freshly initialised net has all-zero ones), and the rewrite and onnx2torch need the constant
+    itself. Identity is exact, so only the wiring changes; Identity nodes nobody reads any more are removed.
+    """
+    producer = {out: node for node in model.graph.node for out in node.output}
+    initializers = {t.name for t in model.graph.initializer}
+    overridable = {v.name for v in model.graph.input}
+    changed = False
+    for node in model.graph.node:
+        if node.op_type != "Conv":
+            continue
+        for position in (1, 2):
+            if position >= len(node.input):
+                continue
+            source = node.input[position]
+            while source in producer and producer[source].op_type == "Identity" and producer[source].input:
+                source = producer[source].input[0]
+            if source != node.input[position] and source in initializers and source not in overridable:
+                node.input[position] = source
+                changed = True
+    if changed:
+        remove_unused(model)
