@@ -265,10 +265,17 @@ def _classify_conv(node: onnx.NodeProto, index: GraphIndex, shapes: dict[str, Sh
 
 
 def _is_on_pooled_tensor(node: onnx.NodeProto, index: GraphIndex, shapes: dict[str, Shape]) -> bool:
-    """True for a 1x1 conv of an SE branch: its input is 1x1 spatially or comes from a global pooling."""
+    """True for a 1x1 conv of an SE branch: its input is 1x1 spatially or comes from a global pooling.
+
+    A known spatial size decides alone: the walk back through input[0] cannot tell the gate Mul's operands apart
+    (torchvision writes Mul(scale, x), so a projection PW after the gate would look pooled)."""
     shape = shapes.get(node.input[0])
-    if shape is not None and len(shape) == 4 and tuple(shape[2:]) == (1, 1):
-        return True
+    if shape is not None and len(shape) == 4:
+        spatial = tuple(shape[2:])
+        if spatial == (1, 1):
+            return True
+        if all(isinstance(d, int) and d > 0 for d in spatial):
+            return False
     tensor = node.input[0]
     for _ in range(6):
         producer = index.producer.get(tensor)

@@ -71,3 +71,18 @@ def test_inspect_cli_json_lists_layers() -> None:
     assert len(data["dw_layers"]) == 11 and data["dw_layers"][0]["strides"] == [2, 1]
     table = CliRunner().invoke(main, ["inspect", str(sample_model("mobilenet_v2"))])
     assert table.exit_code == 0 and "17 DW, 34 PW" in table.stdout
+
+
+@pytest.mark.parametrize("scale_first", [False, True])
+def test_se_gate_operand_order_does_not_hide_the_projection_pw(scale_first: bool) -> None:
+    """torchvision writes the SE gate as Mul(scale, x): the projection PW after it is still a PW layer of the block
+    (not an SE conv), with the SE convs and the residual Add found either way."""
+    from support.dsconv_graphs import BlockSpec, dsconv_network
+
+    model = dsconv_network([BlockSpec(16, 16, expand=3, se=True, se_scale_first=scale_first, residual=True)])
+    analysis = analyze(model)
+    (block,) = analysis.blocks
+    pw_names = {layer.name for layer in analysis.pw_layers}
+    assert block.project_pw in pw_names and block.expand_pw in pw_names
+    assert len(block.se_convs) == 2 and set(block.se_convs) == set(analysis.se_convs)
+    assert block.residual_add is not None

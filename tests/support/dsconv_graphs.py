@@ -26,6 +26,7 @@ class BlockSpec:
     pads: tuple[int, int, int, int] | None = None  # None: symmetric "same"
     activation: str = "relu"
     se: bool = False
+    se_scale_first: bool = False  # Mul(gate, x), as torchvision exports it, instead of Mul(x, gate)
     residual: bool = False
 
     def resolved_pads(self) -> tuple[int, int, int, int]:
@@ -110,7 +111,7 @@ def dsconv_network(blocks: list[BlockSpec], size: int = 16, seed: int = 0, opset
                              f"{stem}.se_relu")
             gate = b.node("HardSigmoid", [b.conv(reduced, squeezed, dw_channels, 1, f"{stem}.se_expand")],
                           f"{stem}.se_gate", alpha=1.0 / 6, beta=0.5)
-            x = b.node("Mul", [x, gate], f"{stem}.se_scale")
+            x = b.node("Mul", [gate, x] if spec.se_scale_first else [x, gate], f"{stem}.se_scale")
         x = b.conv(x, dw_channels, spec.out_channels, 1, f"{stem}.project")
         if spec.has_residual():
             x = b.node("Add", [x, block_input], f"{stem}.residual")
