@@ -71,3 +71,13 @@ def test_target_speedup_on_the_command_line(tmp_path) -> None:
     assert report["totals"]["predicted_dw_speedup"] >= 1.25
     assert_one_line_error(run_cli("prune", sample_model("mobilenet_v2"), out, "--target-speedup", "0.5"),
                           "--target-speedup")
+
+
+def test_unreachable_speedup_names_the_option_the_user_gave(tmp_path) -> None:
+    """The search's last grid step must not reach ratio 1.0 and blame --dw-ratio, an option nobody passed."""
+    from support.cli_testing import assert_one_line_error, run_cli
+    from support.samples import sample_model
+
+    result = run_cli("prune", sample_model("mobilenet_v3_small"), tmp_path / "o.onnx", "--target-speedup", "1000")
+    assert_one_line_error(result, "--target-speedup 1000.0: not reachable below DW ratio 1")
+    assert not (tmp_path / "o.onnx").exists()

@@ -298,7 +298,9 @@ def ratio_for_speedup(model: onnx.ModelProto, analysis: ModelAnalysis, options: 
     coarse = [round(r, 2) for r in np.arange(0.0, 1.0, _SPEEDUP_COARSE)]
     found = next((r for r in coarse if reaches(r)), None)
     if found is None:
-        found = next((round(r, 2) for r in np.arange(coarse[-1], 1.0, _SPEEDUP_FINE) if reaches(round(r, 2))), None)
+        # np.arange's float steps can end on 1.0 itself, which is not a ratio: keep the grid below 1.
+        grid = [r for r in (round(r, 2) for r in np.arange(coarse[-1], 1.0, _SPEEDUP_FINE)) if r < 1.0]
+        found = next((r for r in grid if reaches(r)), None)
         if found is None:
             raise OptionError(f"{{dw.target_speedup}} {literal(target)}: not reachable below DW ratio 1 (tile model)")
         return found
