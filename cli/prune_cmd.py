@@ -188,8 +188,8 @@ def _echo_summary(files: PrunedFiles, as_json: bool, quiet: bool, keep_zeros: bo
     click.echo(f"wrote {files.model_path}, {files.report_path}, {files.plan_path}")
     if result.record.calibration:
         click.echo(format_calibration(result.report))
-    elif not keep_zeros:
-        click.echo("note: one-shot DW pruning costs accuracy (MobileNetV2, BWT at DW PR 0.3: 40-65 top-1 "
+    elif not keep_zeros and result.report["totals"].get("dw_ratio_achieved"):  # nothing pruned: nothing to recover
+        click.echo("note: one-shot DW pruning costs accuracy (measured on MobileNetV2, BWT at DW PR 0.3: 40-65 top-1 "
                    "points without recovery); recover part of it without training with --calib DIR (and "
                    "--allocate kl), the rest by fine-tuning with the masks fixed ('deprune-onnx finetune', "
                    "or export-masks for your own training code); measure it with "
