@@ -17,6 +17,16 @@ if TYPE_CHECKING:
     from deprune_onnx.pipeline import PrunedFiles
 
 
+def _parse_damp(value: str) -> float | None:
+    """--calib-damp: a number, or 'auto' (None: cross-validated per layer)."""
+    if value.strip().lower() == "auto":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise click.BadParameter(f"'{value}': expected a number or auto", param_hint="'--calib-damp'") from None
+
+
 @click.command("prune")
 @click.argument("input_path", metavar="IN.onnx", type=click.Path(dir_okay=True))
 @click.argument("output_path", metavar="OUT.onnx", type=click.Path(dir_okay=True))
@@ -28,12 +38,20 @@ if TYPE_CHECKING:
                    "all DW layers.")
 @click.option("--dw-ratio", type=float, default=0.5, show_default=True,
               help="Target pruning ratio of every DW layer, in [0, 1).")
+@click.option("--target-speedup", type=float, metavar="X",
+              help="Instead of --dw-ratio: the predicted DW speedup (tile cost model) to reach, e.g. 1.5; with "
+                   "--allocate kl the per-layer ratios with the least predicted KL that reach it, else the least "
+                   "uniform ratio that does.")
 @click.option("--layer-ratio", "layer_ratios", multiple=True, metavar="NAME=R",
               help="Per-layer ratio; NAME is a DW node name or glob; repeatable, the last match wins.")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="DW layers to leave dense; repeatable.")
 @click.option("--tile", type=int, default=K_TILE, show_default=True, help="GPU tile T along K for HSR alignment.")
 @click.option("--hsr-timings", type=click.Path(dir_okay=False),
               help="JSON of measured per-layer HSR speedups (alpha) replacing the tile cost model.")
+@click.option("--hsr-rank", type=click.Choice(["auto", "beta", "damage"]), default="auto", show_default=True,
+              help="How bh picks over-/under-aligned layers: beta = the paper's alpha/eps; damage = speed gained "
+                   "per unit of expected damage (measured KL with --calib, relative weight energy removed "
+                   "without), so sensitive layers are under-aligned; auto = damage with --calib, beta without.")
 @click.option("--plan", "plan_path", type=click.Path(dir_okay=True),
               help="Re-apply a saved plan instead of computing masks (method and ratio options are ignored).")
 @click.option("--keep-zeros", is_flag=True,
@@ -69,8 +87,10 @@ if TYPE_CHECKING:
 @preprocessing_options(prefix="--calib-", dest="calib_preprocessing")
 @click.option("--calib-crops", type=int, metavar="V",
               help="Views per calibration image (crops, flips) [default: enough for 64 samples, at most 10].")
-@click.option("--calib-damp", type=float, default=0.01, show_default=True,
-              help="Ridge damping of the refit, relative to each channel's mean input energy.")
+@click.option("--calib-damp", default="0.01", show_default=True, metavar="X|auto",
+              help="Ridge damping of the refit, relative to each channel's mean input energy; auto = chosen per "
+                   "layer by cross-validation over held-out calibration images, and a layer whose held-out "
+                   "residual the refit does not lower keeps its unrefitted weights.")
 @click.option("--calib-saliency", is_flag=True,
               help="Choose the kept taps by second-order saliency w^2/[H^-1]_pp instead of |w| (same K per "
                    "sub-GEMM, so the DR/tile structure is unchanged).")
@@ -91,13 +111,14 @@ if TYPE_CHECKING:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors (no progress bars).")
 @click.option("--verbose", "-v", count=True, help="Log each pass with its time and peak memory; -vv for debug.")
-def command(input_path: str, output_path: str, method: str, dw_ratio: float, layer_ratios: tuple[str, ...],
-            exclude: tuple[str, ...], tile: int, hsr_timings: str | None, pw_ratio: float, pw_align: int,
+def command(input_path: str, output_path: str, method: str, dw_ratio: float, target_speedup: float | None,
+            layer_ratios: tuple[str, ...],
+            exclude: tuple[str, ...], tile: int, hsr_timings: str | None, hsr_rank: str, pw_ratio: float, pw_align: int,
             pw_scope: str, pw_method: str, plan_path: str | None, keep_zeros: bool,
             plan_out: str | None, report_path: str | None,
             output_format: str, timings_path: str | None, dtype: str, calib_sources: tuple[str, ...],
             calib_n: int | None,
-            calib_preprocessing: PreprocessOptions, calib_crops: int | None, calib_damp: float, calib_saliency: bool,
+            calib_preprocessing: PreprocessOptions, calib_crops: int | None, calib_damp: str, calib_saliency: bool,
             refit: bool, allocate: str | None, allocate_ratios: str, allocate_samples: int,
             drop_initializer_inputs: bool, as_json: bool, quiet: bool, verbose: int) -> None:
     """Prune the depthwise convs of IN.onnx the DEPrune way and write OUT.onnx.
@@ -133,12 +154,13 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, lay
     if calib_sources or allocate or calib_saliency or calib_n is not None or calib_crops is not None \
             or calib_preprocessing.preset or calib_preprocessing.changed():
         calib = CalibOptions(sources=list(calib_sources), n=calib_n, preprocess=calib_preprocessing, crops=calib_crops,
-                             damp=calib_damp, saliency=calib_saliency, refit=refit, allocate=allocate,
+                             damp=_parse_damp(calib_damp), saliency=calib_saliency, refit=refit, allocate=allocate,
                              allocate_ratios=parse_ratio_list(allocate_ratios, "--allocate-ratios"),
                              allocate_samples=allocate_samples)
     options = PruneOptions(
         dw=DWOptions(method=method, dw_ratio=dw_ratio, layer_ratios=parse_layer_ratios(layer_ratios),
-                     exclude=list(exclude), tile=tile, hsr_alphas=load_hsr_timings(hsr_timings) if hsr_timings else {}),
+                     exclude=list(exclude), tile=tile, hsr_alphas=load_hsr_timings(hsr_timings) if hsr_timings else {},
+                     hsr_rank=hsr_rank, target_speedup=target_speedup),
         pw=PWOptions(ratio=pw_ratio, align=pw_align, scope=pw_scope, method=pw_method),
         output_format=output_format, dtype=dtype, calib=calib, keep_zeros=keep_zeros,
         timings=load_timings(timings_path) if timings_path else None)

@@ -36,6 +36,9 @@ DTYPES = ("float32", "float16")
 PRESET_NAMES = ("imagenet", "pplcnet", "efficientnet-lite", "keras-mobilenet", "ppocr-cls")
 # Per-layer ratio allocation from measured sensitivity.
 ALLOCATORS = ("kl",)
+# How HSR picks over-/under-aligned layers: the paper's beta = alpha / eps, or speed gained per unit of expected
+# damage; auto = damage when it is measured (calibration images given), beta otherwise (docs/accuracy.md).
+HSR_RANKS = ("auto", "beta", "damage")
 # --allocate measures sensitivity on at most this many of the calibration samples (evenly spaced).
 DEFAULT_ALLOCATE_SAMPLES = 16
 DEFAULT_ALLOCATE_RATIOS = (0.25, 0.5, 0.75, 0.9)
@@ -89,6 +92,9 @@ class DWOptions:
         exclude: globs of DW layers left dense.
         tile: GPU tile T along K, in vectors (>= 1), that HSR aligns each sub-GEMM's kept count to.
         hsr_alphas: measured HSR speedup alpha per layer name (replaces the tile cost model for that layer).
+        hsr_rank: one of HSR_RANKS (default ``auto``: ``damage`` with calibration images, else ``beta``).
+        target_speedup: predicted DW speedup of the tile cost model (finite, >= 1) to reach instead of
+            ``dw_ratio``; None = use ``dw_ratio``.
 
     Errors: :class:`OptionError` from :func:`check_dw_options`.
     """
@@ -99,6 +105,8 @@ class DWOptions:
     exclude: list[str] = field(default_factory=list)
     tile: int = K_TILE
     hsr_alphas: dict[str, float] = field(default_factory=dict)
+    hsr_rank: str = "auto"
+    target_speedup: float | None = None
 
 
 @dataclass
@@ -131,7 +139,8 @@ class CalibOptions:
             ``--calib-mean``, ...), a resolved ``Preset`` or one of PRESET_NAMES; None = the model's
             metadata_props, else guessed from its input shape (``evaluation.images.resolve_preprocessing``).
         crops: views (crops, flips) per image; None or 0 = enough for 64 samples, at most 10 per image.
-        damp: ridge damping of the refit, relative to each channel's mean input energy.
+        damp: ridge damping of the refit, relative to each channel's mean input energy (finite, >= 0); None =
+            chosen per layer by cross-validation over the calibration images (``--calib-damp auto``).
         saliency: choose kept taps by second-order saliency instead of |w| (same K per sub-GEMM).
         refit: refit the kept DW weights and biases by least squares (False: images used for ``allocate`` only).
         allocate: one of ALLOCATORS, or None: sensitivity-aware per-layer ratios meeting ``DWOptions.dw_ratio``.
@@ -145,12 +154,18 @@ class CalibOptions:
     n: int | None = None
     preprocess: "PreprocessOptions | Preset | str | None" = None
     crops: int | None = None
-    damp: float = 0.01
+    damp: float | None = 0.01
     saliency: bool = False
     refit: bool = True
     allocate: str | None = None
     allocate_ratios: tuple[float, ...] = DEFAULT_ALLOCATE_RATIOS
     allocate_samples: int = DEFAULT_ALLOCATE_SAMPLES
+
+    @property
+    def measure_damp(self) -> float:
+        """Damping of the refit inside sensitivity measurements (one layer alone, on its unpruned input): the
+        fixed ``damp``, or the default 0.01 when the final refit cross-validates it."""
+        return 0.01 if self.damp is None else self.damp
 
 
 @dataclass
@@ -207,6 +222,9 @@ def check_dw_options(dw: DWOptions) -> None:
         raise OptionError("{dw.layer_ratios}: not available with {dw.method} global (one ranking across all DW "
                           "layers decides every layer's ratio); use {dw.exclude} to leave layers out")
     check_tile(dw.tile)
+    check_choice(dw.hsr_rank, HSR_RANKS, "dw.hsr_rank")
+    if dw.target_speedup is not None and not 1.0 <= dw.target_speedup < float("inf"):
+        raise OptionError(f"{{dw.target_speedup}} {literal(dw.target_speedup)}: must be a finite number >= 1")
 
 
 def check_pw_options(pw: PWOptions) -> None:
@@ -227,6 +245,8 @@ def check_calib_options(calib: CalibOptions, dw: DWOptions, plan_given: bool) ->
         raise OptionError("{calib.sources}: no calibration images given")
     if calib.n is not None and calib.n < 1:
         raise OptionError(f"{{calib.n}} {calib.n}: must be at least 1")
+    if calib.damp is not None and not 0.0 <= calib.damp < float("inf"):
+        raise OptionError(f"{{calib.damp}} {literal(calib.damp)}: must be a finite number >= 0 (or auto)")
     # a preset name, or PreprocessOptions.preset (a resolved Preset was checked when it was resolved)
     preset = calib.preprocess if isinstance(calib.preprocess, str) else getattr(calib.preprocess, "preset", None)
     if preset is not None:

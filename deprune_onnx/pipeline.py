@@ -20,7 +20,7 @@ import onnx
 
 from deprune_onnx.analysis import ModelAnalysis, analyze
 from deprune_onnx.dw.apply import apply_dw_masks
-from deprune_onnx.dw.planner import plan_dw_layers
+from deprune_onnx.dw.planner import DamageMeasure, plan_dw_layers, ratio_for_speedup
 from deprune_onnx.errors import DepruneError
 from deprune_onnx.onnx_io.folding import fold_conv_weight_chains
 from deprune_onnx.onnx_io.graph import ensure_unique_node_names
@@ -32,7 +32,7 @@ from deprune_onnx.options import (CalibOptions, DWOptions, PruneOptions, PWOptio
 from deprune_onnx.plan import PlanSettings, PruningPlan
 from deprune_onnx.record import AllocationRecord, CalibrationRecord, PruneRecord
 from deprune_onnx.pw import PWPlan, apply_nm24, apply_pw_plan, plan_pw_pruning
-from deprune_onnx.recovery.calibration import allocate_layer_ratios, calibration_set
+from deprune_onnx.recovery.calibration import allocate_layer_ratios, calibration_set, hsr_damage_measure
 from deprune_onnx.report.build import build_report
 
 __all__ = ["CalibOptions", "DWOptions", "PWOptions", "PruneOptions", "PruneResult", "PrunedFiles", "prune_file",
@@ -72,14 +72,16 @@ def _settings(options: PruneOptions) -> PlanSettings:
 
 
 def make_plan(model: onnx.ModelProto, options: PruneOptions, analysis: ModelAnalysis,
-              pw_plan: PWPlan | None) -> tuple[PruningPlan, dict[str, Any] | None]:
+              pw_plan: PWPlan | None, damage: DamageMeasure | None = None
+              ) -> tuple[PruningPlan, dict[str, Any] | None]:
     """Decide every DW mask (on the model after PW removal); pure with respect to the model. Returns the plan
-    and, with ``keep_zeros``, the findings for the record (the violations of the zero pattern)."""
+    and, with ``keep_zeros``, the findings for the record (the violations of the zero pattern). ``damage``: the
+    measured damage of candidate masks for ``--hsr-rank damage``/``auto`` (with --calib)."""
     if options.keep_zeros:
         return keep_zeros_plan(model, options, analysis, pw_plan)
     return PruningPlan(method=options.dw.method, dw_ratio=options.dw.dw_ratio, tile=options.dw.tile,
                        subgemm_channels=SUBGEMM_CHANNELS,
-                       dw_layers=tuple(plan_dw_layers(model, analysis, options.dw)), pw=pw_plan,
+                       dw_layers=tuple(plan_dw_layers(model, analysis, options.dw, damage)), pw=pw_plan,
                        settings=_settings(options)), None
 
 
@@ -104,19 +106,37 @@ def make_keep_zeros_plan(model: onnx.ModelProto, options: PruneOptions, analysis
 
 
 def _pw_structural(model: onnx.ModelProto, options: PWOptions, plan: PruningPlan | None,
-                   analysis: ModelAnalysis) -> tuple[PWPlan | None, dict[str, Any] | None]:
-    """Remove PW channels from ``model`` in place, first (a saved plan's groups, or l2 filter pruning); the DW
-    masks are decided afterwards on the reduced model. Returns the PW plan and its report section."""
+                   analysis: ModelAnalysis, calib: CalibOptions | None = None, samples: Any = None
+                   ) -> tuple[PWPlan | None, dict[str, Any] | None]:
+    """Remove PW channels from ``model`` in place, first (a saved plan's groups, or filter pruning); the DW
+    masks are decided afterwards on the reduced model. With calibration ``samples``, channels are ranked by the
+    activation energy they feed forward and the 1x1 convs reading reduced tensors are refit by least squares
+    (recovery/pw_refit.py). Returns the PW plan and its report section."""
+    energy = None
     if plan is not None:
         pw_plan = plan.pw
     elif options.method == "l2" and options.ratio > 0:
+        if samples is not None:
+            from deprune_onnx.recovery.pw_refit import channel_energy
+
+            with timed_pass("pw energy"):
+                energy = channel_energy(model, samples.inputs)
         pw_plan = plan_pw_pruning(model, ratio=options.ratio, align=options.align, scope=options.scope,
-                                  analysis=analysis)
+                                  analysis=analysis, energy=energy)
     else:
         pw_plan = None
     if pw_plan is None:
         return None, None
+    original = None
+    if pw_plan.groups and samples is not None and calib is not None and calib.refit:
+        original = onnx.ModelProto()
+        original.CopyFrom(model)
     _, section = apply_pw_plan(model, pw_plan, in_place=True)
+    if original is not None:
+        from deprune_onnx.recovery.pw_refit import refit_pw_readers
+
+        with timed_pass("pw refit"):
+            section["refit"] = refit_pw_readers(model, original, pw_plan, samples.inputs, calib.measure_damp)
     return pw_plan, section
 
 
@@ -138,29 +158,37 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan
         fold_conv_weight_chains(model)
         analysis = analyze(model)
     _require_dw_layers(analysis)
-    with timed_pass("pw"):
-        pw_plan, record.pw = _pw_structural(model, options.pw, plan, analysis)
-        if pw_plan is not None and pw_plan.groups:
-            analysis = analyze(model)  # channels were removed: DW masks are planned on the reduced model
     calib = options.calib
     reference = samples = None
     one_d = [layer.name for layer in analysis.dw_layers if layer.spatial_dims == 1]
     if calib is not None and one_d:
         raise DepruneError(f"--calib: 1-D DW conv '{one_d[0]}': the refit and --allocate handle 2-D DW convs "
                            "only; prune this model without --calib")
-    if calib is not None:
+    if calib is not None:  # the image input is the same before and after PW removal
         samples = calibration_set(model, calib)
+    with timed_pass("pw"):
+        pw_plan, record.pw = _pw_structural(model, options.pw, plan, analysis, calib, samples)
+        if pw_plan is not None and pw_plan.groups:
+            analysis = analyze(model)  # channels were removed: DW masks are planned on the reduced model
+    if calib is not None:
         # The refit's target: this model before DW pruning (after PW removal, so the DW shapes agree).
         reference = onnx.ModelProto()
         reference.CopyFrom(model)
     if plan is None:
+        if options.dw.target_speedup is not None and not (calib is not None and calib.allocate):
+            with timed_pass("target speedup"):
+                ratio = ratio_for_speedup(model, analysis, options.dw)
+            options = replace(options, dw=replace(options.dw, dw_ratio=ratio))
         if calib is not None and calib.allocate:
             layer_ratios, summary, per_layer = allocate_layer_ratios(reference, analysis, options.dw, calib,
                                                                      samples.inputs)
             record.allocation = AllocationRecord(summary, per_layer)
             options = replace(options, dw=replace(options.dw, layer_ratios=layer_ratios))
+        damage = None
+        if calib is not None and options.dw.method == "bh" and options.dw.hsr_rank in ("auto", "damage"):
+            damage = hsr_damage_measure(reference, analysis, calib, samples.inputs)
         with timed_pass("plan"):
-            plan, record.keep_zeros = make_plan(model, options, analysis, pw_plan)
+            plan, record.keep_zeros = make_plan(model, options, analysis, pw_plan, damage)
     with timed_pass("apply"):
         model, _ = apply_dw_masks(model, plan.dw_layers, in_place=True)
     if calib is not None and calib.refit:
@@ -168,13 +196,14 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan
 
         with timed_pass("refit"):
             model, refit = reconstruct(model, reference, analysis, plan.dw_layers, samples.inputs, calib.damp,
-                                       calib.saliency, in_place=True)
+                                       calib.saliency, in_place=True, groups=samples.image_index)
         refits = refit.layers
         plan = plan.with_masks(refit.masks)  # --calib-saliency chose other taps (same K per sub-GEMM)
         record.calibration = CalibrationRecord(
             images=[str(p) for p in samples.paths], views=samples.views, samples=int(len(samples.inputs)),
-            preprocess=samples.preset, damp=calib.damp, saliency=calib.saliency, layers_refit=len(refits),
-            layers={refit.pop("layer"): refit for refit in refits})
+            preprocess=samples.preset, damp="auto" if calib.damp is None else calib.damp, saliency=calib.saliency,
+            layers_refit=sum(bool(entry["refit"]) for entry in refits),
+            layers={entry.pop("layer"): entry for entry in refits})
     if options.pw.method == "nm24":
         model, record.pw_nm24 = apply_nm24(model, analysis, in_place=True)
     if options.output_format != "dense":

@@ -56,6 +56,9 @@ class DWLayerPlan:
         pattern: HSR alignment, ``o`` (over-aligned), ``u`` (under-aligned) or ``aligned``; ``-`` without HSR.
         alpha: HSR speedup of removing the partial tile (ratio of times, dimensionless); alpha_source:
             ``tile-model`` or ``measured``; eps: vectors in the partial tile; beta = alpha / eps (HSR's ranking).
+        hsr_rank: bh: the rule that chose ``o``/``u`` (``beta`` or ``damage``); None without HSR.
+        hsr_damage: ``damage`` rank: the expected damage of each candidate alignment (under, over, one more tile
+            each) and its source (``measured KL`` or ``weight energy``); None otherwise.
         note: why the planner did something unusual (balance step, an under-aligned layer), else "".
     """
 
@@ -72,6 +75,8 @@ class DWLayerPlan:
     alpha_source: str | None = None
     eps: int | None = None
     beta: float | None = None
+    hsr_rank: str | None = None
+    hsr_damage: dict[str, Any] | None = None
     note: str = ""
 
     def keep_mask(self) -> np.ndarray:

@@ -16,7 +16,8 @@ from support.builders import dsconv_model
 from support.samples import imagenet_samples, sample_model
 from deprune_onnx.recovery.allocation import LayerSensitivity, allocate_ratios
 from deprune_onnx.analysis import analyze
-from deprune_onnx.recovery.refit import PatchStats, patch_stats, refit_channels, stacked
+from deprune_onnx.recovery.refit import (DAMP_GRID, PatchStats, cross_validate_damp, fold_ids, patch_stats,
+                                         refit_channels, stacked)
 from deprune_onnx.dw.planner import DWOptions
 from deprune_onnx.evaluation import ModelRunner
 from deprune_onnx.evaluation.images import PRESETS, find_images, load_image_set
@@ -173,3 +174,58 @@ def test_allocation_with_calibration_at_05_beats_uniform_bh_by_2x(mobilenet: dic
         sensitivity = result.record.allocation.layers[plan.name]
         assert sensitivity["chosen_ratio"] == pytest.approx(plan.target_ratio)
         assert sensitivity["why"]
+
+
+def _stats(design: np.ndarray, y: np.ndarray) -> PatchStats:
+    return PatchStats(np.einsum("cmk,cml->ckl", design, design), np.einsum("cmk,cm->ck", design, y),
+                      np.einsum("cm,cm->c", y, y), design.shape[1])
+
+
+def test_cross_validation_picks_a_damping_and_falls_back_when_the_refit_does_not_generalise() -> None:
+    rng = np.random.default_rng(3)
+    keep = np.ones((2, 9), bool)
+    keep[:, :3] = False
+    truth = np.concatenate([np.where(keep, rng.standard_normal((2, 9)), 0.0), np.zeros((2, 1))], axis=1)
+    w0 = truth.copy()
+    w0[:, :3] = 0.5                                     # pruned taps that carried signal: the refit must move
+    folds = []
+    for _ in range(5):
+        design = rng.standard_normal((2, 400, 10))
+        design[:, :, :3] = design[:, :, 3:6] + 0.1 * design[:, :, :3]   # neighbouring pixels correlate
+        design[:, :, -1] = 1.0
+        folds.append(_stats(design, np.einsum("cmk,ck->cm", design, w0)))
+    cv = cross_validate_damp(folds, w0, keep)
+    assert cv.damp == min(DAMP_GRID)                    # noiseless, plenty of samples: least damping wins
+    assert cv.validation_after < 0.1 * cv.validation_before
+    # Each fold's target has its own offset: the refit's bias learns the others' mean, which is worse on the
+    # held-out fold than the unrefitted weights (nothing pruned that matters, bias 0), at every damping.
+    folds = []
+    for offset in (3.0, -3.0, 2.0, -2.0, 0.0):
+        design = rng.standard_normal((2, 50, 10))
+        design[:, :, -1] = 1.0
+        folds.append(_stats(design, np.einsum("cmk,ck->cm", design, truth) + offset))
+    cv = cross_validate_damp(folds, truth, keep)
+    assert cv.validation_after >= cv.validation_before
+    assert fold_ids(np.repeat(np.arange(7), 2), 14).tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 0, 0, 1, 1]
+    assert fold_ids(np.zeros(3, int), 3).tolist() == [0, 1, 2]
+
+
+def test_auto_damping_records_train_and_validation_residuals_per_layer(mobilenet: dict) -> None:
+    dw = DWOptions(method="b", dw_ratio=0.3)
+    result, refit = prune_and_measure(mobilenet, dw, calib(crops=2, damp=None))
+    _, plain = prune_and_measure(mobilenet, dw, None)
+    assert refit.kl_mean * 3 <= plain.kl_mean, (plain, refit)
+    assert result.record.calibration.damp == "auto"
+    weights = {t.name: numpy_helper.to_array(t) for t in result.model.graph.initializer}
+    source = {t.name: numpy_helper.to_array(t) for t in mobilenet["source"].graph.initializer}
+    nodes = {n.name: n for n in result.model.graph.node}
+    layers = result.record.calibration.layers
+    for plan in result.plan.dw_layers:
+        record = layers[plan.name]
+        assert record["damp"] in DAMP_GRID and "validation_before" in record and "validation_after" in record
+        assert record["refit"] == (record["validation_after"] < record["validation_before"])
+        if not record["refit"]:   # kept unrefitted: the masked original weights
+            original = source[mobilenet["source"].graph.node[[n.name for n in mobilenet["source"].graph.node]
+                                                               .index(plan.name)].input[1]]
+            np.testing.assert_array_equal(weights[nodes[plan.name].input[1]], np.where(plan.keep_mask(), original, 0))
+    assert result.record.calibration.layers_refit == sum(r["refit"] for r in layers.values())

@@ -183,12 +183,30 @@ def misalignment(kept: np.ndarray, vectors: np.ndarray, tile: int = DEFAULT_TILE
     return Misalignment(int(eps_g.sum()), alpha, can_over)
 
 
-def choose_hsr_patterns(layers: list[tuple[Misalignment, float | None]]) -> list[str]:
-    """Rank misaligned layers by beta = alpha / eps: top half over-aligned ("o"), bottom half under ("u").
+# A damage difference at or below this counts as none (over-aligning is then free, and ranks first).
+_NO_DAMAGE = 1e-12
+
+
+def energy_damage(weight: np.ndarray, keeps: list[np.ndarray]) -> list[float]:
+    """Data-free damage proxy of each keep mask: the relative weight energy it removes, sum_pruned w^2 / sum w^2.
+
+    Relative to the layer's own energy, so layers with different weight scales (folded BatchNorm) compare."""
+    energy = np.square(weight.astype(np.float64))
+    total = max(float(energy.sum()), 1e-30)
+    return [float(energy[~keep].sum() / total) for keep in keeps]
+
+
+def choose_hsr_patterns(layers: list[tuple[Misalignment, float | None]],
+                        damage_gaps: list[float | None] | None = None) -> list[str]:
+    """Rank misaligned layers: top half over-aligned ("o"), bottom half under-aligned ("u").
 
     ``layers`` holds each layer's Misalignment and, when measured (``--hsr-timings``), its measured alpha that
     replaces the tile model's. Aligned layers get "aligned". Layers that cannot be over-aligned rank last. With
     n misaligned layers, floor(n/2) are over-aligned (the paper's 9u8o for 17 layers).
+
+    Without ``damage_gaps`` the rank is the paper's beta = alpha / eps. With them (``--hsr-rank damage``; one
+    entry per layer: expected damage of over- minus under-aligning it, e.g. measured KL or ``energy_damage``)
+    the rank is alpha / gap, speed gained per unit of expected damage, so sensitive layers are under-aligned.
     """
     patterns = ["aligned"] * len(layers)
     misaligned = [i for i, (info, _) in enumerate(layers) if info.eps > 0]
@@ -198,6 +216,9 @@ def choose_hsr_patterns(layers: list[tuple[Misalignment, float | None]]) -> list
         alpha = measured if measured is not None else info.alpha
         if not info.can_over_align or alpha is None:
             return -math.inf
+        if damage_gaps is not None:
+            gap = damage_gaps[position]
+            return alpha / max(gap if gap is not None else math.inf, _NO_DAMAGE)
         return alpha / info.eps
 
     ranked = sorted(misaligned, key=lambda i: (-beta(i), i))

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import fnmatch
 import json
+from dataclasses import replace
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import onnx
@@ -19,11 +20,17 @@ from deprune_onnx.analysis import ConvLayer, ModelAnalysis
 from deprune_onnx.errors import DepruneError
 from deprune_onnx.onnx_io.graph import GraphIndex
 from deprune_onnx.dw.masks import (SUBGEMM_CHANNELS, Misalignment, align_subgemms, bwt_mask, channel_mask,
-                                choose_hsr_patterns, dcp_mask, global_masks, kept_per_subgemm, misalignment,
-                                subgemm_vectors)
+                                choose_hsr_patterns, dcp_mask, energy_damage, global_masks, kept_per_subgemm,
+                                misalignment, subgemm_vectors)
 from deprune_onnx.options import DWOptions, OptionError, check_dw_options, literal
 from deprune_onnx.plan import DWLayerPlan, encode_mask
 from deprune_onnx.progress import progress
+
+# Measures expected damage for candidate masks: {layer: [keep, ...]} -> {layer: [damage, ...]} (e.g. the KL
+# of the model's output with that layer alone pruned, recovery/allocation.py measure_masks).
+DamageMeasure = Callable[[dict[str, list[np.ndarray]]], dict[str, list[float]]]
+# The candidate alignments of a bh layer whose damage --hsr-rank damage weighs: (pattern, extra tiles).
+HSR_CANDIDATES = (("u", 0), ("o", 0), ("u", 1), ("o", 1))
 
 
 def _matching(names: list[str], pattern: str, param: str) -> list[str]:
@@ -86,8 +93,13 @@ def layer_mask(weight: np.ndarray, method: str, ratio: float) -> np.ndarray:
     return bwt_mask(weight, ratio, SUBGEMM_CHANNELS)
 
 
-def plan_dw_layers(model: onnx.ModelProto, analysis: ModelAnalysis, options: DWOptions) -> list[DWLayerPlan]:
-    """One DWLayerPlan per DW layer of ``analysis`` (excluded layers too, with method 'none')."""
+def plan_dw_layers(model: onnx.ModelProto, analysis: ModelAnalysis, options: DWOptions,
+                   damage: DamageMeasure | None = None) -> list[DWLayerPlan]:
+    """One DWLayerPlan per DW layer of ``analysis`` (excluded layers too, with method 'none').
+
+    ``damage`` (bh with ``hsr_rank`` 'damage' or 'auto'): measures the expected damage of candidate masks, e.g.
+    KL on calibration images; 'damage' without it uses the data-free proxy ``energy_damage``, 'auto' without it
+    the paper's beta."""
     check_dw_options(options)
     unknown = sorted(set(options.hsr_alphas) - {layer.name for layer in analysis.dw_layers})
     if unknown:
@@ -109,9 +121,28 @@ def plan_dw_layers(model: onnx.ModelProto, analysis: ModelAnalysis, options: DWO
     if options.method == "global":
         _apply_global(plans, weights, options.dw_ratio)
     if options.method == "bh":
-        base_masks = _apply_hsr(plans, weights, options)
-        _balance_hsr(plans, weights, base_masks, options)
+        rank = options.hsr_rank if options.hsr_rank != "auto" else ("damage" if damage is not None else "beta")
+        options = replace(options, hsr_rank=rank)
+        damages = _hsr_damages(plans, weights, options, damage) if rank == "damage" else None
+        source = "measured KL" if damage is not None else "weight energy"
+        base_masks = _apply_hsr(plans, weights, options, damages, source)
+        _balance_hsr(plans, weights, base_masks, options, damages)
     return plans
+
+
+def _hsr_damages(plans: list[DWLayerPlan], weights: Mapping[str, np.ndarray], options: DWOptions,
+                 damage: DamageMeasure | None) -> dict[str, list[float]]:
+    """Expected damage of every HSR_CANDIDATES alignment of every pruned bh layer, measured or proxied."""
+    requests = {plan.name: [align_subgemms(weights[plan.name], plan.keep_mask(), pattern, options.tile,
+                                           extra_tiles=extra) for pattern, extra in HSR_CANDIDATES]
+                for plan in plans if plan.method == "bh" and plan.target_ratio > 0.0
+                and misalignment(np.array(plan.kept_per_subgemm), np.array(plan.vectors_per_subgemm),
+                                 options.tile).eps > 0}  # aligned layers have no choice to weigh
+    if not requests:
+        return {}
+    if damage is not None:
+        return damage(requests)
+    return {name: energy_damage(weights[name], keeps) for name, keeps in requests.items()}
 
 
 def _apply_global(plans: list[DWLayerPlan], weights: Mapping[str, np.ndarray], ratio: float) -> None:
@@ -132,9 +163,10 @@ def _layer_plan(layer: ConvLayer, method: str, ratio: float, keep: np.ndarray) -
         vectors_per_subgemm=[int(v) for v in subgemm_vectors(shape)])
 
 
-def _apply_hsr(plans: list[DWLayerPlan], weights: Mapping[str, np.ndarray], options: DWOptions
-               ) -> dict[str, np.ndarray]:
-    """Rank the pruned layers by beta and over-/under-align each one's sub-GEMMs to the tile.
+def _apply_hsr(plans: list[DWLayerPlan], weights: Mapping[str, np.ndarray], options: DWOptions,
+               damages: Mapping[str, list[float]] | None = None, source: str = "") -> dict[str, np.ndarray]:
+    """Rank the pruned layers (by beta, or with ``damages`` by speed per unit of damage) and over-/under-align
+    each one's sub-GEMMs to the tile.
 
     Returns the BWT masks before alignment, which the balance step starts from again.
     """
@@ -147,8 +179,17 @@ def _apply_hsr(plans: list[DWLayerPlan], weights: Mapping[str, np.ndarray], opti
     for plan in candidates:
         info = misalignment(np.array(plan.kept_per_subgemm), np.array(plan.vectors_per_subgemm), options.tile)
         infos.append((info, options.hsr_alphas.get(plan.name)))
-    patterns = choose_hsr_patterns(infos)
+    gaps = None
+    if damages is not None:
+        gaps = [damages[plan.name][1] - damages[plan.name][0] if plan.name in damages else None
+                for plan in candidates]
+    patterns = choose_hsr_patterns(infos, gaps)
     for plan, (info, measured), pattern in zip(candidates, infos, patterns):
+        plan.hsr_rank = options.hsr_rank
+        if damages is not None and plan.name in damages:
+            under, over, under_more, over_more = damages[plan.name]
+            plan.hsr_damage = {"source": source, "under": under, "over": over,
+                               "under_one_more_tile": under_more, "over_one_more_tile": over_more}
         plan.eps = info.eps
         plan.alpha = measured if measured is not None else info.alpha
         plan.alpha_source = "measured" if measured is not None else "tile-model"
@@ -172,7 +213,8 @@ HSR_BALANCE_TOLERANCE = 0.005
 
 
 def _balance_hsr(plans: list[DWLayerPlan], weights: Mapping[str, np.ndarray],
-                 base_masks: Mapping[str, np.ndarray], options: DWOptions) -> None:
+                 base_masks: Mapping[str, np.ndarray], options: DWOptions,
+                 damages: Mapping[str, list[float]] | None = None) -> None:
     """Bring the model-wide DW ratio back near the target after HSR, keeping every K_g tile-aligned.
 
     DECISION (the paper is silent): the half/half split keeps the model-wide ratio near the target only when the
@@ -185,6 +227,10 @@ def _balance_hsr(plans: list[DWLayerPlan], weights: Mapping[str, np.ndarray],
     one layer reached the target at 0.3 by pruning two MobileNetV2 layers at 89%, which costs far more
     accuracy than the small miss it fixes. Patterns and the u/o split do not change; the plan records the extra
     tile per layer, and the report shows any remaining gap (achieved vs target ratio).
+
+    With ``damages`` (``--hsr-rank damage``) the move is chosen among those that bring the ratio closer to the
+    target by expected damage per moved weight instead: the restore that removes the most damage per restored
+    weight, or the extra pruning that adds the least damage per pruned weight.
     """
     aligned = [p for p in plans if p.pattern in ("o", "u")]
     pruned = [p for p in plans if p.method != "none"]
@@ -209,13 +255,52 @@ def _balance_hsr(plans: list[DWLayerPlan], weights: Mapping[str, np.ndarray],
             change = int(keep.sum()) - sum(plan.kept_per_subgemm)
             if change == 0:
                 continue
-            beta = plan.beta if plan.beta is not None else 0.0
-            key = (abs(current - change / total - target), beta if direction == "u" else -beta, position)
+            distance = abs(current - change / total - target)
+            if damages is not None:
+                if distance >= abs(current - target):
+                    continue
+                d = damages[plan.name]  # HSR_CANDIDATES order: u, o, u+1, o+1
+                per_weight = (d[2] - d[0] if direction == "u" else d[3] - d[1]) / abs(change)
+                key = (per_weight, 0.0, position)
+            else:
+                beta = plan.beta if plan.beta is not None else 0.0
+                key = (distance, beta if direction == "u" else -beta, position)
             if best is None or key < best[0]:
                 best = (key, plan, keep)
-        if best is None or best[0][0] >= abs(current - target):
+        if best is None or (damages is None and best[0][0] >= abs(current - target)):
             return
         _, plan, keep = best
         extra[plan.name] += 1
         _set_mask(plan, keep)
         plan.note = f"balance step: one extra tile {'restored' if direction == 'u' else 'pruned'} per sub-GEMM"
+
+
+# --target-speedup without --allocate: the uniform ratios tried, coarse then fine.
+_SPEEDUP_COARSE, _SPEEDUP_FINE = 0.05, 0.01
+
+
+def ratio_for_speedup(model: onnx.ModelProto, analysis: ModelAnalysis, options: DWOptions) -> float:
+    """The least uniform --dw-ratio (on a 0.01 grid) whose plan reaches ``options.target_speedup``, the predicted
+    DW speedup of the tile cost model (report/build.py ``predicted_dw_speedup``). HSR is ranked as asked, but by
+    the data-free proxy when the rank is 'damage' (the measured damage is only taken for the final plan)."""
+    from deprune_onnx.report.build import predicted_dw_speedup
+
+    target = options.target_speedup
+    check_dw_options(options)
+    if target is None:
+        raise OptionError("{dw.target_speedup}: no speedup given")
+
+    def reaches(ratio: float) -> bool:
+        plans = plan_dw_layers(model, analysis, replace(options, dw_ratio=ratio, target_speedup=None))
+        speedup = predicted_dw_speedup(plans, analysis, options.tile)
+        return speedup is None or speedup >= target
+
+    coarse = [round(r, 2) for r in np.arange(0.0, 1.0, _SPEEDUP_COARSE)]
+    found = next((r for r in coarse if reaches(r)), None)
+    if found is None:
+        found = next((round(r, 2) for r in np.arange(coarse[-1], 1.0, _SPEEDUP_FINE) if reaches(round(r, 2))), None)
+        if found is None:
+            raise OptionError(f"{{dw.target_speedup}} {literal(target)}: not reachable below DW ratio 1 (tile model)")
+        return found
+    fine = [round(r, 2) for r in np.arange(max(found - _SPEEDUP_COARSE, 0.0) + _SPEEDUP_FINE, found, _SPEEDUP_FINE)]
+    return next((r for r in fine if reaches(r)), found)

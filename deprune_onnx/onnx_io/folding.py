@@ -11,7 +11,6 @@ rest of the model is left exactly as it is. What cannot be folded is named by ``
 from __future__ import annotations
 
 import onnx
-import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
 from deprune_onnx.logging_utils import LOGGER
@@ -82,7 +81,12 @@ def fold_conv_weight_chains(model: onnx.ModelProto) -> dict[str, str]:
 
 
 def _fold(model: onnx.ModelProto, index: GraphIndex, chain: set[str], targets: list[str]) -> dict[str, object]:
-    """The values of ``targets``, computed by graphsurgeon's folder on a model of the ``chain`` nodes only."""
+    """The values of ``targets``, computed by graphsurgeon's folder on a model of the ``chain`` nodes only.
+
+    onnx-graphsurgeon is imported here, not at module level: prune imports this module on every run, and the
+    GPU check machine (bench/gpu/run_all.sh) has no onnx-graphsurgeon; only a model with a chain to fold needs it.
+    """
+    import onnx_graphsurgeon as gs
     nodes = sorted((index.node(name) for name in chain), key=lambda n: index.node_position[n.name])
     read = {name for node in nodes for name in node.input}
     sub = onnx.helper.make_model(

@@ -54,7 +54,7 @@ def _entry(group: ChannelGroup, ratio: float, align: int) -> PWGroupPlan:
 
 
 def plan_pw_pruning(model: onnx.ModelProto, *, ratio: float, align: int = 32, scope: str = "project",
-                    analysis: ModelAnalysis | None = None) -> PWPlan:
+                    analysis: ModelAnalysis | None = None, energy: dict[str, np.ndarray] | None = None) -> PWPlan:
     """Plan structural PW pruning.
 
     scope "project" (the paper's default) prunes the groups produced by a block's projection PW (PW-conv2);
@@ -75,7 +75,7 @@ def plan_pw_pruning(model: onnx.ModelProto, *, ratio: float, align: int = 32, sc
         if scope == "project" and not projections.intersection(group.origins):
             entry.reason = "out of scope 'project': no projection PW produces these channels"
         if entry.reason is None:
-            importance, entry.importance = group_importance(model, graph, group, se_convs, index)
+            importance, entry.importance = group_importance(model, graph, group, se_convs, index, energy)
             kept = aligned_kept_count(group.size, ratio, align)
             if kept == group.size:
                 entry.reason = (f"keeps all {group.size} channels: nearest kept count to the target that is a "

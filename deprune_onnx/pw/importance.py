@@ -6,6 +6,12 @@ so that factor multiplies the norm. A group with several producers (a residual c
 removing a group channel removes it from every producer. SE expand convs also produce group channels (the gate),
 but a gate says how much of a channel passes, not what it carries; they count only when nothing else produces
 the group. Depthwise convs carry the channels through and are not scored.
+
+With calibration activations (``prune --calib`` with ``--pw-ratio``) the score is what a channel feeds forward
+instead: for every reader that is a Conv with group 1, sum_over_readers E[x_c^2] * ||W_reader[:, c]||^2, the
+energy channel c contributes to the reader's output (a squared, structured form of Wanda's |w| * ||x||
+score). Readers of another kind (Gemm, grouped convs) do not count; a group
+with no such reader keeps the l2 rule.
 """
 from __future__ import annotations
 
@@ -28,10 +34,37 @@ def _bn_scale(index: GraphIndex, tensor: str) -> np.ndarray | None:
     return np.abs(gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + eps))
 
 
+def activation_readers(model: onnx.ModelProto, group: ChannelGroup) -> list[tuple[onnx.NodeProto, int]]:
+    """The group's readers whose contribution ``group_importance`` can score: Conv nodes with group 1 whose input
+    is a member tensor; with the member's offset."""
+    offsets = {m.tensor: m.offset for m in group.members}
+    nodes = {node.name: node for node in model.graph.node}
+    readers = []
+    for name in group.readers:
+        node = nodes.get(name)
+        if node is not None and node.op_type == "Conv" and node.input[0] in offsets and \
+                int(node_attributes(node).get("group", 1)) == 1:
+            readers.append((node, offsets[node.input[0]]))
+    return readers
+
+
 def group_importance(model: onnx.ModelProto, graph: DependencyGraph, group: ChannelGroup,
-                     se_convs: set[str], index: GraphIndex | None = None) -> tuple[np.ndarray, str]:
-    """Per group channel: summed (BN-scaled) l2 norms of the producers' filters; and the rule used."""
+                     se_convs: set[str], index: GraphIndex | None = None,
+                     energy: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, str]:
+    """Per group channel: summed (BN-scaled) l2 norms of the producers' filters, or with ``energy`` (tensor ->
+    mean squared activation per channel, on calibration images) the energy each channel feeds its readers;
+    and the rule used ("l2", "l2*bn" or "activation")."""
     index = GraphIndex(model.graph) if index is None else index
+    if energy is not None:
+        readers = [(node, offset) for node, offset in activation_readers(model, group) if node.input[0] in energy]
+        if readers:
+            scores = np.zeros(group.size, dtype=np.float64)
+            for node, offset in readers:
+                weight = index.constant(node.input[1]).astype(np.float64)
+                columns = np.square(weight).sum(axis=(0, *range(2, weight.ndim)))
+                channels = slice(offset, offset + group.size)
+                scores += energy[node.input[0]][channels] * columns[channels]
+            return scores, "activation"
     producers = [m for m in group.members if m.tensor in graph.origin_nodes]
     feature = [m for m in producers if model.graph.node[graph.origin_nodes[m.tensor]].name not in se_convs]
     scores = np.zeros(group.size, dtype=np.float64)

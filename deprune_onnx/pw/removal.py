@@ -26,7 +26,7 @@ from deprune_onnx.pw.plan import PWPlan
 from deprune_onnx.onnx_io.shapes import _weightless_copy
 
 
-def _removed_channels(graph: DependencyGraph, plan: PWPlan) -> dict[str, np.ndarray]:
+def removed_channels(graph: DependencyGraph, plan: PWPlan) -> dict[str, np.ndarray]:
     """Tensor -> sorted channel positions to delete; raises DepruneError where the plan does not fit."""
     by_key = {group.member_key(): group for group in graph.groups}
     removed: dict[str, np.ndarray] = {}
@@ -150,7 +150,7 @@ def apply_pw_plan(model: onnx.ModelProto, plan: PWPlan, *, in_place: bool = Fals
 def _remove(result: onnx.ModelProto, plan: PWPlan) -> None:
     checkable = _consistent(result)  # models that arrive with stale shape annotations cannot be checked
     graph = build_dependency_graph(result)
-    removed = _removed_channels(graph, plan)
+    removed = removed_channels(graph, plan)
     _Remover(result, graph, removed).run()
     if checkable:
         try:  # the dependency rules guarantee consistent shapes; a failure here is a bug, never a user error
@@ -188,7 +188,7 @@ def removed_constant_indices(model: onnx.ModelProto, plan: PWPlan) -> list[Remov
     with unique node names (as the prune pipeline has it); it is not modified. Raises DepruneError like
     apply_pw_plan when the plan does not fit the model."""
     graph = build_dependency_graph(model)
-    removed = _removed_channels(graph, plan) if plan.groups else {}
+    removed = removed_channels(graph, plan) if plan.groups else {}
     per_input: dict[tuple[int, int], dict[int, np.ndarray]] = {}
     for edit in graph.edits:
         if isinstance(edit, SliceConstant) and edit.tensor in removed:

@@ -65,10 +65,31 @@ def measure_sensitivity(model: onnx.ModelProto, analysis: ModelAnalysis, method:
     """KL of the model's outputs with one DW layer pruned (and refit) at each ratio, every other layer dense."""
     if not ratios or any(not 0.0 < r < 1.0 for r in ratios):
         raise DepruneError(f"--allocate-ratios {list(ratios)}: every measured ratio must be in (0, 1)")
+    index = GraphIndex(model.graph)
+    chosen = [layer for layer in analysis.dw_layers if layers is None or layer.name in layers]
+    masks: dict[str, list[np.ndarray]] = {}
+    for layer in chosen:
+        weight = index.constant(layer.weight)
+        masks[layer.name] = [layer_mask(weight, "b" if method == "bh" else method,
+                                        _aligned(ratio, weight.shape, method, tile)) for ratio in ratios]
+    kls = measure_masks(model, analysis, inputs, masks, refit, damp, "sensitivity")
+    return [LayerSensitivity(layer.name, int(masks[layer.name][0].size),
+                             [0.0] + [float(1.0 - keep.mean()) for keep in masks[layer.name]],
+                             [0.0] + kls[layer.name]) for layer in chosen]
+
+
+def measure_masks(model: onnx.ModelProto, analysis: ModelAnalysis, inputs: np.ndarray,
+                  masks: dict[str, list[np.ndarray]], refit: bool = True, damp: float = DEFAULT_DAMP,
+                  label: str = "sensitivity") -> dict[str, list[float]]:
+    """Mean KL(unpruned || pruned) over ``inputs`` of the model's output for every candidate keep mask of every
+    DW layer named in ``masks`` (layer name -> masks of its weight's shape), that layer alone pruned (and, with
+    ``refit``, its kept weights refit by least squares on its unpruned input), every other layer dense.
+
+    The unpruned model runs once, in pieces; each layer's candidates run only the rest of the graph from it."""
     work = onnx.ModelProto()
     work.CopyFrom(model)
     index = GraphIndex(work.graph)
-    chosen = [layer for layer in analysis.dw_layers if layers is None or layer.name in layers]
+    chosen = [layer for layer in analysis.dw_layers if layer.name in masks]
     params = {}
     writer = ParameterWriter(work)
     for layer in chosen:  # every DW weight and bias its own initializer, so a branch can feed candidates
@@ -82,19 +103,17 @@ def measure_sensitivity(model: onnx.ModelProto, analysis: ModelAnalysis, method:
     reference_out = _log_probs(_reference_outputs(work, input_name, inputs, output))
     staged = StagedForward(work, {input_name: inputs})
     nodes = {node.name: node for node in work.graph.node}
-    results: list[LayerSensitivity] = []
-    for layer in progress(chosen, "sensitivity", unit="layer"):
+    results: dict[str, list[float]] = {}
+    for layer in progress(chosen, label, unit="layer"):
         weight, bias = params[layer.name]
         node = nodes[layer.name]
         x = staged.advance([layer.input])[layer.input]
         branch = staged.branch([output], [node.input[1], node.input[2]])
         w0 = stacked(weight, bias)
         stats = reference_stats(x, layer, w0) if refit else None
-        kls, measured = [0.0], [0.0]
-        for ratio in ratios:
-            keep = layer_mask(weight, "b" if method == "bh" else method, _aligned(ratio, weight.shape, method, tile))
+        kls = []
+        for keep in masks[layer.name]:
             flat = keep.reshape(weight.shape[0], -1)
-            measured.append(float(1.0 - flat.mean()))
             if stats is not None:
                 fitted = refit_channels(stats, w0, flat, damp)
             else:
@@ -102,7 +121,7 @@ def measure_sensitivity(model: onnx.ModelProto, analysis: ModelAnalysis, method:
             out = branch.run({node.input[1]: fitted[:, :-1].reshape(weight.shape).astype(weight.dtype),
                               node.input[2]: fitted[:, -1].astype(bias.dtype)})[output]
             kls.append(float(kl_divergence(reference_out, _log_probs(out)).mean()))
-        results.append(LayerSensitivity(layer.name, int(weight.size), measured, kls))
+        results[layer.name] = kls
     return results
 
 
@@ -136,6 +155,68 @@ class Allocation:
     predicted: dict[str, float]
     achieved_ratio: float
     predicted_total: float
+    predicted_speedup: dict[str, float] | None = None   # --target-speedup: per layer, tile model
+    predicted_dw_speedup: float | None = None            # --target-speedup: model-wide DW, tile model
+
+
+def tile_steps(shape: tuple[int, ...], ratios: np.ndarray, tile: int = 32) -> np.ndarray:
+    """Tile cost model steps, max_g ceil(K_g/T), of a layer at each ratio: BWT's kept count of a full sub-GEMM
+    (the slowest one), K = V - round_half_up(r V) with V = min(C, 32) * kh * kw."""
+    vectors = min(shape[0], 32) * shape[2] * shape[3]
+    kept = vectors - np.floor(np.asarray(ratios) * vectors + 0.5)
+    return np.ceil(kept / tile).astype(np.int64)
+
+
+def allocate_for_speedup(curves: list[LayerSensitivity], shapes: dict[str, tuple[int, ...]],
+                         scales: dict[str, int], speedup: float, method: str, tile: int = 32,
+                         fixed_cost: int = 0) -> Allocation:
+    """Per-layer ratios with predicted DW speedup (tile model: a layer costs ``scales`` (= G * H_out * W_out)
+    times its tile steps) at least ``speedup`` and the least sum of predicted KLs: the same exact dynamic
+    programme as ``allocate_ratios``, over saved cost instead of pruned weights (saved cost rounded down to
+    buckets of 1/4000 of the dense cost, so the constraint holds exactly). ``fixed_cost``: tile-model cost of the
+    DW layers left dense (excluded), which count in the model-wide speedup."""
+    if not speedup >= 1.0 or not np.isfinite(speedup):
+        raise DepruneError(f"--target-speedup {speedup}: must be a finite number >= 1")
+    if not curves:
+        raise DepruneError("--allocate: no DW layer to allocate ratios to")
+    dense = {c.name: int(tile_steps(shapes[c.name], np.zeros(1), tile)[0]) * scales[c.name] for c in curves}
+    total = sum(dense.values()) + fixed_cost
+    need = total * (1.0 - 1.0 / speedup)
+    bucket = total / _BUCKETS
+    best = np.full(_BUCKETS + 1, np.inf)
+    best[0] = 0.0
+    choices = []
+    for curve in curves:
+        options = candidate_ratios(shapes[curve.name], method, max(curve.ratios), tile)
+        losses = predicted_loss(curve, options)
+        saved = dense[curve.name] - tile_steps(shapes[curve.name], options, tile) * scales[curve.name]
+        steps = np.floor(saved / bucket + 1e-9).astype(np.int64)
+        table = np.full((len(options), _BUCKETS + 1), np.inf)
+        for row, (step, loss) in enumerate(zip(steps, losses)):
+            table[row, step:] = best[: _BUCKETS + 1 - step] + loss
+        pick = np.argmin(table, axis=0)
+        best = table[pick, np.arange(_BUCKETS + 1)]
+        choices.append((options, steps, pick))
+    low = int(np.ceil(need / bucket - 1e-9))
+    window = best[low:]
+    if not window.size or not np.isfinite(window).any():
+        raise DepruneError(f"--target-speedup {speedup}: not reachable with per-layer ratios up to the largest "
+                           "measured ratio (tile model); measure higher ratios with --allocate-ratios")
+    position = low + int(np.argmin(window))
+    ratios: dict[str, float] = {}
+    predicted: dict[str, float] = {}
+    for curve, (options, steps, pick) in zip(reversed(curves), reversed(choices)):
+        row = pick[position]
+        ratios[curve.name] = float(options[row])
+        predicted[curve.name] = float(predicted_loss(curve, options[row:row + 1])[0])
+        position -= int(steps[row])
+    per_layer = {c.name: float(dense[c.name] / (tile_steps(shapes[c.name], np.array([ratios[c.name]]), tile)[0]
+                                                * scales[c.name])) for c in curves}
+    pruned_cost = fixed_cost + sum(dense[c.name] / per_layer[c.name] for c in curves)
+    weights = sum(c.weights for c in curves)
+    achieved = sum(ratios[c.name] * c.weights for c in curves) / weights
+    return Allocation({c.name: ratios[c.name] for c in curves}, {c.name: predicted[c.name] for c in curves},
+                      float(achieved), float(sum(predicted.values())), per_layer, float(total / pruned_cost))
 
 
 def allocate_ratios(curves: list[LayerSensitivity], shapes: dict[str, tuple[int, ...]], target: float,

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 
 from deprune_onnx.analysis import ModelAnalysis
-from deprune_onnx.dw.planner import resolve_layer_ratios
+from deprune_onnx.dw.planner import DamageMeasure, resolve_layer_ratios
 from deprune_onnx.options import CalibOptions, DWOptions
 
 if TYPE_CHECKING:
@@ -50,7 +50,8 @@ def allocate_layer_ratios(model: onnx.ModelProto, analysis: ModelAnalysis, dw: D
                           samples: np.ndarray) -> tuple[list[tuple[str, float]], dict[str, Any], dict[str, dict]]:
     """Per-layer ratios from measured sensitivity (``--allocate``): the ratios to plan with, the summary for
     the plan, and each layer's measured curve and choice."""
-    from deprune_onnx.recovery.allocation import allocate_ratios, measure_sensitivity
+    from deprune_onnx.recovery.allocation import allocate_for_speedup, allocate_ratios, measure_sensitivity
+    from deprune_onnx.report.build import output_pixels
 
     assert calib.allocate is not None  # the option rules (options.check_calib_options) ran in prune_model
     excluded = {name for name, ratio in resolve_layer_ratios([layer.name for layer in analysis.dw_layers],
@@ -58,15 +59,41 @@ def allocate_layer_ratios(model: onnx.ModelProto, analysis: ModelAnalysis, dw: D
     names = [layer.name for layer in analysis.dw_layers if layer.name not in excluded]
     inputs = _evenly(samples, calib.allocate_samples)
     curves = measure_sensitivity(model, analysis, dw.method, inputs, calib.allocate_ratios,
-                                 refit=calib.refit, damp=calib.damp, tile=dw.tile, layers=names)
+                                 refit=calib.refit, damp=calib.measure_damp, tile=dw.tile, layers=names)
     shapes = {layer.name: (layer.out_channels, 1, *layer.kernel) for layer in analysis.dw_layers}
-    allocation = allocate_ratios(curves, shapes, dw.dw_ratio, dw.method, dw.tile)
+    if dw.target_speedup is not None:
+        layers = analysis.dw_by_name()
+        scales = {name: -(-layers[name].out_channels // 32) * output_pixels(layers[name]) for name in layers}
+        fixed = sum(scales[name] * -(-min(shapes[name][0], 32) * shapes[name][2] * shapes[name][3] // dw.tile)
+                    for name in excluded)
+        allocation = allocate_for_speedup(curves, shapes, scales, dw.target_speedup, dw.method, dw.tile, fixed)
+        goal = f"predicted DW speedup (tile model) at least {dw.target_speedup}x"
+    else:
+        allocation = allocate_ratios(curves, shapes, dw.dw_ratio, dw.method, dw.tile)
+        goal = f"model-wide DW ratio {dw.dw_ratio}"
     why = (f"least total predicted KL (sum over layers, measured alone{' with refit' if calib.refit else ''} "
-           f"on {len(inputs)} calibration samples) meeting model-wide DW ratio {dw.dw_ratio}")
+           f"on {len(inputs)} calibration samples) meeting {goal}")
     per_layer = {curve.name: {"measured_ratios": curve.ratios, "measured_kl": curve.kl,
                               "chosen_ratio": allocation.ratios[curve.name],
                               "predicted_kl": allocation.predicted[curve.name], "why": why} for curve in curves}
-    summary = {"method": calib.allocate, "target_ratio": dw.dw_ratio,
+    if allocation.predicted_speedup is not None:
+        for name, entry in per_layer.items():
+            entry["predicted_speedup"] = allocation.predicted_speedup[name]
+    summary = {"method": calib.allocate, "target_ratio": dw.dw_ratio if dw.target_speedup is None else None,
                "allocated_ratio": allocation.achieved_ratio, "predicted_kl_sum": allocation.predicted_total,
                "samples": int(len(inputs)), "refit": calib.refit, "measured_ratios": list(calib.allocate_ratios)}
+    if dw.target_speedup is not None:
+        summary.update({"target_speedup": dw.target_speedup,
+                        "predicted_dw_speedup": allocation.predicted_dw_speedup})
     return list(allocation.ratios.items()), summary, per_layer
+
+
+def hsr_damage_measure(model: onnx.ModelProto, analysis: ModelAnalysis, calib: CalibOptions,
+                       samples: np.ndarray) -> DamageMeasure:
+    """``--hsr-rank damage`` with --calib: a candidate mask's expected damage is the mean KL of the model's output
+    with that layer alone pruned (and refit, unless --no-refit), on ``--allocate-samples`` calibration samples."""
+    from deprune_onnx.recovery.allocation import measure_masks
+
+    inputs = _evenly(samples, calib.allocate_samples)
+    return lambda requests: measure_masks(model, analysis, inputs, requests, calib.refit, calib.measure_damp,
+                                          "hsr damage")

@@ -13,6 +13,13 @@ the samples and solved for all channels at once with a batched ``numpy.linalg.so
 ``damp`` * mean diagonal of the channel's tap Gram, pulling towards the original weights, so a channel with
 little signal keeps its weights. Channels are independent, so the solve is exact and cheap.
 
+Damping chosen by cross-validation (``damp=None``, ``--calib-damp auto``): the calibration samples are split into
+folds by image (views of one image are near copies, so they never straddle train and validation); the normal
+equations are sums over samples, so each fold's train system is the total minus the fold's. Every damping of
+``DAMP_GRID`` is fitted on each train split and scored on its held-out fold; the layer takes the damping with the
+least validation residual, refit on all samples. If even that validation residual is not below the unrefitted
+(masked original) weights', the layer keeps its unrefitted weights: a refit that does not generalise is not used.
+
 Layers with nothing pruned (ratio 0, excluded) are left bit-exact. A full forward pass of both models is run
 once, in pieces (``StagedForward``), not once per layer.
 
@@ -38,6 +45,10 @@ from deprune_onnx.progress import progress
 from deprune_onnx.recovery.staged import StagedForward
 
 DEFAULT_DAMP = 0.01
+# Dampings --calib-damp auto cross-validates, relative to each channel's mean tap energy.
+DAMP_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
+# Cross-validation folds (by calibration image; by sample when there is one image).
+CV_FOLDS = 5
 # Patch matrices are built in pieces of about this many float32 values, to bound memory.
 _PATCH_BUDGET = 24_000_000
 SALIENCY_METHODS = ("dcp", "b", "bh")
@@ -57,6 +68,14 @@ class PatchStats:
         """Per-channel squared error ||[P 1] w - y||^2 of weights+bias ``w`` [C, k+1]."""
         quadratic = np.einsum("ck,ckl,cl->c", w, self.gram, w)
         return quadratic - 2.0 * np.einsum("ck,ck->c", w, self.cross) + self.target_energy
+
+    def __add__(self, other: "PatchStats") -> "PatchStats":
+        return PatchStats(self.gram + other.gram, self.cross + other.cross,
+                          self.target_energy + other.target_energy, self.samples + other.samples)
+
+    def __sub__(self, other: "PatchStats") -> "PatchStats":
+        return PatchStats(self.gram - other.gram, self.cross - other.cross,
+                          self.target_energy - other.target_energy, self.samples - other.samples)
 
 
 def dw_design(x: np.ndarray, layer: ConvLayer) -> np.ndarray:
@@ -129,6 +148,40 @@ def refit_channels(stats: PatchStats, w0: np.ndarray, keep: np.ndarray, damp: fl
     return np.where(free, solution, 0.0)
 
 
+def fold_ids(groups: np.ndarray | None, samples: int, folds: int = CV_FOLDS) -> np.ndarray:
+    """Fold of every sample: by group (calibration image) when there are at least two, else by sample."""
+    if groups is not None and len(np.unique(groups)) >= 2:
+        _, dense = np.unique(groups, return_inverse=True)
+        return dense % min(folds, int(dense.max()) + 1)
+    return np.arange(samples) % max(1, min(folds, samples))
+
+
+@dataclass
+class CrossValidated:
+    """The damping cross-validation chose, and train/validation residuals (relative to the target energy)."""
+
+    damp: float
+    validation_before: float   # unrefitted (masked original) weights on held-out folds
+    validation_after: float    # the refit at ``damp``, fitted without the fold it is scored on
+    validation_by_damp: dict[float, float]
+
+
+def cross_validate_damp(folds: list[PatchStats], w0: np.ndarray, keep: np.ndarray,
+                        grid: tuple[float, ...] = DAMP_GRID) -> CrossValidated:
+    """Choose the damping of ``refit_channels`` by K-fold cross-validation over per-fold normal equations."""
+    total = folds[0]
+    for fold in folds[1:]:
+        total = total + fold
+    energy = max(float(total.target_energy.sum()), 1e-30)
+    before = np.where(np.concatenate([keep, np.ones((len(w0), 1), bool)], axis=1), w0, 0.0)
+    scores = {}
+    for damp in grid:
+        scores[damp] = sum(float(fold.residual(refit_channels(total - fold, w0, keep, damp)).sum())
+                           for fold in folds) / energy
+    damp = min(grid, key=lambda d: (scores[d], d))
+    return CrossValidated(damp, float(total.residual(before).sum()) / energy, scores[damp], scores)
+
+
 def saliency_keep(stats: PatchStats, w0: np.ndarray, plan: DWLayerPlan, damp: float = DEFAULT_DAMP
                   ) -> np.ndarray:
     """Keep mask [C, 1, kh, kw] by OBS saliency w^2 / [H^-1]_pp, with the plan's K per sub-GEMM (dcp: per layer)."""
@@ -188,8 +241,9 @@ def stacked(weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
 
 @dataclass
 class RefitRecord:
-    """What the refit did: one entry per refit layer (``layer``, ``residual_before``/``residual_after``: relative
-    output error ||Y - Y_ref||^2 / ||Y_ref||^2, ``samples``, ``damp``, ``saliency``), and the keep masks
+    """What the refit did: one entry per pruned layer (``layer``, ``residual_before``/``residual_after``: relative
+    output error ||Y - Y_ref||^2 / ||Y_ref||^2, ``samples``, ``damp``, ``saliency``, ``refit``; with
+    cross-validation ``validation_before``/``validation_after``), and the keep masks
     ``saliency`` chose per layer name (empty without it; the caller puts them into a new plan)."""
 
     layers: list[dict]
@@ -197,16 +251,22 @@ class RefitRecord:
 
 
 def reconstruct(model: onnx.ModelProto, reference: onnx.ModelProto, analysis: ModelAnalysis,
-                plans: Sequence[DWLayerPlan], inputs: np.ndarray, damp: float = DEFAULT_DAMP,
-                saliency: bool = False, *, in_place: bool = False) -> tuple[onnx.ModelProto, RefitRecord]:
+                plans: Sequence[DWLayerPlan], inputs: np.ndarray, damp: float | None = DEFAULT_DAMP,
+                saliency: bool = False, *, in_place: bool = False, groups: np.ndarray | None = None
+                ) -> tuple[onnx.ModelProto, RefitRecord]:
     """Refit the pruned DW layers of ``model`` (masks applied) against the unpruned ``reference``: a copy of
     ``model``, or ``model`` itself with ``in_place=True``.
 
-    ``inputs`` are the preprocessed calibration samples [N, ...]. Returns the model and the RefitRecord.
-    ``plans`` are not changed.
+    ``inputs`` are the preprocessed calibration samples [N, ...]; ``groups`` [N] their image (cross-validation
+    folds). ``damp`` None chooses the damping per layer by cross-validation and keeps the unrefitted weights of a
+    layer whose validation residual the refit does not lower (module docstring); its records then also hold the
+    held-out residuals and ``refit``. Returns the model and the RefitRecord. ``plans`` are not changed.
     """
-    if damp < 0 or not np.isfinite(damp):
-        raise DepruneError(f"--calib-damp {damp}: must be a finite number >= 0")
+    if damp is not None and (damp < 0 or not np.isfinite(damp)):
+        raise DepruneError(f"--calib-damp {damp}: must be a finite number >= 0 (or auto)")
+    folds = fold_ids(groups, len(inputs)) if damp is None else None
+    if folds is not None and folds.max() < 1:
+        folds = None  # one sample: nothing to hold out
     if not in_place:
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
@@ -230,17 +290,36 @@ def reconstruct(model: onnx.ModelProto, reference: onnx.ModelProto, analysis: Mo
         weight, bias = original_parameters(index, layer)
         target = reference_run.advance([layer.output])[layer.output]
         x = pruned_run.advance([layer.input])[layer.input]
-        stats = patch_stats(x, target, layer)
         w0 = stacked(weight, bias)
+        if folds is None:
+            stats = patch_stats(x, target, layer)
+            fold_stats = None
+        else:
+            fold_stats = [patch_stats(x[folds == f], target[folds == f], layer) for f in range(folds.max() + 1)]
+            stats = fold_stats[0]
+            for fold in fold_stats[1:]:
+                stats = stats + fold
+        layer_damp = damp if damp is not None else DEFAULT_DAMP
         if saliency:
-            keep = chosen[plan.name] = saliency_keep(stats, w0, plan, damp)
+            keep = chosen[plan.name] = saliency_keep(stats, w0, plan, layer_damp)
         flat_keep = keep.reshape(keep.shape[0], -1)
         before = np.where(np.concatenate([flat_keep, np.ones((len(w0), 1), bool)], axis=1), w0, 0.0)
-        fitted = refit_channels(stats, w0, flat_keep, damp)
+        record: dict = {"samples": int(stats.samples), "saliency": bool(saliency)}
+        refit = True
+        if fold_stats is not None:
+            cv = cross_validate_damp(fold_stats, w0, flat_keep)
+            layer_damp = cv.damp
+            refit = cv.validation_after < cv.validation_before
+            record.update({"damp_choice": f"cross-validation, {len(fold_stats)} folds by image",
+                           "validation_before": cv.validation_before, "validation_after": cv.validation_after,
+                           "validation_by_damp": {str(d): v for d, v in cv.validation_by_damp.items()}})
+        fitted = refit_channels(stats, w0, flat_keep, layer_damp) if refit else before
         energy = max(float(stats.target_energy.sum()), 1e-30)
-        record = {"residual_before": float(stats.residual(before).sum() / energy),
-                  "residual_after": float(stats.residual(fitted).sum() / energy),
-                  "samples": int(stats.samples), "damp": damp, "saliency": bool(saliency)}
+        record.update({"residual_before": float(stats.residual(before).sum() / energy),
+                       "residual_after": float(stats.residual(fitted).sum() / energy),
+                       "damp": layer_damp, "refit": refit})
+        if not refit:
+            record["note"] = "unrefitted: the refit did not lower the held-out residual"
         writer.write(plan.name, 1, fitted[:, :-1].reshape(weight.shape).astype(weight.dtype), "refit_weight")
         writer.write(plan.name, 2, fitted[:, -1].astype(bias.dtype), "refit_bias")
         records.append({"layer": plan.name, **record})

@@ -12,6 +12,7 @@ channels output act(bias).
 from __future__ import annotations
 
 from dataclasses import asdict
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,8 @@ from deprune_onnx.plan import DWLayerPlan, PruningPlan
 from deprune_onnx.record import PruneRecord
 
 
-def _output_pixels(layer: ConvLayer) -> int:
+def output_pixels(layer: ConvLayer) -> int:
+    """H_out * W_out of a DW layer (1 when unknown), its per-sub-GEMM weight in the tile cost model."""
     shape = layer.output_shape
     if shape is not None and len(shape) == 4 and all(isinstance(d, int) for d in shape[2:]):
         return int(shape[2]) * int(shape[3])
@@ -53,6 +55,8 @@ def dw_layer_row(layer: ConvLayer | None, plan: DWLayerPlan, tile: int, calibrat
         "alpha_source": plan.alpha_source,
         "eps": plan.eps,
         "beta": plan.beta,
+        "hsr_rank": plan.hsr_rank,
+        "hsr_damage": plan.hsr_damage,
         "tile_steps_dense": t_dense,
         "tile_steps_pruned": t_pruned,
         "predicted_speedup": (t_dense / t_pruned) if t_pruned else None,
@@ -66,6 +70,22 @@ def dw_layer_row(layer: ConvLayer | None, plan: DWLayerPlan, tile: int, calibrat
         "calibration": calibration,
         "sensitivity": sensitivity,
     }
+
+
+def predicted_dw_speedup(plans: Sequence[DWLayerPlan], analysis: ModelAnalysis, tile: int,
+                         dense: set[str] = frozenset()) -> float | None:
+    """Model-wide DW speedup of the tile cost model: sum of G * H_out * W_out * max_g ceil(K_g/T), dense over
+    pruned (None when nothing is left to run). Layers named in ``dense`` (not rewritten to the sparse op) run
+    at their dense cost."""
+    layers = analysis.dw_by_name()
+    cost_dense = cost_pruned = 0
+    for plan in plans:
+        layer = layers.get(plan.name)
+        scale = len(plan.kept_per_subgemm) * (output_pixels(layer) if layer else 1)
+        cost_dense += scale * tile_time(np.array(plan.vectors_per_subgemm), tile)
+        kept = plan.vectors_per_subgemm if plan.name in dense else plan.kept_per_subgemm
+        cost_pruned += scale * tile_time(np.array(kept), tile)
+    return (cost_dense / cost_pruned) if cost_pruned else None
 
 
 def empty_subgemm_warnings(plan: DWLayerPlan, width: int = SUBGEMM_CHANNELS) -> list[str]:
@@ -103,12 +123,8 @@ def build_report(plan: PruningPlan, analysis: ModelAnalysis, record: PruneRecord
                 row["tile_steps_pruned"], row["predicted_speedup"] = row["tile_steps_dense"], None
     weights = sum(row["weights"] for row in rows)
     kept = sum(row["kept_weights"] for row in rows)
-    cost_dense = cost_pruned = 0
-    for p, row in zip(plan.dw_layers, rows):
-        layer = layers.get(p.name)
-        scale = row["subgemms"] * (_output_pixels(layer) if layer else 1)
-        cost_dense += scale * row["tile_steps_dense"]
-        cost_pruned += scale * row["tile_steps_pruned"]
+    speedup = predicted_dw_speedup(plan.dw_layers, analysis, plan.tile,
+                                   {row["name"] for row in rows if not row.get("rewritten", True)})
     totals = {
         "dw_layers": len(rows),
         "dw_weights": weights,
@@ -117,7 +133,7 @@ def build_report(plan: PruningPlan, analysis: ModelAnalysis, record: PruneRecord
         "dw_ratio_achieved": float(1.0 - kept / weights) if weights else 0.0,
         "real_dw_min": min((row["real_dw"] for row in rows if row["method"] != "none"), default=0.0),
         "dw_pattern": plan.dw_pattern_string() if plan.method == "bh" else None,
-        "predicted_dw_speedup": (cost_dense / cost_pruned) if cost_pruned and not nothing_rewritten else None,
+        "predicted_dw_speedup": speedup if not nothing_rewritten else None,
         "skipped_layers": [{"name": s.name, "reason": s.reason} for s in analysis.skipped],
         "warnings": [line for p in plan.dw_layers for line in empty_subgemm_warnings(p, plan.subgemm_channels)],
     }
@@ -161,7 +177,8 @@ def format_report_table(report: dict[str, Any]) -> str:
         lines.append(f"{_short(row['name'], 40):<40} {row['channels']:>5} {row['kernel'][0]:>3} {stride:>3} "
                      f"{row['subgemms']:>3} {row['target_ratio']:>6.3f} {row['achieved_ratio']:>6.3f} "
                      f"{row['real_dw']:>6.3f} {row['pattern']:>4} {speedup:>7}  "
-                     f"{_kept_summary(row['kept_per_subgemm'])}")
+                     f"{_kept_summary(row['kept_per_subgemm'])}"
+                     + (f"  pred. KL {row['sensitivity']['predicted_kl']:.3f}" if row.get("sensitivity") else ""))
     totals = report["totals"]
     lines.append("-" * len(header))
     speedup = totals["predicted_dw_speedup"]
@@ -169,6 +186,10 @@ def format_report_table(report: dict[str, Any]) -> str:
                f"(target {totals['dw_ratio_target']}), Real DW {totals['real_dw_min']:.4f}")
     if totals["dw_pattern"]:
         summary += f", DW-Pat. {totals['dw_pattern']}"
+        ranks = sorted({f"{row['hsr_rank']}" + (f" ({row['hsr_damage']['source']})" if row.get("hsr_damage") else "")
+                        for row in report["dw_layers"] if row.get("hsr_rank") and row["pattern"] in ("o", "u")})
+        if ranks:
+            summary += f" (HSR rank: {', '.join(ranks)})"
     summary += f", predicted DW speedup {speedup:.2f}x (tile model)" if speedup else ""
     lines.append(summary)
     for skipped in totals["skipped_layers"]:

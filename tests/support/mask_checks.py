@@ -24,10 +24,11 @@ def assert_largest_kept(weight: np.ndarray, keep: np.ndarray, ranges: list[slice
         assert magnitude[kept].min() >= magnitude[~kept].max()
 
 
-def assert_bh_structure(plans: list, weights: dict[str, np.ndarray]) -> None:
+def assert_bh_structure(plans: list, weights: dict[str, np.ndarray], beta_rank: bool = True) -> None:
     """DEPrune-BH rules: half of the misaligned layers over-aligned, every sub-GEMM's K a multiple of the tile
     (or all of it), never empty, the recorded K equal to the mask's, the largest |w| kept inside each sub-GEMM,
-    and the over-aligned layers those with the highest beta."""
+    and (``beta_rank``: the paper's rule, not --hsr-rank damage) the over-aligned layers those with the highest
+    beta."""
     misaligned = [p for p in plans if p.pattern in ("o", "u")]
     assert sum(p.pattern == "o" for p in misaligned) == len(misaligned) // 2
     for plan in plans:
@@ -41,5 +42,5 @@ def assert_bh_structure(plans: list, weights: dict[str, np.ndarray]) -> None:
     eligible = [p for p in misaligned if p.beta is not None]
     over_betas = [p.beta for p in eligible if p.pattern == "o"]
     under_betas = [p.beta for p in eligible if p.pattern == "u"]
-    if over_betas and under_betas:
+    if beta_rank and over_betas and under_betas:
         assert min(over_betas) >= max(under_betas)
