@@ -46,6 +46,14 @@ EQUIVALENT: list[tuple[str, str, str]] = [
      "np.zeros is float64 by default, the dtype named"),
     ("run_dr_sparse_dwconv", r"\(0, 1\), \(top", "one more zero channel at the end of the padded input: no tap reads it"),
     ("run_dr_sparse_dwconv", r"errstate\(over=None\)", "only whether numpy warns changes; the values are the same"),
+    ("layer_mask", r"ratio == 1\.0|ratio == 0\.0 and method|method == \"(XXglobalXX|GLOBAL)\"",
+     "ratios are < 1 (check_ratio), every method keeps all at ratio 0, and a global layer's mask is replaced by "
+     "_apply_global whenever the ratio is not 0"),
+    ("layer_mask", r"np\.ones\(weight\.shape, (dtype=None)?\)|bwt_mask\(weight, ratio, \)",
+     "the mask is cast to bool by encode_mask; bwt_mask's default width is SUBGEMM_CHANNELS"),
+    ("load_hsr_timings", r"encoding=(None|\"UTF-8\")", "UTF-8 is case-insensitive; None is the locale's, UTF-8 here"),
+    ("plan_dw_layers", r"assert weight is not None, ", "the assert cannot fail (analysis lists constant weights "
+     "only), so its message is never shown"),
     ("_balance_hsr", r"extra\[plan\.name\] (=|-=|\+= 2)", "extra is only read as a truth value (non-zero = moved)"),
     ("_balance_hsr", r"key <= best\[0\]", "keys end with the layer position, so two keys are never equal"),
     ("_balance_hsr", r"current >= target", "at equality the loop condition (distance > tolerance) is already false"),
