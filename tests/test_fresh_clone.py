@@ -55,13 +55,23 @@ def test_no_test_names_the_shared_folder_or_a_machine_path() -> None:
     assert offenders == []
 
 
+# What .gitignore keeps out of a checkout: the fallback listing of an unpacked source archive skips the same.
+_IGNORED_PARTS = {".git", ".venv", "__pycache__", "build", ".pytest_cache", ".hypothesis", "out", ".whl"}
+
+
 def _repository_files() -> list[str]:
+    """The checkout's files as git lists them (tracked + untracked, not ignored); outside a git checkout (an
+    unpacked source archive) every file that .gitignore would not exclude."""
     try:
         listing = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others",
                                   "--exclude-standard"], capture_output=True, check=True)
+        names = listing.stdout.decode().split("\0")
     except (FileNotFoundError, subprocess.CalledProcessError):
-        pytest.skip("not a git checkout (or no git): cannot list the repository's files")
-    return [name for name in listing.stdout.decode().split("\0") if name and (REPO / name).is_file()]
+        names = [str(path.relative_to(REPO)) for path in REPO.rglob("*")
+                 if not _IGNORED_PARTS.intersection(path.relative_to(REPO).parts)
+                 and not any(part.endswith(".egg-info") for part in path.parts)
+                 and path.relative_to(REPO).parts[:2] != ("bench", ".work")]
+    return [name for name in names if name and (REPO / name).is_file()]
 
 
 def _environment_roots() -> list[Path]:
