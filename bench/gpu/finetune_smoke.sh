@@ -44,7 +44,8 @@ for i in "${!all[@]}"; do
 done
 echo "images: $(ls "$WORK/train" | wc -l) train, $(ls "$WORK/val" | wc -l) validation"
 
-deprune() { "$PY" -m deprune_onnx.cli.main "$@"; }
+# PYTHONSAFEPATH: -m would put the checkout first on sys.path, whose deprune_onnx has no cli (the shim has).
+deprune() { PYTHONSAFEPATH=1 "$PY" -m deprune_onnx.cli.main "$@"; }
 SAMPLE=samples/mobilenet_v2_torchvision.onnx
 deprune prune "$SAMPLE" "$WORK/pruned.onnx" --method bh --dw-ratio 0.5 --format dense -q || exit 1
 

@@ -163,17 +163,20 @@ fi
 # ---- bench: deprune-onnx prune + bench on the sample MobileNetV2 (bh, DW ratio 0.5), float32 and float16 ----------
 if wants bench; then
     SAMPLE=samples/mobilenet_v2_torchvision.onnx
-    deprune() { "$PY" -m deprune_onnx.cli.main "$@"; }
-    bench_one() {  # bench_one DTYPE
-        deprune prune "$SAMPLE" "$WORK/mv2_bh50_$1.onnx" --method bh --dw-ratio 0.5 --dtype "$1" \
-            && deprune bench "$WORK/mv2_bh50_$1.onnx" --batch 1,32 --build-dir "$BUILD" --json \
-                > "$WORK/bench_$1.json"
+    # PYTHONSAFEPATH: -m would put the checkout first on sys.path, whose deprune_onnx has no cli (the shim has).
+    deprune() { PYTHONSAFEPATH=1 "$PY" -m deprune_onnx.cli.main "$@"; }
+    bench_one() {  # bench_one DTYPE: prune once, then time kernel versions 1 and 2 side by side
+        deprune prune "$SAMPLE" "$WORK/mv2_bh50_$1.onnx" --method bh --dw-ratio 0.5 --dtype "$1" || return 1
+        for kernel in 1 2; do
+            deprune bench "$WORK/mv2_bh50_$1.onnx" --batch 1,32 --kernel "$kernel" --build-dir "$BUILD" --json \
+                > "$WORK/bench_$1_v$kernel.json" || return 1
+        done
     }
     export -f deprune bench_one
     export PY SAMPLE WORK BUILD
     step bench-float32 "${BENCH_BUDGET:-60}" bash -c 'bench_one float32'
     step bench-float16 "${BENCH_BUDGET:-60}" bash -c 'bench_one float16'
-    "$PY" -c "import json, sys; json.dump({d: json.load(open(f'$WORK/bench_{d}.json')) for d in sys.argv[1:] \
-        if __import__('os').path.exists(f'$WORK/bench_{d}.json')}, open('$RESULTS/bench_mv2_bh50.json', 'w'), \
-        indent=1)" float32 float16
+    "$PY" -c "import json, os, sys; json.dump({run: json.load(open(f'$WORK/bench_{run}.json')) for run in sys.argv[1:] \
+        if os.path.exists(f'$WORK/bench_{run}.json')}, open('$RESULTS/bench_mv2_bh50.json', 'w'), indent=1)" \
+        float32_v1 float32_v2 float16_v1 float16_v2
 fi

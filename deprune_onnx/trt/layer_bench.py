@@ -23,6 +23,7 @@ missing.
 from __future__ import annotations
 
 import ctypes
+import os
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -371,6 +372,11 @@ def graph_replay_us(torch: Any, launches: Sequence[Callable[[], Any]], warmup: i
     A graph replays its kernels back to back with no CPU launch overhead between them, so a batch-1 layer of a
     few microseconds is timed by the GPU alone (METHOD.md: events around single launches would time the launch).
     """
+    if os.environ.get("PYTORCH_NO_CUDA_MEMORY_CACHING") == "1":
+        # Capture needs PyTorch's caching allocator (a cudaMalloc during capture is refused, and cuDNN allocates its
+        # workspace); the compute-sanitizer runs switch it off so that an overrun hits a real allocation boundary,
+        # and their timings mean nothing anyway: launch directly instead.
+        return time_us(torch, lambda: [launch() for _ in range(repeat) for launch in launches], warmup, iters) / repeat
     stream = torch.cuda.Stream()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.stream(stream):
