@@ -16,9 +16,9 @@ import click
 @click.option("--iters", type=click.IntRange(min=1), default=50, show_default=True,
               help="Timed CUDA-graph replays per layer (each a burst of back-to-back launches); the median "
                    "per launch is reported.")
-@click.option("--kernel", type=click.Choice(["1", "2"]), default="1", show_default=True,
-              help="Kernel version to time: 1 (what the plugin runs today) or 2 (designed for the memory floor, "
-                   "not yet measured).")
+@click.option("--kernel", type=click.Choice(["1", "2"]), default="2", show_default=True,
+              help="Kernel version to time: 2 (what the plugin runs; faster than 1 in every group measured on an "
+                   "H200, bench/results/gpu_h200_2026-11-30.md) or 1 (the first version, for comparison).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of the table.")
 @click.option("--build-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="CMake build folder holding libdeprune_drdw_kernels.so (default: where build-plugin puts it: "

@@ -111,7 +111,9 @@ typedef struct DrDwLaunchPlanV2
 /* Kernel versions drdwEnqueueVersion accepts; DRDW_KERNEL_DEFAULT is what drdwEnqueue (and the plugin) runs. */
 #define DRDW_KERNEL_V1 1
 #define DRDW_KERNEL_V2 2
-#define DRDW_KERNEL_DEFAULT DRDW_KERNEL_V1
+/* Version 2 since the first GPU run (H200, 2026-11-30): faster than version 1 on every one of the 3 x 4 x 2 x 2
+ * architecture/ratio/batch/dtype groups of bench/gpu/dr_dwconv_check.py (bench/results/gpu_h200_2026-11-30.md). */
+#define DRDW_KERNEL_DEFAULT DRDW_KERNEL_V2
 
 /* ABI version compiled into the library (DRDW_ABI_VERSION). */
 DRDW_API int32_t drdwAbiVersion(void);
