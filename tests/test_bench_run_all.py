@@ -16,6 +16,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "bench" / "gpu" / "run_all.sh"
 CHECK = REPO / "bench" / "gpu" / "dr_dwconv_check.py"
+FINETUNE_SMOKE = REPO / "bench" / "gpu" / "finetune_smoke.sh"
+REPORT = REPO / "bench" / "gpu" / "report.py"
+H200_RUN = REPO / "bench" / "results" / "gpu_run_20261130T002905Z"
 
 # A meta-path hook that makes the packages absent on the GPU machines unimportable, then runs a script.
 BLOCKER = textwrap.dedent("""
@@ -40,7 +43,8 @@ def test_script_parses() -> None:
 
 
 def test_at_most_eight_result_files_named_in_the_readme() -> None:
-    text = SCRIPT.read_text()
+    # One device call runs run_all.sh and then finetune_smoke.sh; together they fill at most the 8 files it returns.
+    text = SCRIPT.read_text() + FINETUNE_SMOKE.read_text()
     names = set(re.findall(r'\$RESULTS/([A-Za-z0-9_.$-]+)', text))
     files = set()
     for name in names:
@@ -48,7 +52,8 @@ def test_at_most_eight_result_files_named_in_the_readme() -> None:
             files |= {name.replace("$tool", tool) for tool in ("memcheck", "racecheck")}
         elif "*" not in name and "$" not in name:
             files.add(name)
-    assert {"run_all.log", "summary.txt", "dr_dwconv_check.json", "memcheck.log", "racecheck.log"} <= files
+    assert {"run_all.log", "summary.txt", "dr_dwconv_check.json", "memcheck.log", "racecheck.log",
+            "finetune_smoke.log", "finetune_cuda.json"} <= files
     assert len(files) <= 8, sorted(files)
     readme = (SCRIPT.parent / "README.md").read_text()
     assert all(f"`{name}`" in readme for name in files), sorted(files)
@@ -97,3 +102,39 @@ def test_kernel_check_runs_without_the_packages_the_gpu_machine_lacks(tmp_path: 
     imports.write_text("import deprune_onnx.trt.native, deprune_onnx.onnx_io.load_save, deprune_onnx.trt.layer_bench\n")
     lazy = _run_blocked(str(imports))
     assert lazy.returncode == 0, lazy.stderr[-2000:]
+
+
+def test_finetune_smoke_parses_and_stops_at_once_without_images(tmp_path: Path) -> None:
+    subprocess.run(["bash", "-n", str(FINETUNE_SMOKE)], check=True)
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "IMAGES": str(tmp_path / "no_images")}
+    done = subprocess.run(["bash", str(FINETUNE_SMOKE)], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 1 and "no_images" in lines[0] and "imagenet_" in lines[0], done.stdout
+    assert not (tmp_path / "out").exists()
+
+
+def test_deprune_runs_through_the_shim_not_the_checkout() -> None:
+    # Run from the repository root, `python -m` puts the checkout first on sys.path, and its deprune_onnx has no
+    # cli (pyproject maps cli/ there): on the H200 this stopped both bench steps at once (2026-11-30).
+    for script in (SCRIPT, FINETUNE_SMOKE):
+        calls = re.findall(r'^.*-m deprune_onnx\.cli\.main.*$', script.read_text(), flags=re.M)
+        assert calls and all("PYTHONSAFEPATH=1" in call for call in calls), (script.name, calls)
+
+
+def test_report_renders_the_committed_h200_results() -> None:
+    import json  # noqa: PLC0415
+
+    check = json.loads((H200_RUN / "dr_dwconv_check.json").read_text())
+    done = subprocess.run([sys.executable, str(REPORT), str(H200_RUN / "dr_dwconv_check.json")], capture_output=True,
+                          text=True, timeout=120, check=True)
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| mobilenet_v2 PR 0.50 | 32 | float32 |")]
+    assert len(rows) == 1
+    cells = [cell.strip() for cell in rows[0].strip("|").split("|")]
+    totals = {t["kernel"]: t for t in check["totals"]
+              if (t["group"], t["batch"], t["dtype"]) == ("mobilenet_v2 PR 0.50", 32, "float32")}
+    assert cells[4:8] == [f"{totals[1]['ours_us']:.1f}", f"{totals[2]['ours_us']:.1f}",
+                          f"{totals[2]['cudnn_us']:.1f}", f"{totals[2]['floor_us']:.1f}"]
+    assert cells[9] == f"{totals[2]['cudnn_us'] / totals[2]['ours_us']:.2f}x"
+    # Every layer run of the check appears in the counts the report states.
+    assert f"Layer runs checked against the float64 reference: {len(check['layers'])}, failures 0" in done.stdout
