@@ -182,10 +182,14 @@ def format_report_table(report: dict[str, Any]) -> str:
     totals = report["totals"]
     lines.append("-" * len(header))
     speedup = totals["predicted_dw_speedup"]
+    target = totals["dw_ratio_target"]
     summary = (f"DW: {totals['dw_layers']} layers, PR {totals['dw_ratio_achieved']:.4f} "
-               f"(target {totals['dw_ratio_target']}), Real DW {totals['real_dw_min']:.4f}")
+               f"(target {f'{target:.4f}' if isinstance(target, float) else target}), "
+               f"Real DW {totals['real_dw_min']:.4f}")
     if totals["dw_pattern"]:
         summary += f", DW-Pat. {totals['dw_pattern']}"
+        if not any(row["pattern"] in ("o", "u") for row in report["dw_layers"]):
+            summary += " (every layer tile-aligned)"
         ranks = sorted({f"{row['hsr_rank']}" + (f" ({row['hsr_damage']['source']})" if row.get("hsr_damage") else "")
                         for row in report["dw_layers"] if row.get("hsr_rank") and row["pattern"] in ("o", "u")})
         if ranks:

@@ -111,7 +111,7 @@ def render_html(report: dict[str, Any], images: list[str], title: str) -> str:
     speedup = totals.get("predicted_dw_speedup")
     summary = [
         f"method <b>{html.escape(str(report['method']))}</b>, tile {report['tile']}",
-        f"DW PR {_number(totals['dw_ratio_achieved'], 4)} (target {_number(totals['dw_ratio_target'])}), "
+        f"DW PR {_number(totals['dw_ratio_achieved'], 4)} (target {_number(totals['dw_ratio_target'], 4)}), "
         f"Real DW {_number(totals['real_dw_min'], 4)}",
         f"DW weights {totals['dw_weights']:,} &rarr; {totals['dw_kept_weights']:,}",
     ]
