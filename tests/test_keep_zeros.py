@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,10 @@ def test_export_masks_then_keep_zeros_reproduces_the_plan(tmp_path: Path) -> Non
     result = run_cli("prune", tuned, again, "--keep-zeros", "--method", "bh", "--format", "dense")
     assert result.exit_code == 0, result.output
     assert "--keep-zeros:" not in result.output  # no structural violation to report
+    summary = next(line for line in result.output.splitlines() if line.startswith("DW: "))
+    # The pattern a user sees says why it has no u/o, and the target is the found ratio, rounded like PR.
+    assert re.search(r"PR (0\.\d{4}) \(target \1\)", summary), summary
+    assert "DW-Pat. 0u0o (every layer tile-aligned)" in summary, summary
     original, reproduced = load_plan(tmp_path / "pruned.plan.json"), load_plan(tmp_path / "again.plan.json")
     assert [p.name for p in reproduced.dw_layers] == [p.name for p in original.dw_layers]
     for before, after in zip(original.dw_layers, reproduced.dw_layers):
