@@ -215,8 +215,9 @@ def _classify_conv(node: onnx.NodeProto, index: GraphIndex, shapes: dict[str, Sh
         check_conv(node, tuple(weight_shape), shapes.get(node.input[0]), bias_shape)
     group = int(attrs.get("group", 1))
     input_shape = shapes.get(node.input[0])
-    one_d = weight_shape is not None and len(weight_shape) == 3 and weight_shape[1] == 1 and group >= 2
-    if one_d:  # a 1-D DW conv is the 1xk case of a 2-D one: H = 1, every 2-D attribute gets its H entry
+    one_d = weight_shape is not None and len(weight_shape) == 3 and (
+        (weight_shape[1] == 1 and group >= 2) or (group == 1 and weight_shape[2] == 1))
+    if one_d:  # a 1-D DW or PW conv is the 1xk case of a 2-D one: H = 1, every 2-D attribute gets its H entry
         attrs, weight_shape, input_shape = as_2d_conv(attrs, tuple(weight_shape), input_shape)
     if weight_shape is None or len(weight_shape) != 4 or not all(isinstance(d, int) for d in weight_shape):
         if weight_shape is not None and len(weight_shape) != 4:

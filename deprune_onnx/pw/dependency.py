@@ -205,8 +205,8 @@ class _Rules:
         weight = self.editable_constant(node.input[1])
         if isinstance(weight, str):
             return f"weight {weight}"
-        if weight.ndim != 4:
-            return "not a 2-D convolution"
+        if weight.ndim < 3:
+            return f"weight of rank {weight.ndim}, not [C_out, C_in/group, *kernel]"
         if len(node.input) > 2 and node.input[2] and isinstance(self.editable_constant(node.input[2]), str):
             return f"bias '{node.input[2]}' is not a rewritable constant"
         x, y = node.input[0], node.output[0]
