@@ -151,7 +151,8 @@ def command(input_path: str, output_path: str, teacher_path: str, images_source:
         talk = processes.main and not (quiet or as_json)
         configure_progress(None if talk else False)
         result = finetune_model(student, teacher, train, val, preset, options, processes, plan, plan_source,
-                                realign, tile, checkpoints, resume, log=click.echo if talk else (lambda _: None))
+                                realign, tile, checkpoints, resume, log=click.echo if talk else (lambda _: None),
+                                names=(str(input_path), f"--teacher {teacher_path}"))
         if processes.main:
             report = result.to_dict()
             report["data"].update(train_source=images_source, val_source=val_source or

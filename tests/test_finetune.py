@@ -323,9 +323,9 @@ def test_finetune_without_torch_says_how_to_install(monkeypatch: pytest.MonkeyPa
 
 
 @pytest.mark.parametrize("student,teacher,message", [
-    ("mobilenet_v2", "mobilenet_v3_small", "--teacher: input shape"),
+    ("mobilenet_v2", "mobilenet_v3_small", "--teacher {teacher}: input shape"),
     # Same 1x3x224x224 input, 4 vs 1000 outputs.
-    ("pplcnet", "mobilenet_v2", "--teacher: 1000 outputs per image, the model has 4"),
+    ("pplcnet", "mobilenet_v2", "--teacher {teacher}: 1000 outputs per image, {student} has 4"),
 ])
 def test_finetune_rejects_a_teacher_that_does_not_match(tmp_path: Path, student: str, teacher: str,
                                                         message: str) -> None:
@@ -333,8 +333,26 @@ def test_finetune_rejects_a_teacher_that_does_not_match(tmp_path: Path, student:
     result = run_cli("finetune", sample_model(student), tmp_path / "o.onnx", "--teacher", sample_model(teacher),
                      "--images", IMAGES, "--epochs", "1")
     assert result.exit_code == 2
-    assert message in result.output
+    assert message.format(teacher=sample_model(teacher), student=sample_model(student)) in result.output
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_a_teacher_read_through_identity_converts(tiny: dict[str, Path], tmp_path: Path) -> None:
+    """PyTorch's exporter reads deduplicated initializers through Identity; onnx2torch needs Conv weights as
+    initializers (before: "--teacher: onnx2torch cannot convert it (KeyError: '...dedup')")."""
+    teacher = onnx.load(str(tiny["teacher"]))
+    nodes = []
+    for node in teacher.graph.node:
+        if node.op_type == "Conv":
+            nodes.append(onnx.helper.make_node("Identity", [node.input[1]], [node.input[1] + ".dedup"]))
+            node.input[1] += ".dedup"
+        nodes.append(node)
+    del teacher.graph.node[:]
+    teacher.graph.node.extend(nodes)
+    onnx.save(teacher, str(tmp_path / "teacher.onnx"))
+    report = finetune_cli({**tiny, "teacher": tmp_path / "teacher.onnx"}, tmp_path / "tuned.onnx")
+    assert report["structure_check"].startswith("passed")
+    assert onnx.load(str(tmp_path / "teacher.onnx")) == teacher  # the input file is never modified
 
 
 def fixed_batch_classifier() -> onnx.ModelProto:

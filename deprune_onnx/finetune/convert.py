@@ -27,6 +27,7 @@ import torch
 from onnx import numpy_helper
 
 from deprune_onnx.errors import DepruneError
+from deprune_onnx.onnx_io.folding import bypass_identity_chains
 
 # Converted model vs ONNX Runtime, relative to the output's magnitude.
 CONVERSION_TOLERANCE = 1e-5
@@ -164,6 +165,7 @@ def to_torch(model: onnx.ModelProto, label: str, input_shape: tuple[int, ...]) -
     from onnx2torch import convert
 
     trainable = batchable(model)
+    bypass_identity_chains(trainable)  # onnx2torch needs Conv weights as initializers; names stay for write-back
     try:
         module = convert(trainable)
     except Exception as exc:  # onnx2torch raises NotImplementedError, KeyError, ... for ops it lacks

@@ -112,12 +112,15 @@ def finetune_model(student: onnx.ModelProto, teacher: onnx.ModelProto, train: Im
                    preset: Preset, options: TrainOptions, processes: Processes, plan: PruningPlan | None = None,
                    plan_source: str | None = None, realign: str | None = None, tile: int = 32,
                    checkpoints: Path | None = None, resume: bool = False,
-                   log: Callable[[str], None] = lambda _: None) -> FinetuneResult:
+                   log: Callable[[str], None] = lambda _: None,
+                   names: tuple[str, str] = ("model", "--teacher")) -> FinetuneResult:
     """Distil ``teacher`` into ``student`` and return the best epoch's model. The fixed masks are
     ``structure.resolve_masks(student, plan, plan_source, realign, tile)``, taken after custom ops are lowered;
-    ``log`` receives the mask source, any re-alignment change and one line per epoch."""
+    ``log`` receives the mask source, any re-alignment change and one line per epoch; ``names`` name the student
+    and the teacher in errors (the CLI passes their files)."""
+    student_name, teacher_name = names
     half = is_float16(student)
-    student, teacher = lower_custom_ops(student, "model"), lower_custom_ops(teacher, "--teacher")
+    student, teacher = lower_custom_ops(student, student_name), lower_custom_ops(teacher, teacher_name)
     student = convert_to_float32(student) if half else student
     teacher = convert_to_float32(teacher) if is_float16(teacher) else teacher
     ensure_unique_node_names(student)
@@ -125,13 +128,13 @@ def finetune_model(student: onnx.ModelProto, teacher: onnx.ModelProto, train: Im
     pruned.CopyFrom(student)
     shape = input_shape(student)
     if input_shape(teacher) != shape:
-        raise DepruneError(f"--teacher: input shape {list(input_shape(teacher))} differs from the model's "
+        raise DepruneError(f"{teacher_name}: input shape {list(input_shape(teacher))} differs from {student_name}'s "
                            f"{list(shape)}")
     masks = resolve_masks(student, plan, plan_source, realign, tile)
     plan = masks.plan
     apply_dw_masks(student, plan.dw_layers, in_place=True)
-    torch_student = to_torch(student, "model", shape)
-    torch_teacher = to_torch(teacher, "--teacher", shape)
+    torch_student = to_torch(student, student_name, shape)
+    torch_teacher = to_torch(teacher, teacher_name, shape)
     torch_student.module.to(processes.device)
     torch_teacher.module.to(processes.device)
     for parameter in torch_teacher.module.parameters():
@@ -142,7 +145,7 @@ def finetune_model(student: onnx.ModelProto, teacher: onnx.ModelProto, train: Im
     student_raw = list(predict(torch_student, probe, "map", device).shape)
     if raw != student_raw:
         per_image = [" x ".join(map(str, dims[1:])) for dims in (raw, student_raw)]
-        raise DepruneError(f"--teacher: {per_image[0]} outputs per image, the model has {per_image[1]}")
+        raise DepruneError(f"{teacher_name}: {per_image[0]} outputs per image, {student_name} has {per_image[1]}")
     kind = output_kind(student, raw)
     check_informative(predict(torch_teacher, probe, kind, device), kind, options.temperature, raw)
     classes = raw[1] if shape_kind(raw) == CLASS_SCORES and len(raw) == 2 else 0

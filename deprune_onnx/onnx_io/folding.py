@@ -43,7 +43,7 @@ def fold_conv_weight_chains(model: onnx.ModelProto) -> dict[str, str]:
     ``fold_constants`` (ONNX Runtime) on a model made of the chain alone, so a big model is never copied; the
     Conv inputs are rewired to the new initializer and the chain nodes nobody else reads are removed.
     """
-    _bypass_identity_chains(model)
+    bypass_identity_chains(model)
     index = GraphIndex(model.graph)
     targets: list[str] = []
     chain: set[str] = set()
@@ -106,7 +106,7 @@ def _fold(model: onnx.ModelProto, index: GraphIndex, chain: set[str], targets: l
     return {tensor.name: tensor.values for tensor in graph.outputs if isinstance(tensor, gs.Constant)}
 
 
-def _bypass_identity_chains(model: onnx.ModelProto) -> None:
+def bypass_identity_chains(model: onnx.ModelProto) -> None:
     """Point every Conv weight/bias read through Identity nodes at the initializer itself, in place.
 
     Why: PyTorch's exporter deduplicates equal initializers and reads the copies through ``Identity`` (often the
