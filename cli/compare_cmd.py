@@ -37,14 +37,18 @@ def command(original_path: str, pruned_path: str, images: tuple[str, ...], prepr
 
     Prints max/mean absolute and relative error, relative L2 error, cosine similarity and (for class-score
     outputs only, not maps or sequences) top-1 agreement per output. A model with DRSparseDepthwiseConv nodes
-    (either one, or both) is lowered to Conv first; each model is fed its own input type (float16 or float32). Exit code 0 when the checks pass, 1 when
-    not: the elementwise tolerance check (Polygraphy's: a value fails when both its absolute error exceeds
-    --atol and its relative error exceeds --rtol) and, when given, --min-agreement. Images get the standard
-    view of the preprocessing 'eval' would use (--preprocess, the model's metadata_props, --mean/--std/...).
+    (either one, or both) is lowered to Conv first, from the op's packed weights (the op's ONNX Runtime
+    reference): so dense vs plugin checks the rewrite and the packing, not the CUDA kernel, which 'bench'
+    checks on a GPU. Each model is fed its own input type (float16 or float32). Exit code 0 when the checks
+    pass, 1 when not: the elementwise tolerance check (Polygraphy's: a value fails when both its absolute error
+    exceeds --atol and its relative error exceeds --rtol; an output whose original values all lie within --atol
+    of 0 is judged by its relative L2 error <= --rtol instead) and, when given, --min-agreement. Images get the
+    standard view of the preprocessing 'eval' would use (--preprocess, the model's metadata_props,
+    --mean/--std/...).
 
     \b
     Examples:
-      deprune-onnx compare dense.onnx pruned.onnx                 # rewritten == dense masked model?
+      deprune-onnx compare dense.onnx pruned.onnx                 # rewrite + packing == dense masked model?
       deprune-onnx compare model.onnx pruned.onnx --images imgs/ --min-agreement 0.9
       deprune-onnx compare model.onnx pruned.onnx --images imgs/ --n 100 --min-agreement 0.9 --judge images
       deprune-onnx compare model.onnx pruned_fp16.onnx --rtol 1e-2 --atol 1e-2 --json

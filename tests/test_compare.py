@@ -128,6 +128,27 @@ def test_bad_input_exit_2(tiny, tmp_path, args, message):
     assert result.exit_code == 2 and message in result.stderr
 
 
+def test_inputs_of_another_shape_are_one_line_exit_2(tiny, tmp_path):
+    """Before: Polygraphy's log lines and an 'unexpected failure' traceback summary."""
+    other = _save(dw_model(WEIGHT, None, batch=1, hw=(12, 12)), tmp_path / "other.onnx")
+    result = _invoke("compare", tiny[1], other)
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1 and "differ from the original's" in result.stderr, result.stderr
+    assert "[1, 40, 12, 12]" in result.stderr and "[1, 40, 9, 11]" in result.stderr
+
+
+def test_outputs_below_atol_are_judged_by_relative_l2(tmp_path):
+    """Untrained weights give outputs far below atol: the elementwise check could never fail there."""
+    mask = RNG.random(WEIGHT.shape) < 0.5
+    original = _save(dw_model(WEIGHT * 1e-9, None, batch=1), tmp_path / "original.onnx")
+    pruned = _save(dw_model(WEIGHT * mask * 1e-9, None, batch=1), tmp_path / "pruned.onnx")
+    result = _invoke("compare", original, pruned, "--n", "4")
+    assert result.exit_code == 1, result.output
+    assert "cannot fail; judged by relative L2 error" in result.stdout
+    assert "relative L2 error" in result.stderr and "> rtol=1e-05" in result.stderr
+    assert _invoke("compare", original, original, "--n", "4").exit_code == 0
+
+
 def test_lower_command(tiny, tmp_path):
     _, dense, plugin = tiny
     out = tmp_path / "lowered.onnx"

@@ -6,6 +6,8 @@ first (ONNX Runtime cannot load the TensorRT plugin). Polygraphy's comparator ju
 supplies the error statistics, with the original as the reference:
   elementwise, an output value fails when |pruned - original| > atol AND |pruned - original| / |original| > rtol
   (Polygraphy's ``elemwise`` check; a reference value of exactly 0 makes its relative error huge, by design).
+  An output whose original values all lie within atol of 0 (untrained weights, probabilities of many classes)
+  would pass that check whatever the pruned model does, so it is judged by its relative L2 error <= rtol instead.
 On top we report the relative L2 error and cosine similarity (per sample, then averaged) and, only for outputs
 that are class scores (``deprune_onnx.evaluation.output_kind``: [N, K], not a map or a sequence), the top-1
 agreement: the fraction of samples whose arg-max class is the same. ``judge="images"`` lets only the image
@@ -59,6 +61,7 @@ class OutputStats:
     kind: str                     # class_scores | sequence | dense (deprune_onnx.evaluation.output_kind)
     top1_agreement: float | None  # class scores only
     within_tolerance: bool
+    reference_max_abs: float      # max |original|: at or below atol, the elementwise check cannot fail
 
 
 @dataclass(frozen=True)
@@ -197,7 +200,8 @@ def _compare_set(source: str, original: onnx.ModelProto, pruned: onnx.ModelProto
             rel_l2=errors.rel_l2_mean, cosine=errors.cosine_mean,
             kind=output_kind(original_values[0].shape) if original_values[0].ndim else DENSE,
             top1_agreement=_top1_agreement(pruned_values, original_values),
-            within_tolerance=all(bool(r) for r in results)))
+            within_tolerance=all(bool(r) for r in results),
+            reference_max_abs=float(max((np.abs(o).max() for o in original_values if o.size), default=0.0))))
     return InputSetResult(source, len(feeds), tuple(stats))
 
 
@@ -233,6 +237,11 @@ def compare_models(original: onnx.ModelProto, pruned: onnx.ModelProto, *, n: int
     original = lower_custom_ops(original, "ORIGINAL")
 
     specs = input_specs(original)
+    theirs = {spec.name: list(spec.shape) for spec in input_specs(runnable)}
+    ours = {spec.name: list(spec.shape) for spec in specs}
+    if theirs != ours:  # each model is fed its own dtype, but names and shapes must agree
+        raise DepruneError(f"the pruned model's inputs {theirs} differ from the original's {ours}; compare needs "
+                           "the same input names and shapes")
     report = CompareReport(lowered[0], lowered[1], rtol if check_tolerance else None,
                            atol if check_tolerance else None, min_agreement, judge)
     feed_sets = [("random", random_feeds(specs, n, seed))]
@@ -247,7 +256,15 @@ def compare_models(original: onnx.ModelProto, pruned: onnx.ModelProto, *, n: int
         if judge == "images" and source != "images":
             continue
         for stats in result.outputs:
-            if check_tolerance and not stats.within_tolerance:
+            if check_tolerance and stats.reference_max_abs <= atol:
+                # Every value is within atol of any other value of that size: judge the relative L2 error instead.
+                report.notes.append(f"{source}/{stats.output}: every original value is within atol "
+                                    f"(max |original| {stats.reference_max_abs:.3g} <= {atol:g}), so the "
+                                    f"elementwise check cannot fail; judged by relative L2 error <= rtol instead")
+                if not stats.rel_l2 <= rtol:
+                    report.failures.append(f"{source}/{stats.output}: relative L2 error {stats.rel_l2:.3g} > "
+                                           f"rtol={rtol:g} (outputs below atol={atol:g})")
+            elif check_tolerance and not stats.within_tolerance:
                 report.failures.append(f"{source}/{stats.output}: outside rtol={rtol:g} atol={atol:g} "
                                        f"(max abs {stats.max_abs:.3g}, max rel {stats.max_rel:.3g})")
             if min_agreement is not None and stats.top1_agreement is not None \
