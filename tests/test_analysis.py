@@ -73,6 +73,26 @@ def test_inspect_cli_json_lists_layers() -> None:
     assert table.exit_code == 0 and "17 DW, 34 PW" in table.stdout
 
 
+def test_inspect_reads_a_plugin_model_like_its_dense_form(tmp_path) -> None:
+    """The model users deploy ('--format plugin') shows its DW layers, sparsity and blocks (before: 0 DW)."""
+    source = sample_model("mobilenet_v3_small")
+    for form in ("dense", "plugin"):
+        done = CliRunner().invoke(main, ["prune", str(source), str(tmp_path / f"{form}.onnx"), "--dw-ratio", "0.5",
+                                         "--format", form, "-q"])
+        assert done.exit_code == 0, done.output
+    listed = {}
+    for form in ("dense", "plugin"):
+        result = CliRunner().invoke(main, ["inspect", str(tmp_path / f"{form}.onnx"), "--json"])
+        assert result.exit_code == 0, result.output
+        listed[form] = json.loads(result.stdout)
+    assert listed["plugin"]["lowered_custom_ops"] == 11 and listed["dense"]["lowered_custom_ops"] == 0
+    for key in ("dw_layers", "pw_layers", "blocks"):
+        assert len(listed["plugin"][key]) == len(listed["dense"][key]) > 0, key
+    assert [layer["sparsity"] for layer in listed["plugin"]["dw_layers"]] == \
+        [layer["sparsity"] for layer in listed["dense"]["dw_layers"]]
+    assert all(layer["sparsity"] > 0.3 for layer in listed["plugin"]["dw_layers"])
+
+
 @pytest.mark.parametrize("scale_first", [False, True])
 def test_se_gate_operand_order_does_not_hide_the_projection_pw(scale_first: bool) -> None:
     """torchvision writes the SE gate as Mul(scale, x): the projection PW after it is still a PW layer of the block

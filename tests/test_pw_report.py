@@ -39,3 +39,29 @@ def test_report_rows_for_pruned_and_skipped_groups():
                    for r in layers.values())
     assert pairs == [(4, 4, 16), (32, 16, 64), (64, 64, 16)]  # head reads 16, projection keeps 16 of 32
     assert report["pw_channels"] == {"before": 32, "after": 16, "ratio": 0.5}
+
+
+def test_partial_subgemm_warning_names_the_layer_and_the_fix():
+    from deprune_onnx.report.build import partial_subgemm_warnings
+
+    pw = {"dw_layers": [{"layer": "a", "channels_before": 64, "channels_after": 64},
+                        {"layer": "b", "channels_before": 96, "channels_after": 72},
+                        {"layer": "c", "channels_before": 40, "channels_after": 24},   # partial before already
+                        {"layer": "d", "channels_before": 128, "channels_after": 104}]}
+    (line,) = partial_subgemm_warnings(pw, 32)
+    assert line.startswith("PW removal left 2 DW layer(s)") and "b: 96 -> 72" in line and "--pw-align 32" in line
+    assert partial_subgemm_warnings({"dw_layers": pw["dw_layers"][:1]}, 32) == []
+    assert partial_subgemm_warnings(None) == []
+
+
+def test_prune_warns_when_pw_align_splits_sub_gemms(tmp_path):
+    from support.cli_testing import run_cli
+    from support.samples import sample_model
+
+    result = run_cli("prune", sample_model("mobilenet_v3_small"), tmp_path / "o.onnx", "--dw-ratio", "0.5",
+                     "--pw-ratio", "0.3", "--pw-scope", "all", "--pw-align", "8", "--format", "dense")
+    assert result.exit_code == 0, result.output
+    assert "warning: PW removal left" in result.output and "--pw-align 32 keeps them whole" in result.output
+    aligned = run_cli("prune", sample_model("mobilenet_v3_small"), tmp_path / "p.onnx", "--dw-ratio", "0.5",
+                      "--pw-ratio", "0.3", "--pw-scope", "all", "--format", "dense")
+    assert aligned.exit_code == 0 and "warning: PW removal left" not in aligned.output

@@ -103,6 +103,20 @@ def empty_subgemm_warnings(plan: DWLayerPlan, width: int = SUBGEMM_CHANNELS) -> 
     return [f"{plan.name}: sub-GEMM(s) {spans} keep no weight, so those channels output act(bias)"]
 
 
+def partial_subgemm_warnings(pw: dict[str, Any] | None, width: int = SUBGEMM_CHANNELS) -> list[str]:
+    """One warning when PW removal left DW layers whose channel count is no longer a multiple of the sub-GEMM
+    width: their last sub-GEMM is partial, so its tile is padded and its pruning buys little (a --pw-align that
+    is not a multiple of the width does this)."""
+    broken = [row for row in (pw or {}).get("dw_layers", [])
+              if row["channels_before"] % width == 0 and row["channels_after"] % width]
+    if not broken:
+        return []
+    example = broken[0]
+    return [f"PW removal left {len(broken)} DW layer(s) with channel counts that are not multiples of the "
+            f"sub-GEMM width {width} (e.g. {example['layer']}: {example['channels_before']} -> "
+            f"{example['channels_after']}): their last sub-GEMM is partial; --pw-align {width} keeps them whole"]
+
+
 def build_report(plan: PruningPlan, analysis: ModelAnalysis, record: PruneRecord | None = None
                  ) -> dict[str, Any]:
     """Report data for ``out.report.json``: per DW layer rows and model totals, the plan's settings, and the
@@ -135,7 +149,8 @@ def build_report(plan: PruningPlan, analysis: ModelAnalysis, record: PruneRecord
         "dw_pattern": plan.dw_pattern_string() if plan.method == "bh" else None,
         "predicted_dw_speedup": speedup if not nothing_rewritten else None,
         "skipped_layers": [{"name": s.name, "reason": s.reason} for s in analysis.skipped],
-        "warnings": [line for p in plan.dw_layers for line in empty_subgemm_warnings(p, plan.subgemm_channels)],
+        "warnings": [line for p in plan.dw_layers for line in empty_subgemm_warnings(p, plan.subgemm_channels)]
+        + partial_subgemm_warnings(record.pw if record else None, plan.subgemm_channels),
     }
     report = {"method": plan.method, "tile": plan.tile, "settings": asdict(plan.settings), "dw_layers": rows,
               "totals": totals, "calibration": calibration.summary() if calibration else None,
@@ -148,7 +163,8 @@ def build_report(plan: PruningPlan, analysis: ModelAnalysis, record: PruneRecord
     return report
 
 
-def _short(name: str, width: int) -> str:
+def short_name(name: str, width: int) -> str:
+    """``name`` if it fits ``width`` characters, else '...' and its end (node names differ at the end)."""
     return name if len(name) <= width else "..." + name[-(width - 3):]
 
 
@@ -174,7 +190,7 @@ def format_report_table(report: dict[str, Any]) -> str:
             else str(row["strides"][0] if row["strides"] else "?")
         speedup = f"{row['predicted_speedup']:.2f}x" if row["predicted_speedup"] else \
             "-" if row.get("rewritten") is False else "all"
-        lines.append(f"{_short(row['name'], 40):<40} {row['channels']:>5} {row['kernel'][0]:>3} {stride:>3} "
+        lines.append(f"{short_name(row['name'], 40):<40} {row['channels']:>5} {row['kernel'][0]:>3} {stride:>3} "
                      f"{row['subgemms']:>3} {row['target_ratio']:>6.3f} {row['achieved_ratio']:>6.3f} "
                      f"{row['real_dw']:>6.3f} {row['pattern']:>4} {speedup:>7}  "
                      f"{_kept_summary(row['kept_per_subgemm'])}"
@@ -194,7 +210,7 @@ def format_report_table(report: dict[str, Any]) -> str:
                         for row in report["dw_layers"] if row.get("hsr_rank") and row["pattern"] in ("o", "u")})
         if ranks:
             summary += f" (HSR rank: {', '.join(ranks)})"
-    summary += f", predicted DW speedup {speedup:.2f}x (tile model)" if speedup else ""
+    summary += f", predicted DW speedup {speedup:.2f}x (tile model, not a measurement)" if speedup else ""
     lines.append(summary)
     for skipped in totals["skipped_layers"]:
         lines.append(f"skipped {skipped['name']}: {skipped['reason']}")
