@@ -10,7 +10,7 @@ import click
 # Library parameter (deprune_onnx.options) -> the flag that sets it.
 FLAG_NAMES = {
     "dw.method": "--method", "dw.dw_ratio": "--dw-ratio", "dw.layer_ratios": "--layer-ratio",
-    "dw.exclude": "--exclude", "dw.tile": "--tile", "dw.hsr_alphas": "--hsr-timings",
+    "dw.exclude": "--exclude", "dw.tile": "--tile", "dw.hsr_alphas": "--hsr-timings", "dw.layer_timings": "--hsr-timings",
     "dw.hsr_rank": "--hsr-rank", "dw.target_speedup": "--target-speedup",
     "pw.ratio": "--pw-ratio", "pw.align": "--pw-align", "pw.scope": "--pw-scope", "pw.method": "--pw-method",
     "output_format": "--format", "timings": "--timings", "dtype": "--dtype", "keep_zeros": "--keep-zeros", "plan": "--plan",

@@ -93,8 +93,12 @@ class DWOptions:
         tile: GPU tile T along K, in vectors (>= 1), that HSR aligns each sub-GEMM's kept count to.
         hsr_alphas: measured HSR speedup alpha per layer name (replaces the tile cost model for that layer).
         hsr_rank: one of HSR_RANKS (default ``auto``: ``damage`` with calibration images, else ``beta``).
-        target_speedup: predicted DW speedup of the tile cost model (finite, >= 1) to reach instead of
-            ``dw_ratio``; None = use ``dw_ratio``.
+        target_speedup: predicted speedup (finite, >= 1) to reach instead of ``dw_ratio``, of the DW layers, or
+            of the DSConv blocks (DW + PW time) when PW channels are removed (dw/speed.py); None = use
+            ``dw_ratio``.
+        layer_timings: a ``trt.layer_choice.Timings`` (a ``deprune-onnx tune`` file given as --hsr-timings):
+            measured per-layer times that ``target_speedup`` predicts with instead of the tile cost model;
+            None = not measured.
 
     Errors: :class:`OptionError` from :func:`check_dw_options`.
     """
@@ -107,6 +111,7 @@ class DWOptions:
     hsr_alphas: dict[str, float] = field(default_factory=dict)
     hsr_rank: str = "auto"
     target_speedup: float | None = None
+    layer_timings: Any = None
 
 
 @dataclass
@@ -225,6 +230,9 @@ def check_dw_options(dw: DWOptions) -> None:
     check_choice(dw.hsr_rank, HSR_RANKS, "dw.hsr_rank")
     if dw.target_speedup is not None and not 1.0 <= dw.target_speedup < float("inf"):
         raise OptionError(f"{{dw.target_speedup}} {literal(dw.target_speedup)}: must be a finite number >= 1")
+    if dw.layer_timings is not None and dw.target_speedup is None:
+        raise OptionError("{dw.layer_timings}: measured layer times (a tune file) only feed {dw.target_speedup}; "
+                          "give it, or pass an alpha file for the HSR rank")
 
 
 def check_pw_options(pw: PWOptions) -> None:

@@ -17,9 +17,11 @@ class AllocationRecord:
 
     Fields:
         summary: method, target_ratio, allocated_ratio (model-wide, fraction of DW weights pruned),
-            predicted_kl_sum (nats), samples (calibration samples measured on), refit, measured_ratios.
-        layers: per DW layer name: measured_ratios, measured_kl (mean KL in nats at each), chosen_ratio,
-            predicted_kl, why.
+            predicted_kl_sum (nats, at ``temperature``), samples (calibration samples measured on), refit,
+            measured_ratios, temperature (the KL is of the softmax at T, times T^2), held_out_by_image (each
+            sample scored with a refit fitted without its image).
+        layers: per DW layer name: measured_ratios, measured_kl (mean KL in nats at each, at the summary's
+            temperature), chosen_ratio, predicted_kl, why.
     """
 
     summary: dict[str, Any]
@@ -66,6 +68,9 @@ class PruneRecord:
         keep_zeros: ``--keep-zeros`` findings (violations per layer, layers_with_violations), or None.
         calibration: CalibrationRecord, or None without ``--calib`` refit.
         allocation: AllocationRecord, or None without ``--allocate``.
+        target_speedup: with ``--target-speedup``: the target, the speedup the speed model predicts for the
+            written plan (``predicted``) and the model (dw/speed.py ``SpeedModel.summary``: description, unit,
+            PW time before/after removal, each DW layer's time source); else None.
     """
 
     output_format: str
@@ -77,3 +82,4 @@ class PruneRecord:
     keep_zeros: dict[str, Any] | None = None
     calibration: CalibrationRecord | None = None
     allocation: AllocationRecord | None = None
+    target_speedup: dict[str, Any] | None = None

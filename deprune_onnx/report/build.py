@@ -106,7 +106,8 @@ def empty_subgemm_warnings(plan: DWLayerPlan, width: int = SUBGEMM_CHANNELS) -> 
 def build_report(plan: PruningPlan, analysis: ModelAnalysis, record: PruneRecord | None = None
                  ) -> dict[str, Any]:
     """Report data for ``out.report.json``: per DW layer rows and model totals, the plan's settings, and the
-    record's sections (format, dtype, pw, pw_nm24, rewrite, keep_zeros, calibration, allocation)."""
+    record's sections (format, dtype, pw, pw_nm24, rewrite, keep_zeros, calibration, allocation,
+    target_speedup)."""
     layers = analysis.dw_by_name()
     calibration = record.calibration if record else None
     allocation = record.allocation if record else None
@@ -143,7 +144,8 @@ def build_report(plan: PruningPlan, analysis: ModelAnalysis, record: PruneRecord
     if record is not None:
         report.update({"format": record.output_format, "dtype": record.dtype})
         sections = {"pw": record.pw, "pw_nm24": record.pw_nm24, "rewrite": record.rewrite,
-                    "format_auto": record.format_auto, "keep_zeros": record.keep_zeros}
+                    "format_auto": record.format_auto, "keep_zeros": record.keep_zeros,
+                    "target_speedup": record.target_speedup}
         report.update({key: value for key, value in sections.items() if value is not None})
     return report
 
@@ -192,6 +194,10 @@ def format_report_table(report: dict[str, Any]) -> str:
             summary += f" (HSR rank: {', '.join(ranks)})"
     summary += f", predicted DW speedup {speedup:.2f}x (tile model)" if speedup else ""
     lines.append(summary)
+    target = report.get("target_speedup")
+    if target:
+        predicted = f"{target['predicted']:.2f}x" if target["predicted"] else "-"
+        lines.append(f"target speedup {target['target']}x: predicted {predicted} ({target['model']})")
     for skipped in totals["skipped_layers"]:
         lines.append(f"skipped {skipped['name']}: {skipped['reason']}")
     lines += [f"warning: {line}" for line in totals.get("warnings", [])]
