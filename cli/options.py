@@ -16,7 +16,7 @@ FLAG_NAMES = {
     "output_format": "--format", "timings": "--timings", "dtype": "--dtype", "keep_zeros": "--keep-zeros", "plan": "--plan",
     "calib.sources": "--calib", "calib.n": "--calib-n", "calib.preprocess": "--calib-preprocess",
     "calib.crops": "--calib-crops", "calib.damp": "--calib-damp", "calib.saliency": "--calib-saliency",
-    "calib.refit": "--refit", "calib.allocate": "--allocate", "calib.allocate_ratios": "--allocate-ratios",
+    "calib.refit": "--refit", "calib.project": "--calib-project", "calib.allocate": "--allocate", "calib.allocate_ratios": "--allocate-ratios",
     "calib.allocate_samples": "--allocate-samples",
 }
 

@@ -98,6 +98,9 @@ def _parse_damp(value: str) -> float | None:
 @click.option("--calib-saliency", is_flag=True,
               help="Choose the kept taps by second-order saliency w^2/[H^-1]_pp instead of |w| (same K per "
                    "sub-GEMM, so the DR/tile structure is unchanged).")
+@click.option("--calib-project", is_flag=True,
+              help="After the DW refit, also refit each pruned DW layer's projection PW (1x1) by damped least "
+                   "squares, so it undoes what the kept taps cannot (docs/accuracy.md).")
 @click.option("--refit/--no-refit", default=True, show_default=True,
               help="With --calib: refit the kept weights (--no-refit uses the images for --allocate only).")
 @click.option("--allocate", type=click.Choice(ALLOCATORS),
@@ -123,6 +126,7 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, tar
             output_format: str, timings_path: str | None, dtype: str, calib_sources: tuple[str, ...],
             calib_n: int | None,
             calib_preprocessing: PreprocessOptions, calib_crops: int | None, calib_damp: str, calib_saliency: bool,
+            calib_project: bool,
             refit: bool, allocate: str | None, allocate_ratios: str, allocate_samples: int,
             drop_initializer_inputs: bool, as_json: bool, quiet: bool, verbose: int) -> None:
     """Prune the depthwise convs of IN.onnx the DEPrune way and write OUT.onnx.
@@ -155,10 +159,11 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, tar
     configure(QUIET if quiet else verbose)
     configure_progress(False if quiet else None)
     calib = None
-    if calib_sources or allocate or calib_saliency or calib_n is not None or calib_crops is not None \
-            or calib_preprocessing.preset or calib_preprocessing.changed():
+    if calib_sources or allocate or calib_saliency or calib_project or calib_n is not None \
+            or calib_crops is not None or calib_preprocessing.preset or calib_preprocessing.changed():
         calib = CalibOptions(sources=list(calib_sources), n=calib_n, preprocess=calib_preprocessing, crops=calib_crops,
-                             damp=_parse_damp(calib_damp), saliency=calib_saliency, refit=refit, allocate=allocate,
+                             damp=_parse_damp(calib_damp), saliency=calib_saliency, refit=refit, project=calib_project,
+                             allocate=allocate,
                              allocate_ratios=parse_ratio_list(allocate_ratios, "--allocate-ratios"),
                              allocate_samples=allocate_samples)
     hsr_alphas, layer_timings = load_hsr_file(hsr_timings) if hsr_timings else ({}, None)

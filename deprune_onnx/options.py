@@ -148,6 +148,8 @@ class CalibOptions:
             chosen per layer by cross-validation over the calibration images (``--calib-damp auto``).
         saliency: choose kept taps by second-order saliency instead of |w| (same K per sub-GEMM).
         refit: refit the kept DW weights and biases by least squares (False: images used for ``allocate`` only).
+        project: after the DW refit, also refit the projection PW of every block whose DW layer was pruned
+            (recovery/pw_refit.py ``refit_projections``); needs ``refit``.
         allocate: one of ALLOCATORS, or None: sensitivity-aware per-layer ratios meeting ``DWOptions.dw_ratio``.
         allocate_ratios: ratios in [0, 1) at which ``allocate`` measures each layer.
         allocate_samples: calibration samples ``allocate`` measures on (>= 1, evenly spaced).
@@ -162,6 +164,7 @@ class CalibOptions:
     damp: float | None = 0.01
     saliency: bool = False
     refit: bool = True
+    project: bool = False
     allocate: str | None = None
     allocate_ratios: tuple[float, ...] = DEFAULT_ALLOCATE_RATIOS
     allocate_samples: int = DEFAULT_ALLOCATE_SAMPLES
@@ -246,8 +249,8 @@ def check_calib_options(calib: CalibOptions, dw: DWOptions, plan_given: bool) ->
     if not calib.sources:
         if calib.allocate:
             raise OptionError("{calib.allocate}: needs calibration images, give {calib.sources} DIR")
-        if calib.saliency or calib.n is not None or calib.crops is not None:
-            raise OptionError("{calib.n}/{calib.crops}/{calib.saliency}: need {calib.sources} DIR")
+        if calib.saliency or calib.project or calib.n is not None or calib.crops is not None:
+            raise OptionError("{calib.n}/{calib.crops}/{calib.saliency}/{calib.project}: need {calib.sources} DIR")
         if calib.preprocess is not None:
             raise OptionError("{calib.preprocess} and its fields: need {calib.sources} DIR")
         raise OptionError("{calib.sources}: no calibration images given")
@@ -259,6 +262,8 @@ def check_calib_options(calib: CalibOptions, dw: DWOptions, plan_given: bool) ->
     preset = calib.preprocess if isinstance(calib.preprocess, str) else getattr(calib.preprocess, "preset", None)
     if preset is not None:
         check_choice(preset, PRESET_NAMES, "calib.preprocess")
+    if calib.project and not calib.refit:
+        raise OptionError("{calib.project}: refits the projections after the DW refit, which --no-refit turns off")
     if calib.allocate_samples < 1:
         raise OptionError(f"{{calib.allocate_samples}} {calib.allocate_samples}: must be at least 1")
     if calib.allocate is None:

@@ -211,10 +211,17 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan
                                        calib.saliency, in_place=True, groups=samples.image_index)
         refits = refit.layers
         plan = plan.with_masks(refit.masks)  # --calib-saliency chose other taps (same K per sub-GEMM)
+        projections = None
+        if calib.project:
+            from deprune_onnx.recovery.pw_refit import refit_projections
+
+            with timed_pass("projection refit"):
+                projections = refit_projections(model, reference, analysis, [entry["layer"] for entry in refits],
+                                                samples.inputs)
         record.calibration = CalibrationRecord(
             images=[str(p) for p in samples.paths], views=samples.views, samples=int(len(samples.inputs)),
             preprocess=samples.preset, damp="auto" if calib.damp is None else calib.damp, saliency=calib.saliency,
-            layers_refit=sum(bool(entry["refit"]) for entry in refits),
+            layers_refit=sum(bool(entry["refit"]) for entry in refits), projections=projections,
             layers={entry.pop("layer"): entry for entry in refits})
     if options.pw.method == "nm24":
         model, record.pw_nm24 = apply_nm24(model, analysis, in_place=True)

@@ -37,6 +37,8 @@ class CalibrationRecord:
             the preset name; damp: the ridge damping; saliency: taps chosen by saliency; layers_refit: count.
         layers: per refit DW layer name: residual_before / residual_after (relative output error
             ||Y - Y_ref||^2 / ||Y_ref||^2 of that layer, before and after the refit), samples, damp, saliency.
+        projections: ``--calib-project``: per refit projection PW: layer, positions, residual_before,
+            residual_after, damp; None without it.
     """
 
     images: list[str]
@@ -47,12 +49,16 @@ class CalibrationRecord:
     saliency: bool
     layers_refit: int
     layers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    projections: list[dict[str, Any]] | None = None
 
     def summary(self) -> dict[str, Any]:
         """The report's top-level ``calibration`` entry (per-layer results go into the layer rows)."""
-        return {"images": self.images, "views": self.views, "samples": self.samples,
-                "preprocess": self.preprocess, "damp": self.damp, "saliency": self.saliency,
-                "layers_refit": self.layers_refit}
+        summary = {"images": self.images, "views": self.views, "samples": self.samples,
+                   "preprocess": self.preprocess, "damp": self.damp, "saliency": self.saliency,
+                   "layers_refit": self.layers_refit}
+        if self.projections is not None:
+            summary["projections"] = self.projections
+        return summary
 
 
 @dataclass

@@ -5,17 +5,20 @@ Why: DW layers differ a lot in how much pruning they tolerate (on MobileNetV2 a 
 0.5 costs more than all middle layers together), so one ratio everywhere wastes accuracy.
 
 Measure: for every DW layer alone, at a few ratios, the mean KL(unpruned || pruned) of the model's outputs on
-the calibration samples. The layer's mask is the method's mask at that ratio; with ``refit`` the layer's kept
-weights are first refit by least squares on its unpruned input (the same solve as ``calibration``), so the
-measured loss is the loss that --calib will leave. The unpruned model runs once, in pieces; each layer's
-candidates then run only the rest of the graph from that layer on.
+the calibration samples (``--allocate`` softens both at ``ALLOCATE_TEMPERATURE``). The layer's mask is the
+method's mask at that ratio; with ``refit`` the layer's kept weights are first refit by least squares on its
+unpruned input (the same solve as ``calibration``), fitted without the scored sample's image when the samples'
+images are given, so the measured loss is the loss that --calib will leave on images it has not seen. The
+unpruned model runs once, in pieces; each layer's candidates then run only the rest of the graph from it.
 
-Choose: a candidate ratio per layer (for ``bh``: the ratios whose kept count per full sub-GEMM is a multiple of the
-tile, so HSR has nothing left to move; otherwise a 0.05 grid), each with its KL interpolated linearly between the
-measured points (0 at ratio 0; nothing above the largest measured ratio). Then an exact dynamic programme over
-the pruned weight count (buckets of 1/4000 of the DW weights) minimises the sum of predicted KLs subject to the
-model-wide ratio (by weight count) being within ``tolerance`` of the target. Summing per-layer KLs is the usual
-additive approximation; the measured KL of the result is what ``eval`` reports.
+Choose (``allocate_ratios``; ``allocate_for_speedup`` constrains the time of dw/speed.py instead): a candidate
+ratio per layer (for ``bh``: the ratios whose kept count per full sub-GEMM is a multiple of the tile, so HSR has
+nothing left to move; otherwise a 0.05 grid), each with its loss interpolated linearly between the measured
+points (0 at ratio 0; nothing above the largest measured ratio). Then an exact dynamic programme over the pruned
+weight count (buckets of 1/4000 of the DW weights) minimises the sum of predicted losses subject to the
+model-wide ratio (by weight count) being within ``tolerance`` of the target. Summing per-layer losses is the
+usual additive approximation; the measured KL of the result is what ``eval`` reports (docs/accuracy.md compares
+the two).
 """
 from __future__ import annotations
 
