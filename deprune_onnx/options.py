@@ -249,8 +249,10 @@ def check_calib_options(calib: CalibOptions, dw: DWOptions, plan_given: bool) ->
     if not calib.sources:
         if calib.allocate:
             raise OptionError("{calib.allocate}: needs calibration images, give {calib.sources} DIR")
-        if calib.saliency or calib.project or calib.n is not None or calib.crops is not None:
-            raise OptionError("{calib.n}/{calib.crops}/{calib.saliency}/{calib.project}: need {calib.sources} DIR")
+        if calib.saliency or calib.n is not None or calib.crops is not None:
+            raise OptionError("{calib.n}/{calib.crops}/{calib.saliency}: need {calib.sources} DIR")
+        if calib.project:
+            raise OptionError("{calib.project}: needs calibration images, give {calib.sources} DIR")
         if calib.preprocess is not None:
             raise OptionError("{calib.preprocess} and its fields: need {calib.sources} DIR")
         raise OptionError("{calib.sources}: no calibration images given")
@@ -263,7 +265,7 @@ def check_calib_options(calib: CalibOptions, dw: DWOptions, plan_given: bool) ->
     if preset is not None:
         check_choice(preset, PRESET_NAMES, "calib.preprocess")
     if calib.project and not calib.refit:
-        raise OptionError("{calib.project}: refits the projections after the DW refit, which --no-refit turns off")
+        raise OptionError("{calib.project}: refits the projections after the DW refit, so it needs {calib.refit}")
     if calib.allocate_samples < 1:
         raise OptionError(f"{{calib.allocate_samples}} {calib.allocate_samples}: must be at least 1")
     if calib.allocate is None:

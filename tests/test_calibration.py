@@ -204,10 +204,10 @@ def test_projection_refit_lowers_heldout_kl_and_keeps_the_dw_masks(mobilenet: di
 def test_projection_refit_option_errors_are_one_line(tmp_path) -> None:
     out = tmp_path / "o.onnx"
     assert_one_line_error(run_cli("prune", sample_model("mobilenet_v2"), out, "--calib-project"),
-                          "--calib-project: need --calib DIR")
+                          "--calib-project: needs calibration images, give --calib DIR")
     assert_one_line_error(run_cli("prune", sample_model("mobilenet_v2"), out, "--calib",
                                   str(imagenet_samples() / CALIB_IMAGES), "--calib-project", "--no-refit"),
-                          "--calib-project: refits the projections after the DW refit, which --no-refit turns off")
+                          "--calib-project: refits the projections after the DW refit, so it needs --refit")
     assert not out.exists()
 
 
