@@ -10,6 +10,8 @@ model lowered) and measured against the unpruned model: top-1 agreement, mean KL
 and top-1 against the ImageNet labels where they apply (MobileNetV2 only).
 
     python bench/accuracy.py --out bench/results/accuracy.md [--models mobilenet_v2] [--rows b-0.3,b-0.3-calib]
+
+Rows: ``-calib`` = --calib; ``alloc-R`` = bh --allocate kl --calib at R; ``-project`` adds --calib-project.
 """
 from __future__ import annotations
 
@@ -53,6 +55,10 @@ ROWS = {
     "bh-0.3": _row("bh", 0.3), "bh-0.3-calib": _row("bh", 0.3, True),
     "bh-0.5": _row("bh", 0.5), "bh-0.5-calib": _row("bh", 0.5, True),
     "alloc-0.5": _row("bh", 0.5, True, True), "alloc-0.7": _row("bh", 0.7, True, True),
+    # --calib-project: the projection PW of every pruned block refit too
+    "bh-0.5-calib-project": _row("bh", 0.5, True, cal={"project": True}),
+    "alloc-0.5-project": _row("bh", 0.5, True, True, cal={"project": True}),
+    "alloc-0.7-project": _row("bh", 0.7, True, True, cal={"project": True}),
 }
 DEFAULT_ROWS = list(ROWS)
 

@@ -11,13 +11,13 @@ import click
 FLAG_NAMES = {
     "dw.method": "--method", "dw.dw_ratio": "--dw-ratio", "dw.layer_ratios": "--layer-ratio",
     "dw.exclude": "--exclude", "dw.tile": "--tile", "dw.hsr_alphas": "--hsr-timings",
-    "dw.hsr_rank": "--hsr-rank", "dw.target_speedup": "--target-speedup",
+    "dw.layer_timings": "--hsr-timings", "dw.hsr_rank": "--hsr-rank", "dw.target_speedup": "--target-speedup",
     "pw.ratio": "--pw-ratio", "pw.align": "--pw-align", "pw.scope": "--pw-scope", "pw.method": "--pw-method",
     "output_format": "--format", "timings": "--timings", "dtype": "--dtype", "keep_zeros": "--keep-zeros", "plan": "--plan",
     "calib.sources": "--calib", "calib.n": "--calib-n", "calib.preprocess": "--calib-preprocess",
     "calib.crops": "--calib-crops", "calib.damp": "--calib-damp", "calib.saliency": "--calib-saliency",
-    "calib.refit": "--refit", "calib.allocate": "--allocate", "calib.allocate_ratios": "--allocate-ratios",
-    "calib.allocate_samples": "--allocate-samples",
+    "calib.refit": "--refit", "calib.project": "--calib-project", "calib.allocate": "--allocate",
+    "calib.allocate_ratios": "--allocate-ratios", "calib.allocate_samples": "--allocate-samples",
 }
 
 

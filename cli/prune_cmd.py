@@ -39,7 +39,9 @@ def _parse_damp(value: str) -> float | None:
 @click.option("--dw-ratio", type=float, default=0.5, show_default=True,
               help="Target pruning ratio of every DW layer, in [0, 1).")
 @click.option("--target-speedup", type=float, metavar="X",
-              help="Instead of --dw-ratio: the predicted DW speedup (tile cost model) to reach, e.g. 1.5; with "
+              help="Instead of --dw-ratio: the predicted speedup to reach, e.g. 1.5: of the DW layers, or of the "
+                   "DSConv blocks (DW + PW time, PW by a FLOPs/bytes roofline) when --pw-ratio removes PW "
+                   "channels; DW times from the tile cost model, or measured with --hsr-timings TUNE.json. With "
                    "--allocate kl the per-layer ratios with the least predicted KL that reach it, else the least "
                    "uniform ratio that does.")
 @click.option("--layer-ratio", "layer_ratios", multiple=True, metavar="NAME=R",
@@ -47,7 +49,9 @@ def _parse_damp(value: str) -> float | None:
 @click.option("--exclude", multiple=True, metavar="GLOB", help="DW layers to leave dense; repeatable.")
 @click.option("--tile", type=int, default=K_TILE, show_default=True, help="GPU tile T along K for HSR alignment.")
 @click.option("--hsr-timings", type=click.Path(dir_okay=False),
-              help="JSON of measured per-layer HSR speedups (alpha) replacing the tile cost model.")
+              help="JSON of measured per-layer HSR speedups (alpha) replacing the tile cost model in the HSR "
+                   "rank, or a `deprune-onnx tune` timings file, whose measured per-layer times --target-speedup "
+                   "then predicts with.")
 @click.option("--hsr-rank", type=click.Choice(["auto", "beta", "damage"]), default="auto", show_default=True,
               help="How bh picks over-/under-aligned layers: beta = the paper's alpha/eps; damage = speed gained "
                    "per unit of expected damage (measured KL with --calib, relative weight energy removed "
@@ -94,6 +98,9 @@ def _parse_damp(value: str) -> float | None:
 @click.option("--calib-saliency", is_flag=True,
               help="Choose the kept taps by second-order saliency w^2/[H^-1]_pp instead of |w| (same K per "
                    "sub-GEMM, so the DR/tile structure is unchanged).")
+@click.option("--calib-project", is_flag=True,
+              help="After the DW refit, also refit each pruned DW layer's projection PW (1x1) by damped least "
+                   "squares, so it undoes what the kept taps cannot (docs/accuracy.md).")
 @click.option("--refit/--no-refit", default=True, show_default=True,
               help="With --calib: refit the kept weights (--no-refit uses the images for --allocate only).")
 @click.option("--allocate", type=click.Choice(ALLOCATORS),
@@ -119,6 +126,7 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, tar
             output_format: str, timings_path: str | None, dtype: str, calib_sources: tuple[str, ...],
             calib_n: int | None,
             calib_preprocessing: PreprocessOptions, calib_crops: int | None, calib_damp: str, calib_saliency: bool,
+            calib_project: bool,
             refit: bool, allocate: str | None, allocate_ratios: str, allocate_samples: int,
             drop_initializer_inputs: bool, as_json: bool, quiet: bool, verbose: int) -> None:
     """Prune the depthwise convs of IN.onnx the DEPrune way and write OUT.onnx.
@@ -141,7 +149,7 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, tar
     layers (stride-2 ones, usually) lower ratios. Both keep every DCP/BWT/HSR rule and are recorded in
     the plan and the report.
     """
-    from deprune_onnx.dw.planner import load_hsr_timings
+    from deprune_onnx.dw.planner import load_hsr_file
     from deprune_onnx.logging_utils import QUIET, configure
     from deprune_onnx.options import CalibOptions, DWOptions, PruneOptions, PWOptions
     from deprune_onnx.pipeline import prune_file
@@ -151,16 +159,18 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, tar
     configure(QUIET if quiet else verbose)
     configure_progress(False if quiet else None)
     calib = None
-    if calib_sources or allocate or calib_saliency or calib_n is not None or calib_crops is not None \
-            or calib_preprocessing.preset or calib_preprocessing.changed():
+    if calib_sources or allocate or calib_saliency or calib_project or calib_n is not None \
+            or calib_crops is not None or calib_preprocessing.preset or calib_preprocessing.changed():
         calib = CalibOptions(sources=list(calib_sources), n=calib_n, preprocess=calib_preprocessing, crops=calib_crops,
-                             damp=_parse_damp(calib_damp), saliency=calib_saliency, refit=refit, allocate=allocate,
+                             damp=_parse_damp(calib_damp), saliency=calib_saliency, refit=refit, project=calib_project,
+                             allocate=allocate,
                              allocate_ratios=parse_ratio_list(allocate_ratios, "--allocate-ratios"),
                              allocate_samples=allocate_samples)
+    hsr_alphas, layer_timings = load_hsr_file(hsr_timings) if hsr_timings else ({}, None)
     options = PruneOptions(
         dw=DWOptions(method=method, dw_ratio=dw_ratio, layer_ratios=parse_layer_ratios(layer_ratios),
-                     exclude=list(exclude), tile=tile, hsr_alphas=load_hsr_timings(hsr_timings) if hsr_timings else {},
-                     hsr_rank=hsr_rank, target_speedup=target_speedup),
+                     exclude=list(exclude), tile=tile, hsr_alphas=hsr_alphas, hsr_rank=hsr_rank,
+                     target_speedup=target_speedup, layer_timings=layer_timings),
         pw=PWOptions(ratio=pw_ratio, align=pw_align, scope=pw_scope, method=pw_method),
         output_format=output_format, dtype=dtype, calib=calib, keep_zeros=keep_zeros,
         timings=load_timings(timings_path) if timings_path else None)

@@ -93,8 +93,12 @@ class DWOptions:
         tile: GPU tile T along K, in vectors (>= 1), that HSR aligns each sub-GEMM's kept count to.
         hsr_alphas: measured HSR speedup alpha per layer name (replaces the tile cost model for that layer).
         hsr_rank: one of HSR_RANKS (default ``auto``: ``damage`` with calibration images, else ``beta``).
-        target_speedup: predicted DW speedup of the tile cost model (finite, >= 1) to reach instead of
-            ``dw_ratio``; None = use ``dw_ratio``.
+        target_speedup: predicted speedup (finite, >= 1) to reach instead of ``dw_ratio``, of the DW layers, or
+            of the DSConv blocks (DW + PW time) when PW channels are removed (dw/speed.py); None = use
+            ``dw_ratio``.
+        layer_timings: a ``trt.layer_choice.Timings`` (a ``deprune-onnx tune`` file given as --hsr-timings):
+            measured per-layer times that ``target_speedup`` predicts with instead of the tile cost model;
+            None = not measured.
 
     Errors: :class:`OptionError` from :func:`check_dw_options`.
     """
@@ -107,6 +111,7 @@ class DWOptions:
     hsr_alphas: dict[str, float] = field(default_factory=dict)
     hsr_rank: str = "auto"
     target_speedup: float | None = None
+    layer_timings: Any = None
 
 
 @dataclass
@@ -143,6 +148,8 @@ class CalibOptions:
             chosen per layer by cross-validation over the calibration images (``--calib-damp auto``).
         saliency: choose kept taps by second-order saliency instead of |w| (same K per sub-GEMM).
         refit: refit the kept DW weights and biases by least squares (False: images used for ``allocate`` only).
+        project: after the DW refit, also refit the projection PW of every block whose DW layer was pruned
+            (recovery/pw_refit.py ``refit_projections``); needs ``refit``.
         allocate: one of ALLOCATORS, or None: sensitivity-aware per-layer ratios meeting ``DWOptions.dw_ratio``.
         allocate_ratios: ratios in [0, 1) at which ``allocate`` measures each layer.
         allocate_samples: calibration samples ``allocate`` measures on (>= 1, evenly spaced).
@@ -157,6 +164,7 @@ class CalibOptions:
     damp: float | None = 0.01
     saliency: bool = False
     refit: bool = True
+    project: bool = False
     allocate: str | None = None
     allocate_ratios: tuple[float, ...] = DEFAULT_ALLOCATE_RATIOS
     allocate_samples: int = DEFAULT_ALLOCATE_SAMPLES
@@ -225,6 +233,9 @@ def check_dw_options(dw: DWOptions) -> None:
     check_choice(dw.hsr_rank, HSR_RANKS, "dw.hsr_rank")
     if dw.target_speedup is not None and not 1.0 <= dw.target_speedup < float("inf"):
         raise OptionError(f"{{dw.target_speedup}} {literal(dw.target_speedup)}: must be a finite number >= 1")
+    if dw.layer_timings is not None and dw.target_speedup is None:
+        raise OptionError("{dw.layer_timings}: measured layer times (a tune file) only feed {dw.target_speedup}; "
+                          "give it, or pass an alpha file for the HSR rank")
 
 
 def check_pw_options(pw: PWOptions) -> None:
@@ -240,6 +251,8 @@ def check_calib_options(calib: CalibOptions, dw: DWOptions, plan_given: bool) ->
             raise OptionError("{calib.allocate}: needs calibration images, give {calib.sources} DIR")
         if calib.saliency or calib.n is not None or calib.crops is not None:
             raise OptionError("{calib.n}/{calib.crops}/{calib.saliency}: need {calib.sources} DIR")
+        if calib.project:
+            raise OptionError("{calib.project}: needs calibration images, give {calib.sources} DIR")
         if calib.preprocess is not None:
             raise OptionError("{calib.preprocess} and its fields: need {calib.sources} DIR")
         raise OptionError("{calib.sources}: no calibration images given")
@@ -251,6 +264,8 @@ def check_calib_options(calib: CalibOptions, dw: DWOptions, plan_given: bool) ->
     preset = calib.preprocess if isinstance(calib.preprocess, str) else getattr(calib.preprocess, "preset", None)
     if preset is not None:
         check_choice(preset, PRESET_NAMES, "calib.preprocess")
+    if calib.project and not calib.refit:
+        raise OptionError("{calib.project}: refits the projections after the DW refit, so it needs {calib.refit}")
     if calib.allocate_samples < 1:
         raise OptionError(f"{{calib.allocate_samples}} {calib.allocate_samples}: must be at least 1")
     if calib.allocate is None:

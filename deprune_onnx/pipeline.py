@@ -20,7 +20,8 @@ import onnx
 
 from deprune_onnx.analysis import ModelAnalysis, analyze
 from deprune_onnx.dw.apply import apply_dw_masks
-from deprune_onnx.dw.planner import DamageMeasure, plan_dw_layers, ratio_for_speedup
+from deprune_onnx.dw.planner import DamageMeasure, plan_dw_layers, plan_steps, ratio_for_speedup
+from deprune_onnx.dw.speed import speed_model
 from deprune_onnx.errors import DepruneError
 from deprune_onnx.onnx_io.folding import fold_conv_weight_chains
 from deprune_onnx.onnx_io.graph import ensure_unique_node_names
@@ -166,6 +167,7 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan
                            "only; prune this model without --calib")
     if calib is not None:  # the image input is the same before and after PW removal
         samples = calibration_set(model, calib)
+    unreduced = analysis
     with timed_pass("pw"):
         pw_plan, record.pw = _pw_structural(model, options.pw, plan, analysis, calib, samples)
         if pw_plan is not None and pw_plan.groups:
@@ -174,14 +176,20 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan
         # The refit's target: this model before DW pruning (after PW removal, so the DW shapes agree).
         reference = onnx.ModelProto()
         reference.CopyFrom(model)
+    speed = None
     if plan is None:
+        if options.dw.target_speedup is not None:
+            pw_removed = pw_plan is not None and bool(pw_plan.groups)
+            speed = speed_model(analysis, options.dw.tile, options.dw.layer_timings, options.dtype,
+                                (unreduced.pw_layers, analysis.pw_layers) if pw_removed else None,
+                                unreduced.dw_layers)
         if options.dw.target_speedup is not None and not (calib is not None and calib.allocate):
             with timed_pass("target speedup"):
-                ratio = ratio_for_speedup(model, analysis, options.dw)
+                ratio = ratio_for_speedup(model, analysis, options.dw, speed)
             options = replace(options, dw=replace(options.dw, dw_ratio=ratio))
         if calib is not None and calib.allocate:
             layer_ratios, summary, per_layer = allocate_layer_ratios(reference, analysis, options.dw, calib,
-                                                                     samples.inputs)
+                                                                     samples.inputs, samples.image_index, speed)
             record.allocation = AllocationRecord(summary, per_layer)
             options = replace(options, dw=replace(options.dw, layer_ratios=layer_ratios))
         damage = None
@@ -189,6 +197,10 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan
             damage = hsr_damage_measure(reference, analysis, calib, samples.inputs)
         with timed_pass("plan"):
             plan, record.keep_zeros = make_plan(model, options, analysis, pw_plan, damage)
+        if speed is not None:
+            record.target_speedup = {"target": options.dw.target_speedup,
+                                     "predicted": speed.speedup(plan_steps(plan.dw_layers, plan.tile)),
+                                     **speed.summary()}
     with timed_pass("apply"):
         model, _ = apply_dw_masks(model, plan.dw_layers, in_place=True)
     if calib is not None and calib.refit:
@@ -199,10 +211,17 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan
                                        calib.saliency, in_place=True, groups=samples.image_index)
         refits = refit.layers
         plan = plan.with_masks(refit.masks)  # --calib-saliency chose other taps (same K per sub-GEMM)
+        projections = None
+        if calib.project:
+            from deprune_onnx.recovery.pw_refit import refit_projections
+
+            with timed_pass("projection refit"):
+                projections = refit_projections(model, reference, analysis, [entry["layer"] for entry in refits],
+                                                samples.inputs)
         record.calibration = CalibrationRecord(
             images=[str(p) for p in samples.paths], views=samples.views, samples=int(len(samples.inputs)),
             preprocess=samples.preset, damp="auto" if calib.damp is None else calib.damp, saliency=calib.saliency,
-            layers_refit=sum(bool(entry["refit"]) for entry in refits),
+            layers_refit=sum(bool(entry["refit"]) for entry in refits), projections=projections,
             layers={entry.pop("layer"): entry for entry in refits})
     if options.pw.method == "nm24":
         model, record.pw_nm24 = apply_nm24(model, analysis, in_place=True)

@@ -17,9 +17,11 @@ class AllocationRecord:
 
     Fields:
         summary: method, target_ratio, allocated_ratio (model-wide, fraction of DW weights pruned),
-            predicted_kl_sum (nats), samples (calibration samples measured on), refit, measured_ratios.
-        layers: per DW layer name: measured_ratios, measured_kl (mean KL in nats at each), chosen_ratio,
-            predicted_kl, why.
+            predicted_kl_sum (nats, at ``temperature``), samples (calibration samples measured on), refit,
+            measured_ratios, temperature (the KL is of the softmax at T, times T^2), held_out_by_image (each
+            sample scored with a refit fitted without its image).
+        layers: per DW layer name: measured_ratios, measured_kl (mean KL in nats at each, at the summary's
+            temperature), chosen_ratio, predicted_kl, why.
     """
 
     summary: dict[str, Any]
@@ -35,6 +37,8 @@ class CalibrationRecord:
             the preset name; damp: the ridge damping; saliency: taps chosen by saliency; layers_refit: count.
         layers: per refit DW layer name: residual_before / residual_after (relative output error
             ||Y - Y_ref||^2 / ||Y_ref||^2 of that layer, before and after the refit), samples, damp, saliency.
+        projections: ``--calib-project``: per refit projection PW: layer, positions, residual_before,
+            residual_after, damp; None without it.
     """
 
     images: list[str]
@@ -45,12 +49,16 @@ class CalibrationRecord:
     saliency: bool
     layers_refit: int
     layers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    projections: list[dict[str, Any]] | None = None
 
     def summary(self) -> dict[str, Any]:
         """The report's top-level ``calibration`` entry (per-layer results go into the layer rows)."""
-        return {"images": self.images, "views": self.views, "samples": self.samples,
-                "preprocess": self.preprocess, "damp": self.damp, "saliency": self.saliency,
-                "layers_refit": self.layers_refit}
+        summary = {"images": self.images, "views": self.views, "samples": self.samples,
+                   "preprocess": self.preprocess, "damp": self.damp, "saliency": self.saliency,
+                   "layers_refit": self.layers_refit}
+        if self.projections is not None:
+            summary["projections"] = self.projections
+        return summary
 
 
 @dataclass
@@ -66,6 +74,9 @@ class PruneRecord:
         keep_zeros: ``--keep-zeros`` findings (violations per layer, layers_with_violations), or None.
         calibration: CalibrationRecord, or None without ``--calib`` refit.
         allocation: AllocationRecord, or None without ``--allocate``.
+        target_speedup: with ``--target-speedup``: the target, the speedup the speed model predicts for the
+            written plan (``predicted``) and the model (dw/speed.py ``SpeedModel.summary``: description, unit,
+            PW time before/after removal, each DW layer's time source); else None.
     """
 
     output_format: str
@@ -77,3 +88,4 @@ class PruneRecord:
     keep_zeros: dict[str, Any] | None = None
     calibration: CalibrationRecord | None = None
     allocation: AllocationRecord | None = None
+    target_speedup: dict[str, Any] | None = None

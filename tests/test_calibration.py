@@ -13,6 +13,7 @@ import pytest
 from onnx import numpy_helper
 
 from support.builders import dsconv_model
+from support.cli_testing import assert_one_line_error, run_cli
 from support.samples import imagenet_samples, sample_model
 from deprune_onnx.recovery.allocation import LayerSensitivity, allocate_ratios
 from deprune_onnx.analysis import analyze
@@ -174,10 +175,40 @@ def test_allocation_with_calibration_at_05_beats_uniform_bh_by_2x(mobilenet: dic
     assert len(ratios) > 1                                    # per-layer ratios differ
     assert result.record.allocation.summary["samples"] == 5
     assert result.report["allocation"]["samples"] == 5
+    # measured at temperature 4, every sample scored by a refit fitted without its image (5 images, 5 folds)
+    assert result.report["allocation"]["temperature"] == 4.0
+    assert result.report["allocation"]["held_out_by_image"] is True
     for plan in result.plan.dw_layers:
         sensitivity = result.record.allocation.layers[plan.name]
         assert sensitivity["chosen_ratio"] == pytest.approx(plan.target_ratio)
         assert sensitivity["why"]
+
+
+def test_projection_refit_lowers_heldout_kl_and_keeps_the_dw_masks(mobilenet: dict) -> None:
+    dw = DWOptions(method="bh", dw_ratio=0.5, hsr_rank="beta")
+    plain_result, plain = prune_and_measure(mobilenet, dw, calib())
+    result, projected = prune_and_measure(mobilenet, dw, calib(project=True))
+    assert projected.kl_mean < plain.kl_mean, (plain, projected)
+    records = result.report["calibration"]["projections"]
+    blocks = analyze(mobilenet["source"]).blocks
+    assert [r["layer"] for r in records] == [b.project_pw for b in blocks]   # every block's DW is pruned at 0.5
+    assert all(r["residual_after"] <= r["residual_before"] for r in records)
+    assert "projections" not in plain_result.report["calibration"]
+    nodes = {n.name: n for n in result.model.graph.node}
+    written = {t.name: numpy_helper.to_array(t) for t in result.model.graph.initializer}
+    for plan, plain_plan in zip(result.plan.dw_layers, plain_result.plan.dw_layers):
+        assert plan.mask == plain_plan.mask
+        assert not written[nodes[plan.name].input[1]][~plan.keep_mask()].any()
+
+
+def test_projection_refit_option_errors_are_one_line(tmp_path) -> None:
+    out = tmp_path / "o.onnx"
+    assert_one_line_error(run_cli("prune", sample_model("mobilenet_v2"), out, "--calib-project"),
+                          "--calib-project: needs calibration images, give --calib DIR")
+    assert_one_line_error(run_cli("prune", sample_model("mobilenet_v2"), out, "--calib",
+                                  str(imagenet_samples() / CALIB_IMAGES), "--calib-project", "--no-refit"),
+                          "--calib-project: refits the projections after the DW refit, so it needs --refit")
+    assert not out.exists()
 
 
 def _stats(design: np.ndarray, y: np.ndarray) -> PatchStats:

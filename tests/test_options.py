@@ -59,6 +59,14 @@ CASES = [
     (PruneOptions(dw=DWOptions(layer_ratios=[("x", 0.2)]), calib=CalibOptions(sources=CALIB, allocate="kl")), False,
      "calib.allocate: chooses every layer's ratio itself; drop dw.layer_ratios (use dw.exclude",
      "--allocate: chooses every layer's ratio itself; drop --layer-ratio (use --exclude"),
+    (PruneOptions(calib=CalibOptions(sources=[], project=True)), False,
+     "calib.project: needs calibration images, give calib.sources DIR",
+     "--calib-project: needs calibration images, give --calib DIR"),
+    (PruneOptions(calib=CalibOptions(sources=CALIB, project=True, refit=False)), False,
+     "calib.project: refits the projections after the DW refit", "--calib-project: refits the projections"),
+    (PruneOptions(dw=DWOptions(layer_timings=object())), False,
+     "dw.layer_timings: measured layer times (a tune file) only feed dw.target_speedup",
+     "--hsr-timings: measured layer times (a tune file) only feed --target-speedup"),
 ]
 
 

@@ -11,7 +11,7 @@ import fnmatch
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import numpy as np
 import onnx
@@ -21,10 +21,14 @@ from deprune_onnx.errors import DepruneError
 from deprune_onnx.onnx_io.graph import GraphIndex
 from deprune_onnx.dw.masks import (SUBGEMM_CHANNELS, Misalignment, align_subgemms, bwt_mask, channel_mask,
                                 choose_hsr_patterns, dcp_mask, energy_damage, global_masks, kept_per_subgemm,
-                                misalignment, subgemm_vectors)
+                                misalignment, subgemm_vectors, tile_time)
+from deprune_onnx.dw.speed import SpeedModel, speed_model
 from deprune_onnx.options import DWOptions, OptionError, check_dw_options, literal
 from deprune_onnx.plan import DWLayerPlan, encode_mask
 from deprune_onnx.progress import progress
+
+if TYPE_CHECKING:
+    from deprune_onnx.trt.layer_choice import Timings
 
 # Measures expected damage for candidate masks: {layer: [keep, ...]} -> {layer: [damage, ...]} (e.g. the KL
 # of the model's output with that layer alone pruned, recovery/allocation.py measure_masks).
@@ -80,6 +84,21 @@ def load_hsr_timings(path: str | Path) -> dict[str, float]:
             raise DepruneError(f"{path}: layer '{name}': alpha must be finite")
         alphas[name] = alpha
     return alphas
+
+
+def load_hsr_file(path: str | Path) -> tuple[dict[str, float], "Timings | None"]:
+    """``--hsr-timings FILE``: (alphas, None) for an alpha file (``load_hsr_timings``), or ({}, timings) for a
+    ``deprune-onnx tune`` timings file (``"format": "deprune-onnx-timings"``), whose measured per-layer times
+    ``--target-speedup`` predicts with (dw/speed.py); a tune file has no alpha, so HSR keeps the tile model."""
+    from deprune_onnx.trt.layer_choice import TIMINGS_FORMAT, load_timings
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        data = None  # load_hsr_timings names the problem
+    if isinstance(data, dict) and data.get("format") == TIMINGS_FORMAT:
+        return {}, load_timings(path)
+    return load_hsr_timings(path), None
 
 
 def layer_mask(weight: np.ndarray, method: str, ratio: float) -> np.ndarray:
@@ -279,20 +298,23 @@ def _balance_hsr(plans: list[DWLayerPlan], weights: Mapping[str, np.ndarray],
 _SPEEDUP_COARSE, _SPEEDUP_FINE = 0.05, 0.01
 
 
-def ratio_for_speedup(model: onnx.ModelProto, analysis: ModelAnalysis, options: DWOptions) -> float:
-    """The least uniform --dw-ratio (on a 0.01 grid) whose plan reaches ``options.target_speedup``, the predicted
-    DW speedup of the tile cost model (report/build.py ``predicted_dw_speedup``). HSR is ranked as asked, but by
-    the data-free proxy when the rank is 'damage' (the measured damage is only taken for the final plan)."""
-    from deprune_onnx.report.build import predicted_dw_speedup
-
+def ratio_for_speedup(model: onnx.ModelProto, analysis: ModelAnalysis, options: DWOptions,
+                      speed: SpeedModel | None = None) -> float:
+    """The least uniform --dw-ratio (on a 0.01 grid) whose plan reaches ``options.target_speedup``, the speedup
+    ``speed`` predicts (dw/speed.py; None = the tile cost model, report/build.py ``predicted_dw_speedup``). HSR is
+    ranked as asked, but by the data-free proxy when the rank is 'damage' (the measured damage is only taken for
+    the final plan)."""
     target = options.target_speedup
     check_dw_options(options)
     if target is None:
         raise OptionError("{dw.target_speedup}: no speedup given")
+    if speed is None:
+        speed = speed_model(analysis, options.tile)
 
     def reaches(ratio: float) -> bool:
-        plans = plan_dw_layers(model, analysis, replace(options, dw_ratio=ratio, target_speedup=None))
-        speedup = predicted_dw_speedup(plans, analysis, options.tile)
+        plans = plan_dw_layers(model, analysis, replace(options, dw_ratio=ratio, target_speedup=None,
+                                                             layer_timings=None))
+        speedup = speed.speedup(plan_steps(plans, options.tile))
         return speedup is None or speedup >= target
 
     coarse = [round(r, 2) for r in np.arange(0.0, 1.0, _SPEEDUP_COARSE)]
@@ -302,7 +324,13 @@ def ratio_for_speedup(model: onnx.ModelProto, analysis: ModelAnalysis, options: 
         grid = [r for r in (round(r, 2) for r in np.arange(coarse[-1], 1.0, _SPEEDUP_FINE)) if r < 1.0]
         found = next((r for r in grid if reaches(r)), None)
         if found is None:
-            raise OptionError(f"{{dw.target_speedup}} {literal(target)}: not reachable below DW ratio 1 (tile model)")
+            raise OptionError(f"{{dw.target_speedup}} {literal(target)}: not reachable below DW ratio 1 "
+                              f"({speed.description})")
         return found
     fine = [round(r, 2) for r in np.arange(max(found - _SPEEDUP_COARSE, 0.0) + _SPEEDUP_FINE, found, _SPEEDUP_FINE)]
     return next((r for r in fine if reaches(r)), found)
+
+
+def plan_steps(plans: list[DWLayerPlan], tile: int) -> dict[str, int]:
+    """Tile steps of the slowest sub-GEMM, max_g ceil(K_g / T), of every pruned layer (excluded ones omitted)."""
+    return {plan.name: tile_time(np.array(plan.kept_per_subgemm), tile) for plan in plans if plan.method != "none"}

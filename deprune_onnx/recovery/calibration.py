@@ -17,6 +17,7 @@ from deprune_onnx.dw.planner import DamageMeasure, resolve_layer_ratios
 from deprune_onnx.options import CalibOptions, DWOptions
 
 if TYPE_CHECKING:
+    from deprune_onnx.dw.speed import SpeedModel
     from deprune_onnx.evaluation.images import ImageSet, Preset, PreprocessOptions
 
 # Without --calib-crops, every calibration image gives enough views for this many samples (at most 10 each).
@@ -41,38 +42,49 @@ def calibration_set(model: onnx.ModelProto, calib: CalibOptions) -> "ImageSet":
 
 
 def _evenly(inputs: np.ndarray, count: int) -> np.ndarray:
-    if len(inputs) <= count:
-        return inputs
-    return inputs[np.linspace(0, len(inputs) - 1, count).round().astype(int)]
+    return inputs[_evenly_spaced(len(inputs), count)]
+
+
+def _evenly_spaced(total: int, count: int) -> np.ndarray:
+    """Indices of ``count`` samples evenly spaced over ``total`` (all of them when there are no more)."""
+    if total <= count:
+        return np.arange(total)
+    return np.linspace(0, total - 1, count).round().astype(int)
 
 
 def allocate_layer_ratios(model: onnx.ModelProto, analysis: ModelAnalysis, dw: DWOptions, calib: CalibOptions,
-                          samples: np.ndarray) -> tuple[list[tuple[str, float]], dict[str, Any], dict[str, dict]]:
+                          samples: np.ndarray, groups: np.ndarray | None = None, speed: "SpeedModel | None" = None
+                          ) -> tuple[list[tuple[str, float]], dict[str, Any], dict[str, dict]]:
     """Per-layer ratios from measured sensitivity (``--allocate``): the ratios to plan with, the summary for
-    the plan, and each layer's measured curve and choice."""
-    from deprune_onnx.recovery.allocation import allocate_for_speedup, allocate_ratios, measure_sensitivity
-    from deprune_onnx.report.build import output_pixels
+    the plan, and each layer's measured curve and choice. ``groups`` [N]: each sample's calibration image, so
+    a refit is scored only on images it was not fitted on (allocation.measure_masks). ``speed``: the speed model
+    of ``--target-speedup`` (dw/speed.py; None = the tile cost model)."""
+    from deprune_onnx.recovery.allocation import (ALLOCATE_TEMPERATURE, allocate_for_speedup, allocate_ratios,
+                                                  measure_sensitivity)
+    from deprune_onnx.dw.speed import speed_model
 
     assert calib.allocate is not None  # the option rules (options.check_calib_options) ran in prune_model
     excluded = {name for name, ratio in resolve_layer_ratios([layer.name for layer in analysis.dw_layers],
                                                               dw).items() if ratio is None}
     names = [layer.name for layer in analysis.dw_layers if layer.name not in excluded]
-    inputs = _evenly(samples, calib.allocate_samples)
+    chosen = _evenly_spaced(len(samples), calib.allocate_samples)
+    inputs = samples[chosen]
     curves = measure_sensitivity(model, analysis, dw.method, inputs, calib.allocate_ratios,
-                                 refit=calib.refit, damp=calib.measure_damp, tile=dw.tile, layers=names)
+                                 refit=calib.refit, damp=calib.measure_damp, tile=dw.tile, layers=names,
+                                 groups=None if groups is None else groups[chosen], temperature=ALLOCATE_TEMPERATURE)
+    held_out = calib.refit and groups is not None and len(inputs) > 1
     shapes = {layer.name: (layer.out_channels, 1, *layer.kernel) for layer in analysis.dw_layers}
     if dw.target_speedup is not None:
-        layers = analysis.dw_by_name()
-        scales = {name: -(-layers[name].out_channels // 32) * output_pixels(layers[name]) for name in layers}
-        fixed = sum(scales[name] * -(-min(shapes[name][0], 32) * shapes[name][2] * shapes[name][3] // dw.tile)
-                    for name in excluded)
-        allocation = allocate_for_speedup(curves, shapes, scales, dw.target_speedup, dw.method, dw.tile, fixed)
-        goal = f"predicted DW speedup (tile model) at least {dw.target_speedup}x"
+        if speed is None:
+            speed = speed_model(analysis, dw.tile)
+        allocation = allocate_for_speedup(curves, shapes, speed, dw.target_speedup, dw.method, dw.tile)
+        goal = f"predicted speedup ({speed.description}) at least {dw.target_speedup}x"
     else:
         allocation = allocate_ratios(curves, shapes, dw.dw_ratio, dw.method, dw.tile)
         goal = f"model-wide DW ratio {dw.dw_ratio}"
-    why = (f"least total predicted KL (sum over layers, measured alone{' with refit' if calib.refit else ''} "
-           f"on {len(inputs)} calibration samples) meeting {goal}")
+    refit = (" with a refit fitted without the sample's image" if held_out else " with refit") if calib.refit else ""
+    why = (f"least total predicted KL at temperature {ALLOCATE_TEMPERATURE:g} (sum over layers, measured alone"
+           f"{refit} on {len(inputs)} calibration samples) meeting {goal}")
     per_layer = {curve.name: {"measured_ratios": curve.ratios, "measured_kl": curve.kl,
                               "chosen_ratio": allocation.ratios[curve.name],
                               "predicted_kl": allocation.predicted[curve.name], "why": why} for curve in curves}
@@ -81,9 +93,10 @@ def allocate_layer_ratios(model: onnx.ModelProto, analysis: ModelAnalysis, dw: D
             entry["predicted_speedup"] = allocation.predicted_speedup[name]
     summary = {"method": calib.allocate, "target_ratio": dw.dw_ratio if dw.target_speedup is None else None,
                "allocated_ratio": allocation.achieved_ratio, "predicted_kl_sum": allocation.predicted_total,
-               "samples": int(len(inputs)), "refit": calib.refit, "measured_ratios": list(calib.allocate_ratios)}
+               "samples": int(len(inputs)), "refit": calib.refit, "measured_ratios": list(calib.allocate_ratios),
+               "temperature": ALLOCATE_TEMPERATURE, "held_out_by_image": bool(held_out)}
     if dw.target_speedup is not None:
-        summary.update({"target_speedup": dw.target_speedup,
+        summary.update({"target_speedup": dw.target_speedup, "speed_model": speed.description,
                         "predicted_dw_speedup": allocation.predicted_dw_speedup})
     return list(allocation.ratios.items()), summary, per_layer
 

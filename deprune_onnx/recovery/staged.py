@@ -106,14 +106,17 @@ class _SegmentRunner:
         segment_model.functions.extend(model.functions)
         self.session = make_session(segment_model)
 
-    def run(self, values: dict[str, np.ndarray], fed: dict[str, np.ndarray], owner: StagedForward
-            ) -> dict[str, np.ndarray]:
-        """Outputs over all samples, ``owner.chunk`` samples per call (falling back to 1 for batch-1 graphs)."""
+    def run(self, values: dict[str, np.ndarray], fed: dict[str, np.ndarray], owner: StagedForward,
+            rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Outputs over all samples (or only the sample indices ``rows``, in that order), ``owner.chunk`` samples
+        per call (falling back to 1 for batch-1 graphs)."""
         pieces: dict[str, list[np.ndarray]] = {t: [] for t in self.outputs}
+        order = np.arange(owner.samples) if rows is None else np.asarray(rows)
         start = 0
-        while start < owner.samples:
-            stop = min(start + owner.chunk, owner.samples)
-            feeds = {t: fed[t] if t in fed else values[t][start:stop] for t in self.feeds}
+        while start < len(order):
+            stop = min(start + owner.chunk, len(order))
+            picked = order[start:stop]
+            feeds = {t: fed[t] if t in fed else values[t][picked] for t in self.feeds}
             try:
                 results = self.session.run(self.outputs, feeds)
             except Exception as exc:  # a graph that hard-codes batch 1 (Reshape to [1, -1]): one sample at a time
@@ -135,6 +138,7 @@ class Branch:
         self._owner = owner
         self._runner = runner
 
-    def run(self, fed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self._runner.run(self._owner._values, fed, self._owner)
+    def run(self, fed: dict[str, np.ndarray], rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The targets with ``fed`` values, over all samples or only the sample indices ``rows``."""
+        return self._runner.run(self._owner._values, fed, self._owner, rows)
 

@@ -120,7 +120,8 @@ def partial_subgemm_warnings(pw: dict[str, Any] | None, width: int = SUBGEMM_CHA
 def build_report(plan: PruningPlan, analysis: ModelAnalysis, record: PruneRecord | None = None
                  ) -> dict[str, Any]:
     """Report data for ``out.report.json``: per DW layer rows and model totals, the plan's settings, and the
-    record's sections (format, dtype, pw, pw_nm24, rewrite, keep_zeros, calibration, allocation)."""
+    record's sections (format, dtype, pw, pw_nm24, rewrite, keep_zeros, calibration, allocation,
+    target_speedup)."""
     layers = analysis.dw_by_name()
     calibration = record.calibration if record else None
     allocation = record.allocation if record else None
@@ -158,7 +159,8 @@ def build_report(plan: PruningPlan, analysis: ModelAnalysis, record: PruneRecord
     if record is not None:
         report.update({"format": record.output_format, "dtype": record.dtype})
         sections = {"pw": record.pw, "pw_nm24": record.pw_nm24, "rewrite": record.rewrite,
-                    "format_auto": record.format_auto, "keep_zeros": record.keep_zeros}
+                    "format_auto": record.format_auto, "keep_zeros": record.keep_zeros,
+                    "target_speedup": record.target_speedup}
         report.update({key: value for key, value in sections.items() if value is not None})
     return report
 
@@ -212,6 +214,10 @@ def format_report_table(report: dict[str, Any]) -> str:
             summary += f" (HSR rank: {', '.join(ranks)})"
     summary += f", predicted DW speedup {speedup:.2f}x (tile model, not a measurement)" if speedup else ""
     lines.append(summary)
+    target = report.get("target_speedup")
+    if target:
+        predicted = f"{target['predicted']:.2f}x" if target["predicted"] else "-"
+        lines.append(f"target speedup {target['target']}x: predicted {predicted} ({target['model']})")
     for skipped in totals["skipped_layers"]:
         lines.append(f"skipped {skipped['name']}: {skipped['reason']}")
     lines += [f"warning: {line}" for line in totals.get("warnings", [])]
