@@ -242,6 +242,8 @@ def check_pw_options(pw: PWOptions) -> None:
     check_choice(pw.method, PW_METHODS, "pw.method")
     check_choice(pw.scope, PW_SCOPES, "pw.scope")
     check_ratio(pw.ratio, "pw.ratio")
+    if pw.align < 1:  # checked with or without a ratio: a bad value is a typo either way
+        raise OptionError(f"{{pw.align}} {pw.align}: must be a positive integer (32 or 8 for GPU tiles)")
 
 
 def check_calib_options(calib: CalibOptions, dw: DWOptions, plan_given: bool) -> None:

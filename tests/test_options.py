@@ -31,6 +31,8 @@ CASES = [
     (PruneOptions(pw=PWOptions(method="l1")), False, "pw.method 'l1': expected one of l2, nm24", "--pw-method 'l1'"),
     (PruneOptions(pw=PWOptions(scope="some")), False, "pw.scope 'some': expected one of project, all",
      "--pw-scope 'some'"),
+    # without --pw-ratio too: before, --pw-align 0 passed silently when no PW channel was to be removed
+    (PruneOptions(pw=PWOptions(align=0)), False, "pw.align 0: must be a positive integer", "--pw-align 0: must be"),
     (PruneOptions(output_format="tensorrt"), False, "output_format 'tensorrt': expected one of plugin, dense",
      "--format 'tensorrt'"),
     (PruneOptions(dtype="int8"), False, "dtype 'int8': expected one of float32, float16", "--dtype 'int8'"),
