@@ -56,7 +56,9 @@ if TYPE_CHECKING:
 @click.option("--batchnorm", type=click.Choice(["auto", "train", "frozen"]), default="auto", show_default=True,
               help="BatchNorm layers left in the model: auto = train mode (statistics re-estimated) unless the "
                    "graph runs one sample at a time.")
-@click.option("--amp/--no-amp", default=True, show_default=True, help="Mixed precision on CUDA (ignored on CPU).")
+@click.option("--amp/--no-amp", default=True, show_default=True,
+              help="Mixed precision on CUDA: bfloat16 where the GPU supports it, else float16 with a gradient "
+                   "scaler (ignored on CPU).")
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
               help="DataLoader worker processes decoding images.")
 @click.option("--select", type=click.Choice(["auto", "loss", "kl", "accuracy", "last"]), default="auto",
@@ -154,6 +156,8 @@ def command(input_path: str, output_path: str, teacher_path: str, images_source:
                                 realign, tile, checkpoints, resume, log=click.echo if talk else (lambda _: None),
                                 names=(str(input_path), f"--teacher {teacher_path}"))
         if processes.main:
+            for warning in result.training.extra["warnings"]:
+                click.echo(f"warning: {warning}", err=True)
             report = result.to_dict()
             report["data"].update(train_source=images_source, val_source=val_source or
                                   f"held out from --images (fraction {val_fraction}, seed {seed})")

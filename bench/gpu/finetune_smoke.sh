@@ -2,8 +2,10 @@
 # deprune-onnx finetune on CUDA (issue 15, item 2: AMP on CUDA), run after run_all.sh in the same device call:
 # prune the sample MobileNetV2 (bh, DW ratio 0.5, dense), then fine-tune it for 2 epochs on labelled ImageNet
 # validation images with --device cuda, once with --amp and once with --no-amp, and print both runs' validation
-# metrics and wall times. finetune itself checks that the masks and removed channels are unchanged after training
-# and after write-back, so exit 0 of each run is that check passing on CUDA.
+# metrics and wall times, the autocast dtype (bfloat16 where the GPU supports it, else float16 with a
+# GradScaler) and the optimizer steps the scaler skipped per epoch (the 2026-11-30 H200 run, float16 + scaler:
+# 4 of 4 skipped, weights unchanged). finetune itself checks that the masks and removed channels are unchanged
+# after training and after write-back, so exit 0 of each run is that check passing on CUDA.
 #
 #   IMAGES=DIR bash bench/gpu/finetune_smoke.sh      # DIR: imagenet_<index>_<label>.jpg files (foolbox's data/)
 #
@@ -67,7 +69,12 @@ reports = {amp: json.loads((work / f"finetune_{amp}.json").read_text())
            for amp in ("amp", "no-amp") if (work / f"finetune_{amp}.json").exists()}
 out.write_text(json.dumps({"device": device, "runs": reports}, indent=1))
 for amp, report in reports.items():
-    print(f"finetune {device} --{amp}: best epoch {report['best_epoch']}, amp used {report['training']['extra']['amp']}")
+    extra = report["training"]["extra"]
+    skipped = [f"{r['skipped_steps']}/{r['steps']}" for r in report["history"][1:]]
+    print(f"finetune {device} --{amp}: best epoch {report['best_epoch']}, autocast {extra['autocast']}, "
+          f"grad scaler {extra['grad_scaler']}, skipped steps per epoch {', '.join(skipped)}")
+    for warning in extra["warnings"]:
+        print(f"    WARNING: {warning}")
     for epoch in report["history"]:
         print("   ", {k: round(v, 4) if isinstance(v, float) else v for k, v in epoch.items()})
 EOF

@@ -14,6 +14,15 @@ DECISION: SGD with momentum 0.9, weight decay 1e-4, lr 1e-3 and the step schedul
 few hundred images: a one-shot pruned model starts far from its teacher and SGD at lr 1e-3 overshoots in its
 first steps there (KL to the teacher rose from ~13 to ~20 on the 10 sample images at DW PR 0.5).
 
+Mixed precision (``amp``, CUDA only): bfloat16 autocast without a gradient scaler where the GPU supports
+bfloat16 natively (``torch.cuda.is_bf16_supported(including_emulation=False)``: Ampere and newer), float16
+autocast with a GradScaler only otherwise (``precision_for``). Why: float16 gradients need the scaler, and the
+scaler's first steps at scale 2^16 overflow and are skipped (measured on an H200: all 4 steps of a 2-epoch run
+skipped, the weights unchanged); bfloat16 has float32's range, so no step is skipped. A skipped step (the
+scaler found inf/NaN gradients and lowered its scale) does not advance the schedule; every epoch records its
+optimizer steps and skipped steps, and an epoch that skipped every step is a warning in the result
+(``extra["warnings"]``).
+
 BatchNorm: when the converted student still has BatchNorm layers (models exported without folding them), they
 run in train mode, so their statistics follow the pruned weights, unless ``batchnorm`` is ``frozen`` or the graph
 only runs one sample at a time (statistics of single samples are noise). Their running statistics are written
@@ -77,6 +86,30 @@ class TrainOptions:
     @property
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How the forward passes run: ``autocast`` dtype (None: float32, no autocast) and whether a GradScaler
+    scales the loss (float16 only)."""
+
+    autocast: torch.dtype | None
+    scaler: bool
+
+    @property
+    def name(self) -> str:
+        return "float32" if self.autocast is None else str(self.autocast).removeprefix("torch.")
+
+
+def precision_for(device: torch.device, amp: bool) -> Precision:
+    """The mixed precision of ``amp`` on ``device``: none off CUDA; bfloat16 without a scaler where the GPU
+    supports it; else float16 with a GradScaler (see the module docstring for why)."""
+    if not amp or device.type != "cuda":
+        return Precision(None, False)
+    # the current device (distributed.start sets it); emulated bfloat16 (before Ampere) would be slow
+    if torch.cuda.is_bf16_supported(including_emulation=False):
+        return Precision(torch.bfloat16, False)
+    return Precision(torch.float16, True)
 
 
 @dataclass
@@ -156,7 +189,7 @@ class Trainer:
         has_bn = bool(_batchnorm_layers(student.module))
         self.batchnorm_train = has_bn and (options.batchnorm == "train" or
                                            (options.batchnorm == "auto" and student.micro_batch is None))
-        self.amp = options.amp and self.device.type == "cuda"
+        self.precision = precision_for(self.device, options.amp)
         student.module.to(self.device)
         teacher.module.to(self.device).eval()
         network: torch.nn.Module = student.module
@@ -181,14 +214,16 @@ class Trainer:
         self.steps_per_epoch = max(1, math.ceil(len(self.loader) / options.accumulate))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(options, step, self.steps_per_epoch))
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.scaler)
         val_share = list(range(processes.rank, len(val_set), processes.world))
         self.val_loader = DataLoader(Subset(val_set, val_share), batch_size=max(self.loader_batch, 32),
                                      num_workers=options.workers, pin_memory=self.device.type == "cuda")
 
     # -- one step ---------------------------------------------------------------------------------------------
     def _autocast(self) -> Any:
-        return torch.autocast("cuda", dtype=torch.float16, enabled=self.amp)
+        if self.precision.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.precision.autocast)
 
     @torch.no_grad()
     def _teacher(self, x: torch.Tensor) -> torch.Tensor:
@@ -216,12 +251,26 @@ class Trainer:
             total += loss.item() * piece
         return total
 
-    def _train_epoch(self, epoch: int) -> float:
+    def _optimizer_step(self) -> bool:
+        """Step the optimizer through the scaler; True when it really stepped (a float16 scaler skips the step
+        when the gradients hold inf/NaN, and then lowers its scale). Only real steps advance the schedule."""
+        scale = self.scaler.get_scale()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        stepped = not self.scaler.is_enabled() or self.scaler.get_scale() >= scale
+        if stepped:
+            self.scheduler.step()
+        return stepped
+
+    def _train_epoch(self, epoch: int) -> tuple[float, int, int]:
+        """One pass over the training data: (mean training loss over all processes, optimizer steps, skipped
+        steps)."""
         self.train_set.epoch = epoch
         self.sampler.set_epoch(epoch)
         _set_training_mode(self.student.module, self.batchnorm_train)
         batches = len(self.loader)
         losses: list[float] = []
+        steps = skipped = 0
         self.optimizer.zero_grad(set_to_none=True)
         with count_progress(batches, f"epoch {epoch}/{self.options.epochs}", unit="batch") as advance:
             for index, (x, y) in enumerate(self.loader):
@@ -232,15 +281,14 @@ class Trainer:
                 labels = y.to(self.device) if self.use_labels else None
                 losses.append(self._train_batch(x, labels, 1.0 / group, sync=step_now))
                 if step_now:
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
+                    steps += 1
+                    skipped += not self._optimizer_step()
                     self.optimizer.zero_grad(set_to_none=True)
                     self.masks.enforce()
-                    self.scheduler.step()
                 if self.processes.main:
                     advance(1)
         loss = self.processes.sum([sum(losses), float(len(losses))])
-        return loss[0] / max(1.0, loss[1])
+        return loss[0] / max(1.0, loss[1]), steps, skipped
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -317,12 +365,12 @@ class Trainer:
             for epoch in range(start, self.options.epochs + 1):
                 tic = time.monotonic()
                 lr = self.optimizer.param_groups[0]["lr"]
-                train_loss = self._train_epoch(epoch)
+                train_loss, steps, skipped = self._train_epoch(epoch)
                 broken = self.masks.violations()
                 if broken:
                     raise CheckFailed(f"pruned weights moved during epoch {epoch}: {broken}")
-                record = {"epoch": epoch, "lr": lr, "train_loss": train_loss, **self.validate(),
-                          "seconds": time.monotonic() - tic}
+                record = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "steps": steps,
+                          "skipped_steps": skipped, **self.validate(), "seconds": time.monotonic() - tic}
                 history.append(record)
                 improved = metric == "last" or _rank(record, metric) < _rank(history[best_epoch], metric)
                 if improved:
@@ -344,7 +392,17 @@ class Trainer:
         self.masks.enforce()
         return TrainResult(history, best_epoch, metric, self.batchnorm_train, resumed_from, self.steps_per_epoch,
                            {"loader_batch": self.loader_batch, "processes": self.processes.world,
-                            "amp": self.amp, "options": asdict(self.options)})
+                            "amp": self.precision.autocast is not None, "autocast": self.precision.name,
+                            "grad_scaler": self.precision.scaler, "options": asdict(self.options),
+                            "warnings": skipped_warnings(history, self.precision)})
+
+
+def skipped_warnings(history: list[dict[str, Any]], precision: Precision) -> list[str]:
+    """One warning per epoch whose every optimizer step was skipped (the weights did not change in it)."""
+    return [f"epoch {record['epoch']}: all {record['steps']} optimizer step(s) skipped ({precision.name} "
+            "gradients overflowed the GradScaler's scale): the weights did not change; more steps per epoch "
+            "(smaller --batch) or --no-amp"
+            for record in history if record.get("steps") and record.get("skipped_steps") == record["steps"]]
 
 
 def _rank(record: dict[str, Any], metric: str) -> tuple[float, float]:
@@ -362,5 +420,7 @@ def _epoch_line(record: dict[str, Any], metric: str, improved: bool, epochs: int
              f"val loss {record['val_loss']:.4f}", f"val KL {record['val_kl']:.4f}"]
     if "val_accuracy" in record:
         parts.append(f"val acc {100 * record['val_accuracy']:.2f}%")
+    if record.get("skipped_steps"):
+        parts.append(f"{record['skipped_steps']}/{record['steps']} steps skipped (gradient overflow)")
     parts.append(f"{record['seconds']:.0f} s, ETA {eta / 60:.1f} min")
     return ", ".join(parts) + (f" (best {metric})" if improved and metric != "last" else "")
