@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import re
+from collections import Counter
 from typing import TYPE_CHECKING
 
 import click
@@ -10,6 +12,17 @@ from deprune_onnx.cli.image_options import preprocessing_options
 
 if TYPE_CHECKING:
     from deprune_onnx.evaluation.images import PreprocessOptions
+
+
+# Below this many validation images, picking the best epoch by a metric is mostly noise (ties at 0% or 100%).
+SMALL_VALIDATION = 20
+
+
+def frozen_reasons(frozen: dict[str, str]) -> str:
+    """' (N: reason, ...)' for the console: why parameters were frozen, the quoted names left out (the full
+    list is in OUT.finetune.json), e.g. PyTorch's exporter sharing equal biases between convs."""
+    counts = Counter(re.sub(r"'[^']*'", "'...'", reason) for reason in frozen.values())
+    return f" ({'; '.join(f'{n}: {reason}' for reason, n in counts.most_common())})" if counts else ""
 
 
 @click.command("finetune")
@@ -85,7 +98,8 @@ def command(input_path: str, output_path: str, teacher_path: str, images_source:
             as_json: bool, quiet: bool) -> None:
     """Fine-tune PRUNED.onnx by distillation from --teacher, keeping its masks; write the best epoch to OUT.onnx.
 
-    PRUNED.onnx is a dense pruned model ('prune --format dense'). Its masks come from --plan, else from
+    PRUNED.onnx is a dense pruned model ('prune --format dense') with a static [N, C, H, W] image input (1-D
+    and other inputs: export-masks and your own training code, docs/finetune.md). Its masks come from --plan, else from
     PRUNED.plan.json beside it, else from its zero pattern as it is; they never change unless --realign asks.
     Student and teacher are converted to PyTorch (onnx2torch, checked against ONNX Runtime) and the student
     is trained for --epochs on random resized crops and flips of --images (streamed by DataLoader workers,
@@ -174,8 +188,17 @@ def command(input_path: str, output_path: str, teacher_path: str, images_source:
                                     if key in best)
                 click.echo(f"best epoch {result.training.best_epoch} by {result.training.selected_by}: {summary}")
                 click.echo(f"labels: {'used' if result.labels_used else 'not used'}; "
-                           f"{len(result.masked_parameters)} masked DW weights; {len(result.frozen)} frozen "
-                           "parameters; masks and removed channels unchanged (checked)")
+                           f"{len(result.masked_parameters)} masked DW weight tensors; {len(result.frozen)} frozen "
+                           f"parameters{frozen_reasons(result.frozen)}; masks and removed channels unchanged "
+                           "(checked)")
+            if talk and result.training.best_epoch == 0:
+                click.echo(f"warning: no epoch beat the pruned model on the {len(val.paths)} validation image(s) "
+                           f"({result.training.selected_by}), so {output} holds the input's weights unchanged; "
+                           "train longer or on more images", err=True)
+            if talk and len(val.paths) < SMALL_VALIDATION:
+                click.echo(f"warning: the epoch is chosen on {len(val.paths)} validation image(s); with fewer than "
+                           f"{SMALL_VALIDATION} that choice is mostly noise (give --val-images or a larger "
+                           "--val-fraction)", err=True)
                 click.echo(f"wrote {output}, {plan_file}, {report_file}, {curve_file}")
         processes.barrier()
     finally:

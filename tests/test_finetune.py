@@ -202,6 +202,24 @@ def test_when_training_only_hurts_the_pruned_model_itself_is_written(tiny: dict[
     pruned, tuned = initializers(onnx.load(str(tiny["pruned"]))), initializers(onnx.load(str(out)))
     for name, value in pruned.items():
         assert np.array_equal(value, tuned[name]), name
+    # Without --json the user is told, on stderr, that the output is the input and that the choice is shaky.
+    again = run_cli("finetune", tiny["pruned"], tmp_path / "again.onnx", "--teacher", tiny["teacher"], "--images",
+                    tiny["tree"], "--workers", "0", "--batch", "4", "--optimizer", "sgd", "--lr", "50", "--epochs",
+                    "2", "--select", "loss")
+    assert again.exit_code == 0, again.output
+    warnings = [line for line in again.stderr.splitlines() if line.startswith("warning: ")]
+    assert any("holds the input's weights unchanged" in line for line in warnings), again.stderr
+    assert any("validation image(s); with fewer than 20" in line for line in warnings), again.stderr
+
+
+def test_frozen_parameter_reasons_are_counted_without_names() -> None:
+    from deprune_onnx.cli.finetune_cmd import frozen_reasons
+
+    frozen = {"a.bias": "initializer 'onnx::Conv_501' is shared by 3 nodes",
+              "b.bias": "initializer 'onnx::Conv_502' is shared by 3 nodes",
+              "c.weight": "matches no initializer of its node"}
+    assert frozen_reasons(frozen) == " (2: initializer '...' is shared by 3 nodes; 1: matches no initializer of its node)"
+    assert frozen_reasons({}) == ""
 
 
 def test_batchnorm_statistics_train_and_are_written_back(tmp_path: Path) -> None:

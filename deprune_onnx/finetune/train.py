@@ -417,7 +417,7 @@ def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def _epoch_line(record: dict[str, Any], metric: str, improved: bool, epochs: int, eta: float) -> str:
     parts = [f"epoch {record['epoch']}/{epochs}", f"lr {record['lr']:.2g}", f"train loss {record['train_loss']:.4f}",
-             f"val loss {record['val_loss']:.4f}", f"val KL {record['val_kl']:.4f}"]
+             f"val loss {record['val_loss']:.4f}", f"val KL {max(record['val_kl'], 0.0):.4f}"]  # KL >= 0; rounding can print -0.0000
     if "val_accuracy" in record:
         parts.append(f"val acc {100 * record['val_accuracy']:.2f}%")
     if record.get("skipped_steps"):
