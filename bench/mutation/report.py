@@ -52,6 +52,18 @@ EQUIVALENT: list[tuple[str, str, str]] = [
     ("layer_mask", r"np\.ones\(weight\.shape, (dtype=None)?\)|bwt_mask\(weight, ratio, \)",
      "the mask is cast to bool by encode_mask; bwt_mask's default width is SUBGEMM_CHANNELS"),
     ("load_hsr_timings", r"encoding=(None|\"UTF-8\")", "UTF-8 is case-insensitive; None is the locale's, UTF-8 here"),
+    ("encode_mask", r"reshape\(None\)", "np.packbits without an axis flattens its input itself"),
+    ("encode_mask", r"decode\(\"ASCII\"\)", "codec names are case-insensitive"),
+    ("load_plan", r"encoding=\"UTF-8\"", "codec names are case-insensitive"),
+    ("_upgrade_version1", r"data\.get\(\"dw_ratio\", (None|1\.0)?\)\)",
+     "the default is read only when the plan has no dw_ratio, and from_dict then refuses the plan (TypeError "
+     "naming dw_ratio) whatever the default"),
+    ("_upgrade_version1", r"data\[\"format_version\"\] = (None|3)$",
+     "from_dict checks the version before upgrading and never reads it again (the plan gets "
+     "PLAN_FORMAT_VERSION)"),
+    ("xǁPlanSettingsǁfrom_dict", r"data\.get\(\"keep_zeros\", (None)?\)\)",
+     "bool(None) is False, like the default False"),
+    ("xǁPruningPlanǁfrom_dict", r"^\s*\)$", "drops format_version=PLAN_FORMAT_VERSION, which is the field's default"),
     ("plan_dw_layers", r"assert weight is not None, ", "the assert cannot fail (analysis lists constant weights "
      "only), so its message is never shown"),
     ("_balance_hsr", r"extra\[plan\.name\] (=|-=|\+= 2)", "extra is only read as a truth value (non-zero = moved)"),

@@ -49,7 +49,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
                 ["tests/test_pw_concat.py", "tests/test_pw_split_slice.py", "tests/test_pw_residual.py",
                  "tests/test_pw_se.py", "tests/test_pw_classifier.py", "tests/test_pw_offsets.py"]),
     "plan": ("deprune_onnx/plan.py",
-             ["tests/test_plan_codec.py", "tests/test_keep_zeros.py"]),
+             ["tests/test_plan_codec.py", "tests/test_plan.py", "tests/test_keep_zeros.py"]),
     "rewrite": ("deprune_onnx/op/rewrite.py",
                 ["tests/test_op_rewrite.py", "tests/test_dr_layout_reference.py"]),
     "fusion": ("deprune_onnx/op/fusion.py",
