@@ -364,8 +364,10 @@ def test_a_channel_slice_with_a_negative_start_splits_the_group_at_the_hand_comp
     edits, position = edits_of(model, node_of(y))
     assert edits == [RewriteSlice(position, 0)]
     pruned = _removal_is_exact(model, x, found, [[0, 3], [1, 11]], sizes=[4, 12])  # x rows 0, 3 | 5, 15
-    starts = GraphIndex(pruned.graph).constant(next(n for n in pruned.graph.node if n.op_type == "Slice").input[1])
-    assert starts.tolist() == [2]  # 4 channels before the slice, two of them removed
+    index = GraphIndex(pruned.graph)
+    node = next(n for n in pruned.graph.node if n.op_type == "Slice")
+    assert index.constant(node.input[1]).tolist() == [2]  # 4 channels before the slice, two of them removed
+    assert index.constant(node.input[2]).tolist() == [12]  # 2 + the 10 channels the slice keeps
 
 
 def test_a_slice_with_implicit_axes_reads_its_channel_bounds_from_position_one() -> None:
