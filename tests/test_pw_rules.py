@@ -64,7 +64,7 @@ def const(g: GraphBuilder, values, dtype=i64) -> str:
 # -- groups left alone, with the exact reason -------------------------------------------------------------------
 
 def _pad_channel(g, x):
-    return [g.conv(g.node("Pad", [x, const(g, [0, 1, 0, 0, 0, 1, 0, 0])]), C + 2, 4)]
+    return [g.conv(g.node("Pad", [x, const(g, [0, 1, 0, 0, 0, 0, 0, 0])]), C + 1, 4)]  # the front only
 
 
 def _pad_axes(g, x):
@@ -162,6 +162,62 @@ def _quantized_weight(g, x):
     return [g.node("Conv", [x, w])]
 
 
+def _bn_runtime_scale(g, x):
+    scale = g.node("ReduceMean", [g.conv(g.node("Relu", [x]), C, C)], axes=[0, 2, 3], keepdims=0)
+    values = [scale] + [const(g, np.full(C, v), f32) for v in (0.0, 0.0, 1.0)]
+    return [g.conv(g.node("BatchNormalization", [x, *values]), C, 4)]
+
+
+def _grouped_conv(g, x):
+    return [g.conv(x, C, C, kernel=3, group=4)]
+
+
+def _quantized_behind_identity(g, x):
+    w = g.node("DequantizeLinear", [const(g, np.ones((4, C, 1, 1)), np.int8), const(g, 0.5, f32)])
+    return [g.node("Conv", [x, g.node("Identity", [w])])]
+
+
+def _quantized_add_constant(g, x):
+    c = g.node("DequantizeLinear", [const(g, np.ones((C, 1, 1)), np.int8), const(g, 0.5, f32)])
+    return [g.conv(g.node("Add", [x, c]), C, 4)]
+
+
+def _flatten_axis2(g, x):
+    return [g.node("Flatten", [g.node("GlobalAveragePool", [x])], axis=2)]
+
+
+def _flatten_spatial_h(g, x):
+    return [g.node("Flatten", [x])]
+
+
+def _matmul_3d_weight(g, x):
+    flat = g.node("Flatten", [g.node("GlobalAveragePool", [x])])
+    return [g.node("MatMul", [flat, const(g, np.ones((2, C, 3)), f32)])]
+
+
+def _reduce_empty_axes(g, x):
+    return [g.node("ReduceSum", [x, const(g, np.zeros(0), i64)])]
+
+
+def _resize_runtime_sizes(g, x):
+    sizes = g.node("Shape", ["input"])
+    return [g.node("ReduceSum", [g.node("Resize", [x, "", "", sizes], mode="nearest")], keepdims=0)]
+
+
+def _split_runtime(g, x):
+    sizes = g.node("Slice", [g.node("Shape", ["input"]), const(g, [2]), const(g, [4])])
+    parts = g.node("Split", [x, sizes], outputs=2, axis=1)
+    return [g.node("Cast", [g.node("Size", [p])], to=TensorProto.FLOAT) for p in parts]  # outputs of known shape
+
+
+def _squeeze_all(g, x):
+    return [g.node("Squeeze", [g.node("Unsqueeze", [x, const(g, [4])])])]
+
+
+def _squeeze_empty_axes(g, x):
+    return [g.node("Squeeze", [g.node("Unsqueeze", [x, const(g, [4])]), const(g, np.zeros(0), i64)])]
+
+
 BLOCKED: dict[str, tuple[Callable, int, str, str]] = {
     # case: (build, opset, node whose rule refuses (its output's name minus _out0 is computed), reason)
     "pad_channel": (_pad_channel, 13, "Pad", "pads the channel axis"),
@@ -190,6 +246,24 @@ BLOCKED: dict[str, tuple[Callable, int, str, str]] = {
     "conv_bias_runtime": (_conv_bias_runtime, 13, "Conv", "bias '{ReduceMean}' is not a rewritable constant"),
     "quantized_weight": (_quantized_weight, 13, "Conv", "weight '{DequantizeLinear}' is quantized "
                          "(DequantizeLinear); removing channels would drop the quantization"),
+    "quantized_behind_identity": (_quantized_behind_identity, 13, "Conv", "weight '{Identity}' is quantized "
+                                  "(DequantizeLinear); removing channels would drop the quantization"),
+    "quantized_add_constant": (_quantized_add_constant, 13, "Add", "'{DequantizeLinear}' is quantized "
+                               "(DequantizeLinear); removing channels would drop the quantization"),
+    "bn_runtime_scale": (_bn_runtime_scale, 13, "BatchNormalization", "'{ReduceMean}' is not a constant"),
+    "grouped_conv": (_grouped_conv, 13, "Conv", "grouped conv (group=4, weight [16, 4, 3, 3]) cannot drop channels; "
+                     "only depthwise convs with depth multiplier 1 pass channels through"),
+    "flatten_axis2": (_flatten_axis2, 13, "Flatten", "only a channel-major flatten of a 1x1 tensor (after global "
+                      "pooling) keeps channels on axis 1"),
+    "flatten_spatial_h": (_flatten_spatial_h, 13, "Flatten", "only a channel-major flatten of a 1x1 tensor (after "
+                          "global pooling) keeps channels on axis 1"),
+    "matmul_3d_weight": (_matmul_3d_weight, 13, "MatMul", "weight is not 2-D"),
+    "reduce_empty_axes": (_reduce_empty_axes, 13, "ReduceSum", "reduction axes are unknown or all axes"),
+    "resize_runtime_sizes": (_resize_runtime_sizes, 13, "Resize", "sizes are not a rewritable constant"),
+    "split_runtime": (_split_runtime, 13, "Split", "split sizes are computed at run time"),
+    "squeeze_all": (_squeeze_all, 13, "Squeeze", "only squeezing/unsqueezing axes after the channel axis is handled"),
+    "squeeze_empty_axes": (_squeeze_empty_axes, 13, "Squeeze",
+                           "only squeezing/unsqueezing axes after the channel axis is handled"),
 }
 
 
@@ -332,11 +406,23 @@ PASS: dict[str, tuple[Callable, int, tuple[int, ...], list[str]]] = {
                              ["GlobalAveragePool", "Flatten"]),
     "reshape_keeps_c": (lambda g, x: [g.conv(g.node("Reshape", [x, const(g, [0, -1, 1, 1])]), C, 4)], 13,
                         (1, 3, 1, 1), ["Reshape"]),
+    "reshape_copies_c": (lambda g, x: [g.conv(g.node("Reshape", [x, const(g, [0, 0, 1, 1])]), C, 4)], 13,
+                         (1, 3, 1, 1), ["Reshape"]),
+    "pad_attribute": (lambda g, x: [g.conv(g.node("Pad", [x], pads=[0, 0, 1, 1, 0, 0, 1, 1]), C, 4)], 10,
+                      (1, 3, 4, 4), ["Pad"]),
+    "pad_constant_value": (lambda g, x: [g.conv(g.node("Pad", [x, const(g, [0, 0, 1, 1, 0, 0, 1, 1]),
+                                                          const(g, 0.0, f32)]), C, 4)], 13, (1, 3, 4, 4), ["Pad"]),
+    "dw_without_bias": (lambda g, x: [g.conv(g.conv(x, C, C, kernel=3, group=C, bias=False), C, 4)], 13,
+                        (1, 3, 4, 4), ["Conv"]),
+    "mul_by_a_one_channel_map": (lambda g, x: [g.conv(g.node("Mul", [x, g.conv("input", 3, 1)]), C, 4)], 13,
+                                 (1, 3, 4, 4), ["Mul"]),
 }
 
 
 def group_tensors(model: onnx.ModelProto, x: str, ops: list[str]) -> list[str]:
     tensors = [x]
+    if ops == ["Conv"]:  # a DW conv after x (the last Conv is the reader)
+        return [x, _out(model, "Conv", -2)]
     for op in ops:
         outputs = [o for n in model.graph.node if n.op_type == op for o in n.output]
         tensors += outputs[-2:] if op == "Split" and len(outputs) > 1 and outputs[-1].endswith("_out1") else \
@@ -352,6 +438,8 @@ def test_a_construct_the_rules_understand_carries_the_group_and_removal_is_exact
     assert group.reason is None
     expected = sorted((t, 0, C) for t in group_tensors(model, x, ops))
     assert members(group) == expected
+    if case.startswith("reshape"):  # 0 and -1 need no rewrite
+        assert edits_of(model, node_of(_out(model, "Reshape")))[0] == []
     _removal_is_exact(model, x, [expected], [[1, 5, 15]])
 
 
@@ -488,3 +576,49 @@ def test_a_weight_behind_a_constant_node_or_identity_is_editable(producer: str) 
 
     model, x = chain(build)
     assert reason_of(model, x) is None
+
+
+def test_a_channel_slice_from_zero_keeps_the_head_of_the_tensor() -> None:
+    model, x = chain(lambda g, x: [g.conv(g.node("Slice", [x, const(g, [0]), const(g, [6]), const(g, [1])]), 6, 4)])
+    y = _out(model, "Slice")
+    found = {tuple(members(group)): group.reason for group in groups_with(model, x)}
+    assert found == {tuple(sorted([(x, 0, C), (y, 0, 6)])): None, ((x, 6, C),): None}
+
+
+def test_a_two_channel_per_channel_constant_is_sliced() -> None:
+    g = GraphBuilder(seed=8)
+    x = g.conv(g.relu(g.conv("input", 3, 8, kernel=3)), 8, 2)
+    y = g.node("Add", [x, g.const(np.array([[[1.0]], [[2.0]]], f32))])
+    model = g.model("input", [1, 3, 4, 4], [g.conv(y, 2, 4)])
+    (group,) = groups_with(model, x)
+    assert group.reason is None and members(group) == sorted([(x, 0, 2), (y, 0, 2)])
+    edits, position = edits_of(model, node_of(y))
+    assert edits == [SliceConstant(position, 1, 0, y)]
+
+
+def test_convs_in_a_row_without_any_link_each_make_their_own_group() -> None:
+    g = GraphBuilder(seed=9)
+    a = g.conv("input", 3, 8, kernel=3)
+    b = g.conv(a, 8, 4)
+    c = g.conv(b, 4, 2)
+    model = g.model("input", [1, 3, 4, 4], [c])
+    groups = build_dependency_graph(model).groups
+    assert [(group.id, members(group), group.origins, group.readers) for group in groups] == [
+        ("g0", [(a, 0, 8)], [node_of(a)], [node_of(b)]), ("g1", [(b, 0, 4)], [node_of(b)], [node_of(c)]),
+        ("g2", [(c, 0, 2)], [node_of(c)], [])]
+    assert [group.reason for group in groups] == [None, None, f"'{c}' is a graph output"]
+
+
+def test_forty_parallel_groups_are_never_merged() -> None:
+    """Groups are told apart by a hash of the tensors they touch; 40 branches of two tensors each must stay 40
+    groups (a weak hash, e.g. small weights, merges some of them)."""
+    g = GraphBuilder(seed=10)
+    stem = g.relu(g.conv("input", 3, 4, kernel=3))
+    branches = [g.conv(stem, 4, 1, bias=False) for _ in range(40)]
+    acts = [g.relu(b) for b in branches]
+    model = g.model("input", [1, 3, 4, 4], [g.conv(g.node("Concat", acts, axis=1), 40, 2)])
+    concat = _out(model, "Concat")
+    found = sorted(members(group) for group in build_dependency_graph(model).groups
+                   if any(m.tensor in branches for m in group.members))
+    assert found == sorted(sorted([(b, 0, 1), (r, 0, 1), (concat, i, 40)])
+                           for i, (b, r) in enumerate(zip(branches, acts)))

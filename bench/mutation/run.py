@@ -53,9 +53,11 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "plan": ("deprune_onnx/plan.py",
              ["tests/test_plan_codec.py", "tests/test_plan.py", "tests/test_keep_zeros.py"]),
     "rewrite": ("deprune_onnx/op/rewrite.py",
-                ["tests/test_op_rewrite.py", "tests/test_dr_layout_reference.py"]),
+                ["tests/test_op_rewrite.py", "tests/test_dr_layout_reference.py", "tests/test_rewrite_notes.py",
+                 "tests/test_graph_zoo.py"]),
     "fusion": ("deprune_onnx/op/fusion.py",
-               ["tests/test_op_rewrite.py", "tests/test_dr_layout_reference.py"]),
+               ["tests/test_op_rewrite.py", "tests/test_dr_layout_reference.py", "tests/test_rewrite_notes.py",
+                "tests/test_graph_zoo.py"]),
 }
 ORDER = ["masks", "planner", "packing", "oracle", "dependency", "removal", "plan", "rewrite", "fusion"]
 
