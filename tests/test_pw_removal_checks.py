@@ -63,10 +63,12 @@ def test_shape_annotations_of_changed_tensors_are_dropped_and_the_others_kept() 
     assert_same_outputs(planted, pruned)
 
 
-def test_a_model_with_a_stale_shape_annotation_is_still_pruned() -> None:
+@pytest.mark.parametrize("stale", ["shape", "type"])
+def test_a_model_with_a_stale_annotation_is_still_pruned(stale: str) -> None:
     model, x, group = plain_chain()
-    stem = model.graph.node[1].output[0]  # the relu after the stem conv: 8 channels, annotated here as 5
-    model.graph.value_info.append(helper.make_tensor_value_info(stem, onnx.TensorProto.FLOAT, [1, 5, 4, 4]))
+    stem = model.graph.node[1].output[0]  # the relu after the stem conv: float, 8 channels
+    elem, dims = (onnx.TensorProto.FLOAT, [1, 5, 4, 4]) if stale == "shape" else (onnx.TensorProto.DOUBLE, [1, 8, 4, 4])
+    model.graph.value_info.append(helper.make_tensor_value_info(stem, elem, dims))
     planted = zero_filters(model, node_of(x), [2])
     pruned, _ = apply_pw_plan(planted, sized_plan([(group, C, [2])]))
     assert GraphIndex(pruned.graph).constant(pruned.graph.node[2].input[1]).shape == (C - 1, 8, 1, 1)
@@ -86,3 +88,11 @@ def test_an_opset18_split_with_num_outputs_gets_sizes_when_one_part_loses_channe
     split = next(n for n in pruned.graph.node if n.op_type == "Split")
     assert [a.name for a in split.attribute] == ["axis"]
     assert GraphIndex(pruned.graph).constant(split.input[1]).tolist() == [8, 6]
+
+
+def test_in_place_removal_changes_and_returns_the_model_given() -> None:
+    model, x, group = plain_chain()
+    planted = zero_filters(model, node_of(x), [4])
+    expected, _ = apply_pw_plan(planted, sized_plan([(group, C, [4])]))
+    pruned, _ = apply_pw_plan(planted, sized_plan([(group, C, [4])]), in_place=True)
+    assert pruned is planted and pruned.SerializeToString() == expected.SerializeToString()

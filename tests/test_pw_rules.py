@@ -466,6 +466,12 @@ def test_a_slice_with_implicit_axes_reads_its_channel_bounds_from_position_one()
     # channels 0, 1, 14 and 15 of x touch only x: one group, not contiguous in x
     assert found == {((x, 0, C),): f"the channels of '{x}' are permuted or not contiguous",
                      tuple(sorted([(x, 2, C), (y, 0, 12)])): None}
+    head = sorted([(x, 2, C), (y, 0, 12)])
+    pruned = _removal_is_exact(model, x, [head], [[0, 11]], sizes=[12])  # x rows 2 and 13
+    index = GraphIndex(pruned.graph)
+    node = next(n for n in pruned.graph.node if n.op_type == "Slice")
+    assert index.constant(node.input[1]).tolist() == [0, 2, 0, 0]
+    assert index.constant(node.input[2]).tolist() == [1, 12, 4, 4]
 
 
 def test_resize_sizes_and_reshape_targets_are_rewritten_to_the_new_channel_count() -> None:
@@ -583,6 +589,19 @@ def test_a_channel_slice_from_zero_keeps_the_head_of_the_tensor() -> None:
     y = _out(model, "Slice")
     found = {tuple(members(group)): group.reason for group in groups_with(model, x)}
     assert found == {tuple(sorted([(x, 0, C), (y, 0, 6)])): None, ((x, 6, C),): None}
+    pruned = _removal_is_exact(model, x, [sorted([(x, 0, C), (y, 0, 6)])], [[0, 5]], sizes=[6])
+    index = GraphIndex(pruned.graph)
+    node = next(n for n in pruned.graph.node if n.op_type == "Slice")
+    assert (index.constant(node.input[1]).tolist(), index.constant(node.input[2]).tolist()) == ([0], [4])
+
+
+def test_removing_channels_before_a_channel_slice_only_moves_its_bounds() -> None:
+    model, x = chain(lambda g, x: [g.conv(g.node("Slice", [x, const(g, [-12]), const(g, [C]), const(g, [1])]),
+                                          12, 4)])
+    pruned = _removal_is_exact(model, x, [[(x, 0, C)]], [[1, 2]], sizes=[4])  # outside the slice's channels
+    index = GraphIndex(pruned.graph)
+    node = next(n for n in pruned.graph.node if n.op_type == "Slice")
+    assert (index.constant(node.input[1]).tolist(), index.constant(node.input[2]).tolist()) == ([2], [14])
 
 
 def test_a_two_channel_per_channel_constant_is_sliced() -> None:
