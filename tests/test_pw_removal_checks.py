@@ -6,14 +6,14 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import helper
 
 from deprune_onnx.errors import DepruneError
 from deprune_onnx.onnx_io.graph import GraphIndex
 from deprune_onnx.pw import apply_pw_plan
+from deprune_onnx.pw.removal import removed_constant_indices
 from support.pw_graphs import GraphBuilder
 from test_pw_offsets import assert_same_outputs, zero_filters
-from test_pw_rules import C, chain, groups_with, members, node_of, sized_plan
+from test_pw_rules import C, chain, const, groups_with, members, node_of, sized_plan
 
 
 def plain_chain() -> tuple[onnx.ModelProto, str, list[tuple[str, int, int]]]:
@@ -64,11 +64,15 @@ def test_shape_annotations_of_changed_tensors_are_dropped_and_the_others_kept() 
 
 
 @pytest.mark.parametrize("stale", ["shape", "type"])
-def test_a_model_with_a_stale_annotation_is_still_pruned(stale: str) -> None:
+def test_a_model_with_a_stale_output_annotation_is_still_pruned(stale: str) -> None:
+    """A declared output shape or type that inference contradicts is the input's problem, not a removal bug: the
+    removal runs without its self-check instead of failing."""
     model, x, group = plain_chain()
-    stem = model.graph.node[1].output[0]  # the relu after the stem conv: float, 8 channels
-    elem, dims = (onnx.TensorProto.FLOAT, [1, 5, 4, 4]) if stale == "shape" else (onnx.TensorProto.DOUBLE, [1, 8, 4, 4])
-    model.graph.value_info.append(helper.make_tensor_value_info(stem, elem, dims))
+    declared = model.graph.output[0].type.tensor_type
+    if stale == "shape":
+        declared.shape.dim[1].dim_value = 7  # the reader conv has 4 output channels
+    else:
+        declared.elem_type = onnx.TensorProto.DOUBLE
     planted = zero_filters(model, node_of(x), [2])
     pruned, _ = apply_pw_plan(planted, sized_plan([(group, C, [2])]))
     assert GraphIndex(pruned.graph).constant(pruned.graph.node[2].input[1]).shape == (C - 1, 8, 1, 1)
@@ -96,3 +100,38 @@ def test_in_place_removal_changes_and_returns_the_model_given() -> None:
     expected, _ = apply_pw_plan(planted, sized_plan([(group, C, [4])]))
     pruned, _ = apply_pw_plan(planted, sized_plan([(group, C, [4])]), in_place=True)
     assert pruned is planted and pruned.SerializeToString() == expected.SerializeToString()
+
+
+def test_a_plan_for_a_group_the_model_cannot_prune_is_refused_with_its_reason() -> None:
+    model, x = chain(lambda g, x: [g.relu(x)])
+    (group,) = groups_with(model, x)
+    relu = next(n.output[0] for n in model.graph.node if n.input[0] == x)
+    with pytest.raises(DepruneError) as info:
+        apply_pw_plan(model, sized_plan([(members(group), C, [1])]))
+    assert str(info.value) == f"PW plan group hand0 cannot be pruned in this model: '{relu}' is a graph output"
+
+
+def test_a_group_with_nothing_removed_next_to_one_with_removals() -> None:
+    model, x = chain(lambda g, x: [g.conv(g.node("Slice", [x, const(g, [-12]), const(g, [C]), const(g, [1])]),
+                                          12, 4)])
+    y = next(n.output[0] for n in model.graph.node if n.op_type == "Slice")
+    planted = zero_filters(model, node_of(x), [5])
+    pruned, _ = apply_pw_plan(planted, sized_plan([([(x, 0, C)], 4, []), (sorted([(x, 4, C), (y, 0, 12)]), 12, [1])]))
+    assert_same_outputs(planted, pruned)
+
+
+def test_removed_constant_indices_lists_every_shrunk_constant_with_its_positions() -> None:
+    model, x, group = plain_chain()
+    names = [n.name for n in model.graph.node]
+    pw, reader = node_of(x), names[-1]
+    index = GraphIndex(model.graph)
+    found = removed_constant_indices(model, sized_plan([(group, C, [1, 5])]))
+    assert [(r.node, r.op_type, r.input_index, r.constant, r.shape, {a: p.tolist() for a, p in r.removed.items()})
+            for r in found] == [
+        (pw, "Conv", 1, index.node(pw).input[1], (C, 8, 1, 1), {0: [1, 5]}),
+        (pw, "Conv", 2, index.node(pw).input[2], (C,), {0: [1, 5]}),
+        (reader, "Conv", 1, index.node(reader).input[1], (4, C, 1, 1), {1: [1, 5]})]
+    keep = found[2].keep_mask()
+    assert keep.shape == (4, C, 1, 1) and keep.dtype == bool
+    assert np.flatnonzero(~keep[0, :, 0, 0]).tolist() == [1, 5] and keep.sum() == 4 * (C - 2)
+    assert removed_constant_indices(model, sized_plan([])) == []

@@ -589,7 +589,7 @@ def test_a_channel_slice_from_zero_keeps_the_head_of_the_tensor() -> None:
     y = _out(model, "Slice")
     found = {tuple(members(group)): group.reason for group in groups_with(model, x)}
     assert found == {tuple(sorted([(x, 0, C), (y, 0, 6)])): None, ((x, 6, C),): None}
-    pruned = _removal_is_exact(model, x, [sorted([(x, 0, C), (y, 0, 6)])], [[0, 5]], sizes=[6])
+    pruned = _removal_is_exact(model, x, [sorted([(x, 0, C), (y, 0, 6)])], [[1, 5]], sizes=[6])
     index = GraphIndex(pruned.graph)
     node = next(n for n in pruned.graph.node if n.op_type == "Slice")
     assert (index.constant(node.input[1]).tolist(), index.constant(node.input[2]).tolist()) == ([0], [4])
