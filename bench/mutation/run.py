@@ -57,7 +57,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
                  "tests/test_graph_zoo.py"]),
     "fusion": ("deprune_onnx/op/fusion.py",
                ["tests/test_op_rewrite.py", "tests/test_dr_layout_reference.py", "tests/test_rewrite_notes.py",
-                "tests/test_graph_zoo.py"]),
+                "tests/test_graph_zoo.py", "tests/test_op_fusion.py"]),
 }
 ORDER = ["masks", "planner", "packing", "oracle", "dependency", "removal", "plan", "rewrite", "fusion"]
 
