@@ -221,3 +221,39 @@ def test_non_square_kernels_with_and_without_bias(kernel, pads, strides, dilatio
     lowered = lower(rewritten)
     assert np.array_equal(conv_weights_by_node(lowered)["dw"], weight)
     assert max_rel_err(run_ort(lowered, X)[0], expected) <= 1e-5
+
+
+def test_in_place_rewrite_of_a_small_model_keeps_every_dw_weight_and_bias(monkeypatch) -> None:
+    """The fast-tier twin of the MobileNetV2 test above: with every initializer above 1 KiB stubbed during the
+    surgery, the DW weight and bias (grouped-conv inputs) must still reach the packer with their values."""
+    from deprune_onnx.op import graphs
+
+    monkeypatch.setattr(graphs, "STUB_BYTES", 1024)
+    rng = np.random.default_rng(3)
+    weight = (rng.standard_normal((512, 1, 3, 3)) * (rng.random((512, 1, 3, 3)) < 0.5)).astype(np.float32)
+    bias = rng.standard_normal(512).astype(np.float32)  # 2 KiB: stubbed unless kept
+    model = dw_model(weight, bias, activation="relu", hw=(5, 5))
+    copied, copied_records = rewrite_to_plugin(model)
+    target = onnx.ModelProto()
+    target.CopyFrom(model)
+    in_place, records = rewrite_to_plugin(target, in_place=True)
+    assert in_place is target and records == copied_records
+    assert {t.name: t.SerializeToString() for t in in_place.graph.initializer} == \
+        {t.name: t.SerializeToString() for t in copied.graph.initializer}
+    feeds = {"X": rng.standard_normal((1, 512, 5, 5)).astype(np.float32)}
+    expected = run_ort(model, feeds)[0]
+    assert max_rel_err(run_dr_sparse_dwconv(feeds["X"], node_attributes(in_place.graph.node[0])), expected) <= 1e-5
+
+
+def test_a_conv_without_strides_dilations_or_pads_attributes_uses_the_onnx_defaults() -> None:
+    model = dw_model(WEIGHT, BIAS, hw=(9, 11))
+    conv = model.graph.node[0]
+    kept = [a for a in conv.attribute if a.name not in ("strides", "dilations", "pads")]
+    del conv.attribute[:]
+    conv.attribute.extend(kept)
+    rewritten, (record,) = rewrite_to_plugin(model)
+    attrs = node_attributes(rewritten.graph.node[0])
+    assert record.rewritten
+    assert (list(attrs["strides"]), list(attrs["dilations"]), list(attrs["pads"])) == ([1, 1], [1, 1], [0, 0, 0, 0])
+    assert list(attrs["kernel_shape"]) == [3, 3]
+    assert max_rel_err(run_dr_sparse_dwconv(X["X"], attrs), run_ort(model, X)[0]) <= 1e-5
