@@ -257,3 +257,70 @@ def test_a_conv_without_strides_dilations_or_pads_attributes_uses_the_onnx_defau
     assert (list(attrs["strides"]), list(attrs["dilations"]), list(attrs["pads"])) == ([1, 1], [1, 1], [0, 0, 0, 0])
     assert list(attrs["kernel_shape"]) == [3, 3]
     assert max_rel_err(run_dr_sparse_dwconv(X["X"], attrs), run_ort(model, X)[0]) <= 1e-5
+
+
+def _weight_through(chain: list[str]) -> onnx.ModelProto:
+    """The DW model with its weight W computed as DequantizeLinear(int8) or an initializer followed by ``chain``
+    (Identity/Cast nodes), as exporters of QDQ models write it."""
+    model = dw_model(WEIGHT, BIAS)
+    init = next(t for t in model.graph.initializer if t.name == "W")
+    model.graph.initializer.remove(init)
+    source = "W_src"
+    if chain and chain[0] == "DequantizeLinear":
+        model.graph.initializer.extend([
+            onnx.numpy_helper.from_array(np.round(WEIGHT * 10).astype(np.int8), "W_q"),
+            onnx.numpy_helper.from_array(np.float32(0.1), "W_scale")])
+        nodes = [helper.make_node("DequantizeLinear", ["W_q", "W_scale"], ["W_dq"], name="dq")]
+        source, chain = "W_dq", chain[1:]
+    else:
+        model.graph.initializer.append(onnx.numpy_helper.from_array(WEIGHT, source))
+        nodes = []
+    for i, op in enumerate(chain):
+        target = "W" if i == len(chain) - 1 else f"W_{i}"
+        attrs = {"to": onnx.TensorProto.FLOAT} if op == "Cast" else {}
+        nodes.append(helper.make_node(op, [source], [target], name=f"{op.lower()}{i}", **attrs))
+        source = target
+    if not chain:
+        model.graph.node[0].input[1] = source
+    existing = list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes + existing)
+    return model
+
+
+QUANTIZED = "quantized weights: the op is float-only (the layer stays a QDQ Conv, for INT8 engines)"
+
+
+@pytest.mark.parametrize("chain, reason", [
+    (["DequantizeLinear"], QUANTIZED),
+    (["DequantizeLinear", "Identity"], QUANTIZED),
+    (["DequantizeLinear", "Cast"], QUANTIZED),
+    (["DequantizeLinear", "Identity", "Cast", "Identity"], QUANTIZED),
+    (["Identity"], "weight is not an initializer"),
+    (["Neg"], "weight is not an initializer"),
+], ids=["dq", "dq_identity", "dq_cast", "dq_chain", "identity", "neg"])
+def test_a_weight_computed_by_nodes_is_refused_with_the_exact_reason(chain: list[str], reason: str) -> None:
+    model = _weight_through(chain)
+    onnx.checker.check_model(model, full_check=True)
+    rewritten, (record,) = rewrite_to_plugin(model, {"dw": np.ones(WEIGHT.shape, bool)})
+    assert (record.layer, record.rewritten, record.reason) == ("dw", False, reason)
+    assert not custom_nodes(rewritten)
+
+
+def test_only_depthwise_convs_are_found_without_masks() -> None:
+    """group 1 (an ordinary conv), group 2 of 4 channels (weight [4, 2, k, k]) and a 1x1 conv are not DW convs;
+    a conv with one input channel and weight [4, 1, 3, 3] is (depth multiplier 4)."""
+    rng = np.random.default_rng(5)
+    inits = {"w_plain": rng.standard_normal((4, 1, 3, 3)), "w_g2": rng.standard_normal((4, 2, 3, 3)),
+             "w_dw": rng.standard_normal((4, 1, 3, 3)), "w_pw": rng.standard_normal((8, 4, 1, 1))}
+    nodes = [helper.make_node("Conv", ["X", "w_plain"], ["a"], name="plain", kernel_shape=[3, 3], pads=[1] * 4),
+             helper.make_node("Conv", ["a", "w_g2"], ["b"], name="grouped2", group=2, kernel_shape=[3, 3],
+                              pads=[1] * 4),
+             helper.make_node("Conv", ["b", "w_dw"], ["c"], name="dw", group=4, kernel_shape=[3, 3], pads=[1] * 4),
+             helper.make_node("Conv", ["c", "w_pw"], ["Y"], name="pw", kernel_shape=[1, 1])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("X", onnx.TensorProto.FLOAT, [1, 1, 6, 6])],
+                              [helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, [1, 8, 6, 6])],
+                              [onnx.numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    _, records = rewrite_to_plugin(model)
+    assert [(r.layer, r.rewritten) for r in records] == [("plain", True), ("dw", True)]
