@@ -124,6 +124,24 @@ EQUIVALENT: list[tuple[str, str, str]] = [
      "so the default is never used"),
     ("xǁ_Removerǁrewrite_slice|xǁ_Removerǁrun", r"reshape\(None\)", "starts/ends/shape constants are 1-D and "
      "reshape(None) keeps their shape"),
+    ("removed_constant_indices", r"\(plan\.groups\) or True", "removed_channels of a plan without groups is {}"),
+    ("xǁRemovedIndicesǁkeep_mask", r"keep\[tuple\(index\)\] = None", "None stored into a bool array is False"),
+    # op/rewrite.py
+    ("rewrite_to_plugin", r"\"(XXNOTSETXX|notset)\"\)\.startswith", "the default only has to not start with SAME"),
+    ("rewrite_to_plugin", r"\(needs_shapes\) or True", "shape inference then runs for every model: only slower"),
+    ("rewrite_to_plugin", r"default_opset\(source\) or 1", "every model imports the default domain, so the "
+     "fallback is never used"),
+    ("rewrite_to_plugin", r"\(in_place\) and False", "the surgery then runs on the model itself instead of a stubbed "
+     "copy; adopt_structure gives the same result (only memory differs)"),
+    ("_refusal", r"len\(node\.inputs\) >= 1 and _behind", "a Conv always has at least two inputs"),
+    ("_replace", r"gs\.Variable\(fresh\(f\"\{node\.name\}/(in|out)put_2d\"\), (dtype=None)?\)",
+     "graphsurgeon writes no value_info for these tensors (the rewritten model's value_info is empty), so their "
+     "dtype is never written"),
+    ("_replace", r"np\.array\(\[2\], (None)?\)", "np.array of a Python int is int64"),
+    ("_conv_params", r"_refusal checked the pads|_REFUSAL CHECKED THE PADS", "the assert cannot fail (_refusal "
+     "returned None only when the pads resolved), so its message is never shown"),
+    ("_grouped_conv_inputs", r"node\.op_type == \"Conv\" or any|a\.name == \"group\" or a\.i|a\.i >= 1",
+     "keeps more initializers with their data during in-place surgery: only memory changes"),
     ("plan_dw_layers", r"assert weight is not None, ", "the assert cannot fail (analysis lists constant weights "
      "only), so its message is never shown"),
     ("_balance_hsr", r"extra\[plan\.name\] (=|-=|\+= 2)", "extra is only read as a truth value (non-zero = moved)"),
