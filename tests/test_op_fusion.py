@@ -150,6 +150,11 @@ def test_refusals_and_their_exact_phrase(nodes, constants, outputs, reason) -> N
         assert why == reason
 
 
+def test_a_clip_bound_from_a_graph_input_is_not_a_constant() -> None:
+    result, why = fused([node("Clip", ["x", "X", ""], "y")], {})
+    assert result is None and why == "output feeds Clip 'y': its bounds are not constants"
+
+
 def test_clip_bounds_from_constant_nodes_and_non_scalar_bounds() -> None:
     low = helper.make_node("Constant", [], ["lo"], name="lo", value=numpy_helper.from_array(np.float32(-1.0)))
     assert fused([low, node("Clip", ["x", "lo", ""], "y")], {})[0] == ("clip", (-1.0, np.inf), "y", ["y"])

@@ -298,7 +298,8 @@ QUANTIZED = "quantized weights: the op is float-only (the layer stays a QDQ Conv
     (["DequantizeLinear", "Identity", "Cast", "Identity"], QUANTIZED),
     (["Identity"], "weight is not an initializer"),
     (["Neg"], "weight is not an initializer"),
-], ids=["dq", "dq_identity", "dq_cast", "dq_chain", "identity", "neg"])
+    (["DequantizeLinear", "Neg"], "weight is not an initializer"),  # computed from the dequantized values
+], ids=["dq", "dq_identity", "dq_cast", "dq_chain", "identity", "neg", "dq_neg"])
 def test_a_weight_computed_by_nodes_is_refused_with_the_exact_reason(chain: list[str], reason: str) -> None:
     model = _weight_through(chain)
     onnx.checker.check_model(model, full_check=True)
@@ -316,8 +317,10 @@ def test_only_depthwise_convs_are_found_without_masks() -> None:
     nodes = [helper.make_node("Conv", ["X", "w_plain"], ["a"], name="plain", kernel_shape=[3, 3], pads=[1] * 4),
              helper.make_node("Conv", ["a", "w_g2"], ["b"], name="grouped2", group=2, kernel_shape=[3, 3],
                               pads=[1] * 4),
-             helper.make_node("Conv", ["b", "w_dw"], ["c"], name="dw", group=4, kernel_shape=[3, 3], pads=[1] * 4),
+             helper.make_node("Conv", ["b", "w_dw"], ["c0"], name="dw", group=4, kernel_shape=[3, 3], pads=[1] * 4),
+             helper.make_node("Add", ["c0", "c_add"], ["c"], name="add"),  # a [4, 1, 1] constant is no DW weight
              helper.make_node("Conv", ["c", "w_pw"], ["Y"], name="pw", kernel_shape=[1, 1])]
+    inits["c_add"] = rng.standard_normal((4, 1, 1))
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("X", onnx.TensorProto.FLOAT, [1, 1, 6, 6])],
                               [helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, [1, 8, 6, 6])],
                               [onnx.numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
@@ -325,7 +328,7 @@ def test_only_depthwise_convs_are_found_without_masks() -> None:
     rewritten, records = rewrite_to_plugin(model)
     assert [(r.layer, r.rewritten) for r in records] == [("plain", True), ("dw", True)]
     assert [n.op_type for n in rewritten.graph.node] == ["DRSparseDepthwiseConv", "Conv", "DRSparseDepthwiseConv",
-                                                         "Conv"]
+                                                         "Add", "Conv"]
     feeds = {"X": rng.standard_normal((1, 1, 6, 6)).astype(np.float32)}
     assert max_rel_err(run_ort(lower(rewritten), feeds)[0], run_ort(model, feeds)[0]) <= 1e-5
 
@@ -378,6 +381,10 @@ def test_a_refused_layer_does_not_stop_the_next_one_and_unnamed_convs_get_a_name
     assert [(r.layer, r.rewritten) for r in records] == [("DRSparseDepthwiseConv", True)]  # found unnamed, named
     rewritten, records = rewrite_to_plugin(model, {"dw": np.ones(WEIGHT.shape, bool)})
     assert [(r.layer, r.rewritten, r.reason) for r in records] == [("dw", False, QUANTIZED)]
+    model.graph.node[-1].name = "dw2"
+    rewritten, records = rewrite_to_plugin(model, {"dw": np.ones(WEIGHT.shape, bool),
+                                                   "dw2": np.ones(WEIGHT.shape, bool)})
+    assert [(r.layer, r.rewritten, r.reason) for r in records] == [("dw", False, QUANTIZED), ("dw2", True, None)]
 
 
 def test_a_quantized_weight_without_bias_is_refused_as_quantized() -> None:
@@ -425,7 +432,24 @@ def test_same_pads_of_a_non_square_dilated_kernel(auto_pad: str, pads: list[int]
     odd one goes to the end for SAME_UPPER and to the start for SAME_LOWER ([top, left, bottom, right])."""
     weight = RNG.standard_normal((40, 1, 3, 4)).astype(np.float32)
     model = dw_model(weight, BIAS, extra_conv_attrs={"auto_pad": auto_pad}, dilations=(2, 1))
+    conv = model.graph.node[0]
+    kept = [attr for attr in conv.attribute if attr.name != "strides"]  # the ONNX default, 1
+    del conv.attribute[:]
+    conv.attribute.extend(kept)
     rewritten, (record,) = rewrite_to_plugin(model)
     assert record.rewritten and list(node_attributes(rewritten.graph.node[0])["pads"]) == pads
     explicit = dw_model(weight, BIAS, pads=pads, dilations=(2, 1))  # ONNX Runtime has no SAME with dilation
     assert max_rel_err(run_ort(lower(rewritten), X)[0], run_ort(explicit, X)[0]) <= 1e-5
+
+
+def test_a_one_channel_conv_with_an_odd_filter_count_is_a_depthwise_conv() -> None:
+    weight = np.random.default_rng(8).standard_normal((3, 1, 3, 3)).astype(np.float32)
+    model = dw_model(weight, None, channels=1)
+    conv = model.graph.node[0]
+    kept = [attr for attr in conv.attribute if attr.name != "group"]  # group 1 by default
+    del conv.attribute[:]
+    conv.attribute.extend(kept)
+    rewritten, (record,) = rewrite_to_plugin(model)
+    assert record.rewritten
+    feeds = {"X": np.random.default_rng(9).standard_normal((1, 1, 9, 11)).astype(np.float32)}
+    assert max_rel_err(run_ort(lower(rewritten), feeds)[0], run_ort(model, feeds)[0]) <= 1e-5

@@ -142,6 +142,15 @@ EQUIVALENT: list[tuple[str, str, str]] = [
      "returned None only when the pads resolved), so its message is never shown"),
     ("_grouped_conv_inputs", r"node\.op_type == \"Conv\" or any|a\.name == \"group\" or a\.i|a\.i >= 1",
      "keeps more initializers with their data during in-place surgery: only memory changes"),
+    ("_is_dw_conv", r"attrs\.get\((None|\"XXgroupXX\"|\"GROUP\"), 1\)", "ONNX requires C_out to be a multiple of "
+     "group, so with group read as 1 the test still holds exactly for the valid convs with weight [C_out, 1, ...]"),
+    # op/fusion.py
+    ("_scalar", r"reshape\(\+1\)", "the value has size 1, so reshape(1) is reshape(-1)"),
+    ("match_activation", r"_single\(None, ", "_single never reads x"),
+    ("_is_product_of", r"== \"Mul\" and len\(node\.inputs\) == 2 or|== \"Mul\" or len\(node\.inputs\) == 2 and",
+     "only called with Mul nodes, which have exactly two inputs"),
+    ("_decomposed_hard_swish", r"len\(add\.inputs\) != 2 and mul\.op", "mul is always a Mul (match_activation "
+     "passes the Mul consumer)"),
     ("plan_dw_layers", r"assert weight is not None, ", "the assert cannot fail (analysis lists constant weights "
      "only), so its message is never shown"),
     ("_balance_hsr", r"extra\[plan\.name\] (=|-=|\+= 2)", "extra is only read as a truth value (non-zero = moved)"),
