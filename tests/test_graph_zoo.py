@@ -19,6 +19,7 @@ import pytest
 from onnx import numpy_helper
 
 from deprune_onnx.errors import DepruneError
+from deprune_onnx.onnx_io.graph import GraphIndex, node_attributes
 from deprune_onnx.op.lower import lower
 from deprune_onnx.op.rewrite import rewrite_to_plugin
 from deprune_onnx.pipeline import PruneOptions, prune_model
@@ -215,6 +216,19 @@ def test_1d_rewrite_before_and_after_squeeze_axes_became_inputs(opset: int) -> N
     rewritten, (record,) = rewrite_to_plugin(model, {"dw1d": keep})
     assert record.rewritten and record.kept_taps == keep.sum()
     onnx.checker.check_model(rewritten, full_check=True)
+    # the op sees [N, C, 1, L]: Unsqueeze/Squeeze of axis 2, an attribute before opset 13 and an input since
+    axes = {"axes": [2]} if opset < 13 else {}
+    assert [(n.op_type, n.name, list(n.input), list(n.output), {k: list(v) for k, v in node_attributes(n).items()
+                                                               if k == "axes"})
+            for n in rewritten.graph.node if n.op_type != "Conv" and n.op_type != "Relu"] == [
+        ("Unsqueeze", "dw1d/unsqueeze", ["ea"] + (["dw1d/unsqueeze_axes"] if opset >= 13 else []), ["dw1d/input_2d"],
+         axes),
+        ("DRSparseDepthwiseConv", "dw1d", ["dw1d/input_2d"], ["dw1d/output_2d"], {}),
+        ("Squeeze", "dw1d/squeeze", ["dw1d/output_2d"] + (["dw1d/squeeze_axes"] if opset >= 13 else []), ["da"],
+         axes)]
+    if opset >= 13:
+        index = GraphIndex(rewritten.graph)
+        assert index.constant("dw1d/unsqueeze_axes").tolist() == index.constant("dw1d/squeeze_axes").tolist() == [2]
     feeds = zoo_feeds(model)
     want = run_ort(masked_reference(model, {"dw1d": keep}), feeds)[0]
     assert max_rel_err(run_ort(lower(rewritten), feeds)[0], want) <= TOLERANCE

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from deprune_onnx.errors import DepruneError
-from deprune_onnx.options import PWOptions
-from deprune_onnx.plan import PLAN_FORMAT_VERSION, PruningPlan, load_plan
+from deprune_onnx.options import DWOptions, PWOptions
+from deprune_onnx.plan import PLAN_FORMAT_VERSION, PlanSettings, PruningPlan, load_plan
 
 GOLDEN = Path(__file__).resolve().parent / "data" / "golden_v1"
 
@@ -79,3 +79,40 @@ def test_unknown_fields_are_refused(tmp_path: Path) -> None:
     path.write_text(json.dumps(data))
     with pytest.raises(DepruneError, match="unknown plan field"):
         load_plan(path)
+
+
+def test_version1_dw_options_become_the_settings() -> None:
+    plan = PruningPlan.from_dict(_version1("mobilenet_v2__dcp-0.5-plugin"))  # DWOptions' default method is bh
+    assert plan.settings.dw.method == "dcp" and plan.settings.dw.tile == 32 and not plan.settings.keep_zeros
+    calib = PruningPlan.from_dict(_version1("mobilenet_v2__b-0.3-calib-dense"))
+    assert calib.settings.dw.method == "b" and calib.settings.dw.dw_ratio == 0.3
+    allocate = PruningPlan.from_dict(_version1("mobilenet_v2__bh-0.5-allocate-plugin"))
+    ratios = allocate.settings.dw.layer_ratios
+    assert len(ratios) == 17 and ratios[0] == ("/features/features.1/conv/conv.0/conv.0.0/Conv", 0.111111)
+
+
+def _version1_keep_zeros(**dw: object) -> dict:
+    """A version-1 --keep-zeros plan as that version wrote it (pipeline.make_keep_zeros_plan before commit
+    02c3697): options hold the findings and only method and tile of the DW options, no pw; dw_ratio is the zero
+    ratio the input had."""
+    return {"format_version": 1, "method": "dcp", "dw_ratio": 0.123457, "tile": 16, "subgemm_channels": 32,
+            "dw_layers": [], "pw": None,
+            "options": {"keep_zeros": {"violations": {}, "layers_with_violations": []},
+                        "dw": {"method": "dcp", "tile": 16, **dw}}}
+
+
+def test_version1_keep_zeros_plan_reads_the_zero_ratio_into_the_settings() -> None:
+    plan = PruningPlan.from_dict(_version1_keep_zeros())
+    assert plan.settings.keep_zeros is True
+    assert plan.settings.dw == DWOptions(method="dcp", dw_ratio=0.123457, tile=16)
+    assert plan.settings.pw == PWOptions()
+    assert plan.to_dict()["settings"]["keep_zeros"] is True
+    # a ratio the version-1 options did name is kept, not replaced by the zero ratio
+    assert PruningPlan.from_dict(_version1_keep_zeros(dw_ratio=0.5)).settings.dw.dw_ratio == 0.5
+
+
+def test_version1_plan_without_options_or_layers_reads_with_default_settings() -> None:
+    data = {"format_version": 1, "method": "b", "dw_ratio": 0.5, "tile": 32, "subgemm_channels": 32}
+    plan = PruningPlan.from_dict(data)
+    assert plan.dw_layers == () and plan.pw is None and plan.settings == PlanSettings()
+    assert data == {"format_version": 1, "method": "b", "dw_ratio": 0.5, "tile": 32, "subgemm_channels": 32}

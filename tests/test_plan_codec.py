@@ -7,13 +7,20 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import deprune_onnx
 from deprune_onnx.errors import DepruneError
-from deprune_onnx.plan import PLAN_FORMAT_VERSION, DWLayerPlan, PruningPlan, decode_mask, encode_mask, load_plan
+from deprune_onnx.options import DWOptions, PWOptions
+from deprune_onnx.plan import (PLAN_FORMAT_VERSION, DWLayerPlan, PlanSettings, PruningPlan, decode_mask, encode_mask,
+                               load_plan)
 
 
 def test_encode_mask_writes_the_hand_computed_bits() -> None:
@@ -100,3 +107,83 @@ def test_load_plan_file_problems_are_one_line(tmp_path: Path) -> None:
     binary.write_bytes(b"\xff\xfe\x00")
     with pytest.raises(DepruneError, match="binary.json: cannot read plan"):
         load_plan(binary)
+
+
+def test_decode_mask_refuses_a_stray_character_instead_of_skipping_it() -> None:
+    # "sI!A=" without the "!" is the valid "sIA="; a lenient decoder would silently read the 9 bits
+    with pytest.raises(ValueError):
+        decode_mask("sI!A=", (9,))
+
+
+def test_a_list_of_layers_given_by_a_caller_is_stored_as_a_tuple() -> None:
+    plan = sample_plan()  # built with a list
+    assert type(plan.dw_layers) is tuple and [layer.name for layer in plan.dw_layers] == ["a", "b", "c", "d"]
+
+
+@pytest.mark.parametrize("patterns, expected", [
+    (["u", "u", "u", "o", "-", "aligned"], "3u1o"),
+    (["o", "o", "-"], "0u2o"),
+    (["aligned", "-"], "0u0o"),
+    (["u"], "1u0o"),
+])
+def test_dw_pattern_string_counts_under_then_over_aligned_layers(patterns: list[str], expected: str) -> None:
+    keep = np.ones((1, 1, 1, 3), dtype=bool)
+    plan = PruningPlan(method="bh", dw_ratio=0.5, tile=32, subgemm_channels=32,
+                       dw_layers=[layer(f"l{i}", p, keep) for i, p in enumerate(patterns)])
+    assert plan.dw_pattern_string() == expected
+
+
+def test_a_minimal_version2_plan_reads_with_defaults() -> None:
+    plan = PruningPlan.from_dict({"method": "dcp", "dw_ratio": 0.25, "tile": 16, "subgemm_channels": 32,
+                                  "format_version": 2})
+    assert (plan.method, plan.dw_ratio, plan.tile, plan.subgemm_channels) == ("dcp", 0.25, 16, 32)
+    assert plan.dw_layers == () and plan.pw is None and plan.settings == PlanSettings()
+    assert plan.format_version == 2
+
+
+def test_settings_round_trip_through_json_field_by_field() -> None:
+    settings = PlanSettings(
+        dw=DWOptions(method="b", dw_ratio=0.3, layer_ratios=[("conv_a", 0.25), ("conv_*", 0.75)],
+                     exclude=["stem*"], tile=16, hsr_alphas={"conv_a": 1.5}, hsr_rank="beta", target_speedup=1.4),
+        pw=PWOptions(ratio=0.5, align=8, scope="all"), keep_zeros=True)
+    plan = replace(sample_plan(), settings=settings)
+    data = json.loads(json.dumps(plan.to_dict()))
+    assert data["settings"]["dw"]["layer_ratios"] == [["conv_a", 0.25], ["conv_*", 0.75]]  # JSON has no tuples
+    back = PruningPlan.from_dict(data).settings
+    assert back.dw.layer_ratios == [("conv_a", 0.25), ("conv_*", 0.75)]
+    assert back.dw == settings.dw and back.pw == settings.pw and back.keep_zeros is True
+    assert back == settings
+
+
+def test_settings_missing_from_the_file_are_the_defaults() -> None:
+    assert PlanSettings.from_dict({}) == PlanSettings()
+    assert PlanSettings.from_dict({"dw": None, "pw": None}) == PlanSettings()
+    only_dw = PlanSettings.from_dict({"dw": {"method": "dcp"}})
+    assert only_dw.dw == DWOptions(method="dcp") and only_dw.pw == PWOptions() and only_dw.keep_zeros is False
+
+
+def test_error_messages_list_the_readable_versions_and_every_unknown_field() -> None:
+    data = sample_plan().to_dict()
+    with pytest.raises(ValueError, match=r"^unsupported plan format_version 7 \(this version reads 1, 2\)$"):
+        PruningPlan.from_dict({**data, "format_version": 7})
+    with pytest.raises(ValueError, match=r"^unknown plan field\(s\) allocation, calibration$"):
+        PruningPlan.from_dict({**data, "calibration": {}, "allocation": []})
+
+
+def test_load_plan_reads_utf8_whatever_the_locale(tmp_path: Path) -> None:
+    """Plans are written as UTF-8 and layer names may be non-ASCII: read under an ASCII locale (UTF-8 mode and
+    locale coercion off), a plan with such a name still loads, instead of failing with the locale's codec."""
+    data = sample_plan().to_dict()
+    data["dw_layers"][0]["name"] = "stufe_ä/Conv"
+    path = tmp_path / "p.plan.json"
+    path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    assert load_plan(path).dw_layers[0].name == "stufe_ä/Conv"  # this process's locale (UTF-8 here)
+    package_root = Path(deprune_onnx.__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0", "LC_ALL": "C", "LANG": "C",
+           "PYTHONIOENCODING": "utf-8", "PYTHONPATH": str(package_root)}
+    code = ("import sys; from deprune_onnx.plan import load_plan; "
+            "print(load_plan(sys.argv[1]).dw_layers[0].name)")
+    done = subprocess.run([sys.executable, "-c", code, str(path)], env=env, capture_output=True, text=True,
+                          encoding="utf-8", timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "stufe_ä/Conv"

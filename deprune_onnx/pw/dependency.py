@@ -197,9 +197,6 @@ class _Rules:
             name = producer.input[0]
         return value
 
-    def variable_inputs(self, node: onnx.NodeProto) -> list[tuple[int, str]]:
-        return [(i, name) for i, name in enumerate(node.input) if name and not self.index.is_constant(name)]
-
     # -- rules ---------------------------------------------------------------------------------------------
     def conv(self, position: int, node: onnx.NodeProto) -> str | None:
         weight = self.editable_constant(node.input[1])
