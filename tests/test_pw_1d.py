@@ -64,3 +64,17 @@ def test_prune_cli_removes_1d_pw_filters(tmp_path) -> None:
     pruned = onnx.load(str(out))
     assert {tuple(t.dims) for t in pruned.graph.initializer if len(t.dims) == 3} == {
         (32, 16, 1), (32, 1, 5), (16, 32, 1), (8, 16, 1)}
+
+
+def test_a_conv3d_reader_loses_the_same_input_channels() -> None:
+    """Convs of any rank slice like 2-D ones (axis 0 filters, axis 1 input channels): a Conv3d reading an
+    unsqueezed PW output is a reader of its channel group (before: the whole group was refused)."""
+    g = GraphBuilder()
+    x = g.relu(g.conv("input", 3, 16))
+    volume = g.node("Unsqueeze", [x, g.const(np.array([4], np.int64), "axes")])
+    w = g.const(g.rng.standard_normal((8, 16, 1, 1, 1)).astype(np.float32), "w3d")
+    model = g.model("input", [1, 3, 8, 8], [g.node("Conv", [volume, w])])
+    plan, pruned = assert_exact_pruning(model, ratio=0.5, align=8, scope="all")
+    (entry,) = [group for group in plan.groups if group.kept == 8]
+    assert {tuple(t.dims) for t in pruned.graph.initializer if len(t.dims) == 5} == {(8, 8, 1, 1, 1)}
+    assert len(entry.removed) == 8

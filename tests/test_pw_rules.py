@@ -147,11 +147,6 @@ def _clip_runtime_min(g, x):
     return [g.node("Clip", [x, low])]
 
 
-def _conv3d(g, x):
-    volume = g.node("Unsqueeze", [x, const(g, [4])])
-    return [g.node("Conv", [volume, const(g, np.ones((4, C, 1, 1, 1)), f32)])]
-
-
 def _conv_bias_runtime(g, x):
     bias = g.node("ReduceMean", [g.node("Relu", [x])], axes=[0, 2, 3], keepdims=0)
     return [g.node("Conv", [x, const(g, np.ones((C, C, 1, 1)), f32), bias])]
@@ -242,7 +237,6 @@ BLOCKED: dict[str, tuple[Callable, int, str, str]] = {
     "bn_training": (_bn_training, 14, "BatchNormalization", "training-mode outputs are used"),
     "dropout_mask": (_dropout_mask, 13, "Dropout", "second output (mask / indices) is used"),
     "clip_runtime_min": (_clip_runtime_min, 13, "Clip", "input '{ReduceMin}' is not a constant scalar"),
-    "conv3d": (_conv3d, 13, "Conv", "not a 2-D convolution"),
     "conv_bias_runtime": (_conv_bias_runtime, 13, "Conv", "bias '{ReduceMean}' is not a rewritable constant"),
     "quantized_weight": (_quantized_weight, 13, "Conv", "weight '{DequantizeLinear}' is quantized "
                          "(DequantizeLinear); removing channels would drop the quantization"),
