@@ -204,8 +204,11 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan
     with timed_pass("apply"):
         model, _ = apply_dw_masks(model, plan.dw_layers, in_place=True)
     if calib is not None and calib.refit:
-        from deprune_onnx.recovery.refit import reconstruct
+        from deprune_onnx.recovery.model_check import check_refit
+        from deprune_onnx.recovery.refit import analysis_input, reconstruct
 
+        unrefitted, unrefitted_plan = onnx.ModelProto(), plan
+        unrefitted.CopyFrom(model)
         with timed_pass("refit"):
             model, refit = reconstruct(model, reference, analysis, plan.dw_layers, samples.inputs, calib.damp,
                                        calib.saliency, in_place=True, groups=samples.image_index)
@@ -218,10 +221,18 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan
             with timed_pass("projection refit"):
                 projections = refit_projections(model, reference, analysis, [entry["layer"] for entry in refits],
                                                 samples.inputs)
+        with timed_pass("model check"):
+            check = check_refit(reference, unrefitted, model, analysis_input(reference), samples.inputs)
+        if not check.keep_refit:  # worse on the samples it was fitted on: undo it (recovery/model_check.py)
+            model, plan = unrefitted, unrefitted_plan
+            for entry in refits:
+                entry.update(refit=False, note="undone: the refit made the whole model worse on the calibration "
+                                               "samples")
         record.calibration = CalibrationRecord(
             images=[str(p) for p in samples.paths], views=samples.views, samples=int(len(samples.inputs)),
             preprocess=samples.preset, damp="auto" if calib.damp is None else calib.damp, saliency=calib.saliency,
-            layers_refit=sum(bool(entry["refit"]) for entry in refits), projections=projections,
+            layers_refit=sum(bool(entry["refit"]) for entry in refits),
+            projections=projections if check.keep_refit else None, model_check=check.to_dict(),
             layers={entry.pop("layer"): entry for entry in refits})
     if options.pw.method == "nm24":
         model, record.pw_nm24 = apply_nm24(model, analysis, in_place=True)

@@ -38,7 +38,10 @@ class CalibrationRecord:
         layers: per refit DW layer name: residual_before / residual_after (relative output error
             ||Y - Y_ref||^2 / ||Y_ref||^2 of that layer, before and after the refit), samples, damp, saliency.
         projections: ``--calib-project``: per refit projection PW: layer, positions, residual_before,
-            residual_after, damp; None without it.
+            residual_after, damp; None without it (or when the refit was undone).
+        model_check: the whole model's distance to the unpruned one on the calibration samples, unrefitted vs
+            refitted (``recovery.model_check``: measure, unrefitted, refitted, samples, kept); a refit that made it
+            worse is undone and ``kept`` says "unrefitted".
     """
 
     images: list[str]
@@ -50,6 +53,7 @@ class CalibrationRecord:
     layers_refit: int
     layers: dict[str, dict[str, Any]] = field(default_factory=dict)
     projections: list[dict[str, Any]] | None = None
+    model_check: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
         """The report's top-level ``calibration`` entry (per-layer results go into the layer rows)."""
@@ -58,6 +62,8 @@ class CalibrationRecord:
                    "layers_refit": self.layers_refit}
         if self.projections is not None:
             summary["projections"] = self.projections
+        if self.model_check is not None:
+            summary["model_check"] = self.model_check
         return summary
 
 

@@ -264,3 +264,52 @@ def test_auto_damping_records_train_and_validation_residuals_per_layer(mobilenet
                                                                .index(plan.name)].input[1]]
             np.testing.assert_array_equal(weights[nodes[plan.name].input[1]], np.where(plan.keep_mask(), original, 0))
     assert result.record.calibration.layers_refit == sum(r["refit"] for r in layers.values())
+
+
+@pytest.mark.model
+def test_a_refit_that_makes_the_whole_model_worse_is_undone(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The refit fits layer by layer; recovery/model_check.py keeps it only if the model's own output got closer
+    to the unpruned one on the calibration samples. Sabotage the refit (its weights x 3): the output must be the
+    unrefitted pruned model, with a warning, and the report must say so."""
+    import deprune_onnx.recovery.refit as refit_module
+
+    real = refit_module.reconstruct
+
+    def sabotaged(model, *args, **kwargs):
+        model, record = real(model, *args, **kwargs)
+        for entry in record.layers:
+            layer = GraphIndex(model.graph).node(entry["layer"])
+            weight = next(t for t in model.graph.initializer if t.name == layer.input[1])
+            weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * 3, weight.name))
+        return model, record
+
+    monkeypatch.setattr(refit_module, "reconstruct", sabotaged)
+    source = sample_model("mobilenet_v2")
+    calibrated = run_cli("prune", source, tmp_path / "calib.onnx", "--method", "b", "--dw-ratio", "0.3", "--format",
+                         "dense", "--calib", str(imagenet_samples() / CALIB_IMAGES), "--calib-crops", "1")
+    assert calibrated.exit_code == 0, calibrated.output
+    assert "the refit made the whole model worse" in calibrated.output and "was undone" in calibrated.output
+    plain = run_cli("prune", source, tmp_path / "plain.onnx", "--method", "b", "--dw-ratio", "0.3", "--format",
+                    "dense", "-q")
+    assert plain.exit_code == 0, plain.output
+    weights = [{t.name: numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / f"{name}.onnx")).graph.initializer}
+               for name in ("calib", "plain")]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(np.array_equal(weights[0][name], weights[1][name]) for name in weights[0])
+    import json  # noqa: PLC0415
+
+    check = json.loads((tmp_path / "calib.report.json").read_text())["calibration"]["model_check"]
+    assert check["kept"] == "unrefitted" and check["refitted"] > check["unrefitted"] and check["measure"] == "kl"
+
+
+def test_model_check_measures_kl_for_class_scores_and_rel_l2_for_maps() -> None:
+    from deprune_onnx.recovery.model_check import _distance
+
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((4, 10))
+    assert _distance(logits, logits) == ("kl", 0.0)
+    measure, value = _distance(logits, logits + rng.standard_normal((4, 10)))
+    assert measure == "kl" and value > 0.05
+    maps = rng.standard_normal((2, 3, 8, 8))
+    measure, value = _distance(maps, 2 * maps)
+    assert measure == "rel_l2" and value == pytest.approx(1.0)

@@ -260,6 +260,14 @@ def format_calibration(report: dict[str, Any]) -> str:
     if rows:
         lines.append(f"  relative output error of the refit layers: mean {before.mean():.4f} -> {after.mean():.4f} "
                      f"(worst {before.max():.4f} -> {after.max():.4f})")
+    check = calibration.get("model_check")
+    if check:
+        unit = "mean KL" if check["measure"] == "kl" else "relative L2 error"
+        lines.append(f"  whole model on the calibration samples, {unit} to the unpruned model: "
+                     f"{check['unrefitted']:.4f} unrefitted -> {check['refitted']:.4f} refitted")
+        if check["kept"] != "refit":
+            lines.append("warning: the refit made the whole model worse on the very samples it was fitted on, so it "
+                         "was undone (the masks stay); try --calib-damp auto, more calibration images, or fine-tuning")
     allocation = report.get("allocation")
     if allocation:
         lines.append(f"  allocation: model-wide target {allocation['target_ratio']}, allocated "
