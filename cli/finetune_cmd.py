@@ -152,6 +152,10 @@ def command(input_path: str, output_path: str, teacher_path: str, images_source:
                            step_gamma=step_gamma, temperature=temperature, label_weight=label_weight,
                            batchnorm=batchnorm, amp=amp, workers=workers, min_scale=min_scale, select=select,
                            seed=seed, device=device)
+    if val_source and click.get_current_context().get_parameter_source("val_fraction") \
+            == click.core.ParameterSource.COMMANDLINE:
+        raise DepruneError("--val-fraction and --val-images: give one (--val-fraction holds images out of --images "
+                           "only when no --val-images is given)")
     student, teacher = load_model(input_path), load_model(teacher_path)
     preset = preprocessing_for(preprocessing, input_shape(student), (teacher, str(teacher_path)),
                                (student, str(input_path)))
@@ -196,9 +200,9 @@ def command(input_path: str, output_path: str, teacher_path: str, images_source:
                            f"({result.training.selected_by}), so {output} holds the input's weights unchanged; "
                            "train longer or on more images", err=True)
             if talk and len(val.paths) < SMALL_VALIDATION:
+                advice = "more --val-images" if val_source else "--val-images or a larger --val-fraction"
                 click.echo(f"warning: the epoch is chosen on {len(val.paths)} validation image(s); with fewer than "
-                           f"{SMALL_VALIDATION} that choice is mostly noise (give --val-images or a larger "
-                           "--val-fraction)", err=True)
+                           f"{SMALL_VALIDATION} that choice is mostly noise (give {advice})", err=True)
                 click.echo(f"wrote {output}, {plan_file}, {report_file}, {curve_file}")
         processes.barrier()
     finally:

@@ -50,7 +50,9 @@ class ErrorReportingGroup(click.Group):
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except KeyboardInterrupt:
-            click.echo("deprune-onnx: interrupted", err=True)
+            hint = " (finetune: the same command with --resume continues from the last finished epoch)" \
+                if ctx.invoked_subcommand == "finetune" else ""
+            click.echo(f"deprune-onnx: interrupted{hint}", err=True)
             ctx.exit(130)
         except Exception as exc:  # a bug, or an input case we did not foresee: still one line, never a traceback
             missing = missing_dependency_error(exc, ctx.invoked_subcommand) \

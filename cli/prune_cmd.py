@@ -158,6 +158,8 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, tar
 
     configure(QUIET if quiet else verbose)
     configure_progress(False if quiet else None)
+    _refuse_options_without_effect(click.get_current_context(), method=method, target_speedup=target_speedup,
+                                   keep_zeros=keep_zeros, calibrated=bool(calib_sources))
     calib = None
     if calib_sources or allocate or calib_saliency or calib_project or calib_n is not None \
             or calib_crops is not None or calib_preprocessing.preset or calib_preprocessing.changed():
@@ -179,6 +181,31 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, tar
     _echo_summary(files, as_json=as_json, quiet=quiet, keep_zeros=keep_zeros)
 
 
+# Options that only act together with another one: given without it, they would be ignored silently.
+_NEEDS_CALIB = {"calib_damp": "--calib-damp", "refit": "--refit/--no-refit", "allocate_ratios": "--allocate-ratios",
+                "allocate_samples": "--allocate-samples"}
+
+
+def _refuse_options_without_effect(ctx: click.Context, *, method: str, target_speedup: float | None,
+                                   keep_zeros: bool, calibrated: bool) -> None:
+    """One-line errors (exit 2) for options the user typed that this combination would ignore."""
+    from deprune_onnx.errors import DepruneError
+
+    given = {name for name in ctx.params
+             if ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT,
+                                                        click.core.ParameterSource.DEFAULT_MAP)}
+    if "dw_ratio" in given and target_speedup is not None:
+        raise DepruneError("--dw-ratio and --target-speedup: give one (the target chooses the ratio)")
+    if "dw_ratio" in given and keep_zeros:
+        raise DepruneError("--dw-ratio and --keep-zeros: give one (--keep-zeros keeps the zeros the model has)")
+    if "hsr_rank" in given and method != "bh":
+        raise DepruneError(f"--hsr-rank: only --method bh has an HSR step (got --method {method})")
+    if not calibrated:
+        for name, flag in _NEEDS_CALIB.items():
+            if name in given:
+                raise DepruneError(f"{flag}: acts only with calibration images; give --calib DIR")
+
+
 def _echo_summary(files: PrunedFiles, as_json: bool, quiet: bool, keep_zeros: bool) -> None:
     """The report on stdout: JSON, or the table, what was written and the note on accuracy."""
     from deprune_onnx.report.build import format_calibration, format_report_table
@@ -196,6 +223,10 @@ def _echo_summary(files: PrunedFiles, as_json: bool, quiet: bool, keep_zeros: bo
     for layer, lines in (result.record.keep_zeros or {}).get("violations", {}).items():
         click.echo(f"--keep-zeros: {layer}: {'; '.join(lines)}")
     click.echo(f"wrote {files.model_path}, {files.report_path}, {files.plan_path}")
+    if keep_zeros and not result.report["totals"].get("dw_kept_weights", 0) < result.report["totals"].get(
+            "dw_weights", 0):
+        click.echo("warning: --keep-zeros found no zero DW weight in the input, so nothing is pruned; prune it "
+                   "first (--dw-ratio) or give the fine-tuned model", err=True)
     if result.record.calibration:
         click.echo(format_calibration(result.report))
     elif not keep_zeros and result.report["totals"].get("dw_ratio_achieved"):  # nothing pruned: nothing to recover

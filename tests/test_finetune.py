@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-import torch
+
 from onnx import numpy_helper
+
+torch = pytest.importorskip("torch", reason="PyTorch (the finetune extra) is not installed")
 
 from support.cli_testing import assert_one_line_error, run_cli
 from support.builders import dsconv_model
@@ -162,6 +164,10 @@ def test_written_model_is_the_best_epoch_and_resume_equals_a_straight_run(tiny: 
     assert (tmp_path / "resumed.checkpoints" / "last.pt").is_file()
     resumed = finetune_cli(tiny, tmp_path / "resumed.onnx", "--epochs", "3", "--select", "kl", "--resume")
     assert resumed["training"]["resumed_from"] == 3 and len(resumed["history"]) == 4
+    # Resuming a run that already has its epochs trains nothing: refused, not a silent rewrite of the output.
+    again = run_cli("finetune", tiny["pruned"], tmp_path / "resumed.onnx", "--teacher", tiny["teacher"], "--images",
+                    tiny["tree"], *FAST, "--epochs", "2", "--select", "kl", "--resume")
+    assert_one_line_error(again, "--resume: the checkpoint has 3 epoch(s) already, so --epochs 2 trains nothing")
     for a, b in zip(straight["history"], resumed["history"]):
         assert a["epoch"] == b["epoch"]
         assert a["val_kl"] == pytest.approx(b["val_kl"], rel=1e-5, abs=1e-7)
@@ -302,6 +308,8 @@ def test_bad_options_are_one_line_errors(tiny: dict[str, Path], tmp_path: Path) 
                           "--batch 5: must be a multiple")
     assert_one_line_error(run_cli(*base, "--resume", "--workers", "0"), "--resume: no checkpoint")
     assert_one_line_error(run_cli(*base, "--plan", tiny["plan"], "--realign", "bh"), "--realign")
+    assert_one_line_error(run_cli(*base, "--val-images", tiny["tree"], "--val-fraction", "0.5"),
+                          "--val-fraction and --val-images: give one")
     assert not (tmp_path / "o.onnx").exists()
 
 

@@ -55,7 +55,12 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("module,args", CASES, ids=[f"{m}-{' '.join(map(str, a[:1] + a[-2:]))}" for m, a in CASES])
+# finetune imports torch before anything else it needs: blocking PIL or onnx2torch there needs torch installed.
+PARAMS = [pytest.param(m, a, id=f"{m}-{' '.join(map(str, a[:1] + a[-2:]))}",
+                       marks=pytest.mark.torch if a[0] == "finetune" and m != "torch" else ()) for m, a in CASES]
+
+
+@pytest.mark.parametrize("module,args", PARAMS)
 def test_missing_module_names_the_extra(module: str, args: list, pruned: Path, tmp_path: Path,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     fill = {"PRUNED": str(pruned), "PLUGIN": str(pruned.with_name("plugin.onnx")), "REPORT": str(pruned.with_suffix(".report.json")), "IMAGE": str(_image()),

@@ -113,3 +113,18 @@ def test_cli_renders_library_errors_with_flag_names(tmp_path) -> None:
     assert not (tmp_path / "out.onnx").exists()
     result = run_cli("prune", SAMPLE_MODEL, tmp_path / "out.onnx", "--allocate", "kl")
     assert_one_line_error(result, "--allocate: needs calibration images, give --calib DIR")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--target-speedup", "1.5", "--dw-ratio", "0.3"], "--dw-ratio and --target-speedup: give one"),
+    (["--keep-zeros", "--dw-ratio", "0.3"], "--dw-ratio and --keep-zeros: give one"),
+    (["--method", "b", "--hsr-rank", "damage"], "--hsr-rank: only --method bh has an HSR step"),
+    (["--calib-damp", "auto"], "--calib-damp: acts only with calibration images"),
+    (["--no-refit"], "--refit/--no-refit: acts only with calibration images"),
+    (["--allocate-ratios", "0.3"], "--allocate-ratios: acts only with calibration images"),
+])
+def test_options_the_combination_would_ignore_are_refused(tmp_path, args, message) -> None:
+    """Before: exit 0 with the option silently ignored (a new user's trial, 2026-11-30)."""
+    result = run_cli("prune", SAMPLE_MODEL, tmp_path / "out.onnx", *args)
+    assert_one_line_error(result, message)
+    assert not (tmp_path / "out.onnx").exists()

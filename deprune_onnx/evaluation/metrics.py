@@ -54,8 +54,9 @@ def topk_hits(outputs: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
 
 
 def kl_divergence(reference: np.ndarray, model: np.ndarray) -> np.ndarray:
-    """Per-sample KL(reference || model) from log-probabilities."""
-    return np.sum(np.exp(reference) * (reference - model), axis=-1)
+    """Per-sample KL(reference || model) from log-probabilities; >= 0 (rounding can make a sum of near-equal terms
+    slightly negative, printed as -0.0000)."""
+    return np.maximum(np.sum(np.exp(reference) * (reference - model), axis=-1), 0.0)
 
 
 def logit_cosine(reference: np.ndarray, model: np.ndarray) -> np.ndarray:

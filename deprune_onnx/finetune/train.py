@@ -354,6 +354,10 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
             history, best_epoch, best_state = state["history"], state["best_epoch"], state["best_model"]
             start = resumed_from = state["epoch"] + 1
+            if start > self.options.epochs:
+                raise DepruneError(f"--resume: the checkpoint has {state['epoch']} epoch(s) already, so --epochs "
+                                   f"{self.options.epochs} trains nothing; give --epochs above {state['epoch']}")
+            self.log(f"resuming after epoch {state['epoch']} of {self.options.epochs} ({self.checkpoints})")
             self.masks.enforce()
         else:
             history = [{"epoch": 0, "lr": None, "train_loss": None, **self.validate(), "seconds": 0.0}]
