@@ -114,3 +114,18 @@ def test_speedup_allocation_counts_the_pw_time() -> None:
             best = min(best, sum(predicted_loss(c, np.array([r]))[0] for c, r in zip(curves, combo)))
     assert allocation.predicted_total == pytest.approx(best, abs=1e-9)
     assert allocation.achieved_ratio < allocate_for_speedup(curves, shapes, alone, 1.45, "bh").achieved_ratio
+
+
+def test_the_documented_timings_file_example_loads(tmp_path) -> None:
+    """docs/accuracy.md shows the tune file for people who time layers themselves: it must be one the loader reads."""
+    import re  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    from deprune_onnx.trt.layer_choice import load_timings  # noqa: PLC0415
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "accuracy.md").read_text(encoding="utf-8")
+    block = re.search(r'```json\n(\{"format": "deprune-onnx-timings".*?)```', text, re.S).group(1)
+    (tmp_path / "t.json").write_text(block, encoding="utf-8")
+    timings = load_timings(tmp_path / "t.json")
+    (layer,) = timings.layers.values()
+    assert timings.dtype == "float32" and layer.kept_taps == 288 and layer.ours_us < layer.native_us

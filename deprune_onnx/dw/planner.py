@@ -65,8 +65,11 @@ def load_hsr_timings(path: str | Path) -> dict[str, float]:
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DepruneError(f"{path}: no such file (--hsr-timings)") from None
     except (OSError, ValueError) as exc:
-        raise DepruneError(f"{path}: cannot read HSR timings ({type(exc).__name__}: {exc})") from None
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise DepruneError(f"{path}: cannot read --hsr-timings as JSON ({reason})") from None
     if not isinstance(data, dict):
         raise DepruneError(f"{path}: HSR timings must be a JSON object mapping layer name to alpha")
     alphas: dict[str, float] = {}
