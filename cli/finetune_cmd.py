@@ -11,6 +11,8 @@ import click
 from deprune_onnx.cli.image_options import preprocessing_options
 
 if TYPE_CHECKING:
+    import onnx
+
     from deprune_onnx.evaluation.images import PreprocessOptions
 
 
@@ -23,6 +25,13 @@ def frozen_reasons(frozen: dict[str, str]) -> str:
     list is in OUT.finetune.json), e.g. PyTorch's exporter sharing equal biases between convs."""
     counts = Counter(re.sub(r"'[^']*'", "'...'", reason) for reason in frozen.values())
     return f" ({'; '.join(f'{n}: {reason}' for reason, n in counts.most_common())})" if counts else ""
+
+
+def _shared_conv_names(student: "onnx.ModelProto", teacher: "onnx.ModelProto") -> set[str]:
+    """Conv node names in both models (pruning keeps node names, so a model and its prune share them all)."""
+    names = [{node.name for node in model.graph.node if node.op_type == "Conv" and node.name}
+             for model in (student, teacher)]
+    return names[0] & names[1]
 
 
 @click.command("finetune")
@@ -199,6 +208,9 @@ def command(input_path: str, output_path: str, teacher_path: str, images_source:
                 click.echo(f"warning: no epoch beat the pruned model on the {len(val.paths)} validation image(s) "
                            f"({result.training.selected_by}), so {output} holds the input's weights unchanged; "
                            "train longer or on more images", err=True)
+            if talk and not _shared_conv_names(student, teacher):
+                click.echo(f"warning: --teacher {teacher_path} shares no Conv node name with {input_path}: if it is "
+                           "not the model that was pruned, the student is distilled from another network", err=True)
             if talk and len(val.paths) < SMALL_VALIDATION:
                 advice = "more --val-images" if val_source else "--val-images or a larger --val-fraction"
                 click.echo(f"warning: the epoch is chosen on {len(val.paths)} validation image(s); with fewer than "

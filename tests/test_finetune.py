@@ -218,6 +218,20 @@ def test_when_training_only_hurts_the_pruned_model_itself_is_written(tiny: dict[
     assert any("validation image(s); with fewer than 20" in line for line in warnings), again.stderr
 
 
+def test_a_teacher_that_is_not_the_pruned_model_warns(tiny: dict[str, Path], tmp_path: Path) -> None:
+    teacher = onnx.load(str(tiny["teacher"]))
+    for node in teacher.graph.node:
+        node.name = f"other_{node.name}"
+    onnx.save(teacher, str(tmp_path / "other.onnx"))
+    result = run_cli("finetune", tiny["pruned"], tmp_path / "o.onnx", "--teacher", tmp_path / "other.onnx",
+                     "--images", tiny["tree"], *FAST[:-1], "--epochs", "1")
+    assert result.exit_code == 0, result.output
+    assert "shares no Conv node name" in result.stderr
+    same = run_cli("finetune", tiny["pruned"], tmp_path / "p.onnx", "--teacher", tiny["teacher"], "--images",
+                   tiny["tree"], *FAST[:-1], "--epochs", "1")
+    assert same.exit_code == 0 and "shares no Conv node name" not in same.stderr
+
+
 def test_frozen_parameter_reasons_are_counted_without_names() -> None:
     from deprune_onnx.cli.finetune_cmd import frozen_reasons
 
