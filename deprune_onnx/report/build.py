@@ -217,7 +217,9 @@ def format_report_table(report: dict[str, Any]) -> str:
     target = report.get("target_speedup")
     if target:
         predicted = f"{target['predicted']:.2f}x" if target["predicted"] else "-"
-        lines.append(f"target speedup {target['target']}x: predicted {predicted} ({target['model']})")
+        scope = "DW + PW time" if target.get("pw_time_before") else "DW time"
+        lines.append(f"target speedup {target['target']}x of the {scope}: predicted {predicted} "
+                     f"({target['model']}; what --target-speedup was planned with)")
     for skipped in totals["skipped_layers"]:
         lines.append(f"skipped {skipped['name']}: {skipped['reason']}")
     lines += [f"warning: {line}" for line in totals.get("warnings", [])]
