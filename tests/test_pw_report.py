@@ -65,3 +65,16 @@ def test_prune_warns_when_pw_align_splits_sub_gemms(tmp_path):
     aligned = run_cli("prune", sample_model("mobilenet_v3_small"), tmp_path / "p.onnx", "--dw-ratio", "0.5",
                       "--pw-ratio", "0.3", "--pw-scope", "all", "--format", "dense")
     assert aligned.exit_code == 0 and "warning: PW removal left" not in aligned.output
+
+
+def test_summary_counts_groups_outside_the_scope_apart_from_blocked_ones():
+    from deprune_onnx.report.build import _pw_lines
+
+    pw = {"scope": "project", "align": 32, "target_ratio": 0.3,
+          "pw_channels": {"before": 64, "after": 48, "ratio": 0.25}, "params": {"before": 10, "after": 8},
+          "macs": {"before": 100, "after": 80},
+          "groups": [{"reason": "out of scope 'project': no projection PW produces these channels"},
+                     {"reason": "out of scope 'project': no projection PW produces these channels"},
+                     {"reason": "'x' is a graph input"}, {"reason": None}]}
+    (line,) = _pw_lines({"pw": pw})
+    assert line.endswith("; 1 group(s) left unpruned (reasons in the report), 2 outside --pw-scope project")

@@ -232,11 +232,14 @@ def _pw_lines(report: dict[str, Any]) -> list[str]:
     if not pw:
         return []
     channels, params, macs = pw["pw_channels"], pw["params"], pw["macs"]
-    skipped = sum(1 for group in pw["groups"] if group.get("reason"))
+    reasons = [group["reason"] for group in pw["groups"] if group.get("reason")]
+    out_of_scope = sum(reason.startswith("out of scope") for reason in reasons)
+    left = f"{len(reasons) - out_of_scope} group(s) left unpruned (reasons in the report)"
+    if out_of_scope:
+        left += f", {out_of_scope} outside --pw-scope {pw['scope']}"
     return [f"PW ({pw['scope']}, align {pw['align']}): channels {channels['before']} -> {channels['after']} "
             f"(PR {channels['ratio']:.3f}, target {pw['target_ratio']}), params {params['before']:,} -> "
-            f"{params['after']:,}, MACs {macs['before']:,} -> {macs['after']:,}; {skipped} group(s) left "
-            "unpruned (reasons in the report)"]
+            f"{params['after']:,}, MACs {macs['before']:,} -> {macs['after']:,}; {left}"]
 
 
 def _rewrite_lines(report: dict[str, Any]) -> list[str]:
