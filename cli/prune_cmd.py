@@ -159,7 +159,7 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, tar
     configure(QUIET if quiet else verbose)
     configure_progress(False if quiet else None)
     _refuse_options_without_effect(click.get_current_context(), method=method, target_speedup=target_speedup,
-                                   keep_zeros=keep_zeros, calibrated=bool(calib_sources))
+                                   calibrated=bool(calib_sources))
     calib = None
     if calib_sources or allocate or calib_saliency or calib_project or calib_n is not None \
             or calib_crops is not None or calib_preprocessing.preset or calib_preprocessing.changed():
@@ -187,8 +187,10 @@ _NEEDS_CALIB = {"calib_damp": "--calib-damp", "refit": "--refit/--no-refit", "al
 
 
 def _refuse_options_without_effect(ctx: click.Context, *, method: str, target_speedup: float | None,
-                                   keep_zeros: bool, calibrated: bool) -> None:
-    """One-line errors (exit 2) for options the user typed that this combination would ignore."""
+                                   calibrated: bool) -> None:
+    """One-line errors (exit 2) for options the user typed that this combination would ignore. (--dw-ratio with
+    --keep-zeros stays allowed: re-running the first prune's command line with --keep-zeros added is the
+    documented way back from fine-tuning; a model without zeros gets a warning instead.)"""
     from deprune_onnx.errors import DepruneError
 
     given = {name for name in ctx.params
@@ -196,8 +198,6 @@ def _refuse_options_without_effect(ctx: click.Context, *, method: str, target_sp
                                                         click.core.ParameterSource.DEFAULT_MAP)}
     if "dw_ratio" in given and target_speedup is not None:
         raise DepruneError("--dw-ratio and --target-speedup: give one (the target chooses the ratio)")
-    if "dw_ratio" in given and keep_zeros:
-        raise DepruneError("--dw-ratio and --keep-zeros: give one (--keep-zeros keeps the zeros the model has)")
     if "hsr_rank" in given and method != "bh":
         raise DepruneError(f"--hsr-rank: only --method bh has an HSR step (got --method {method})")
     if not calibrated:

@@ -117,7 +117,6 @@ def test_cli_renders_library_errors_with_flag_names(tmp_path) -> None:
 
 @pytest.mark.parametrize("args, message", [
     (["--target-speedup", "1.5", "--dw-ratio", "0.3"], "--dw-ratio and --target-speedup: give one"),
-    (["--keep-zeros", "--dw-ratio", "0.3"], "--dw-ratio and --keep-zeros: give one"),
     (["--method", "b", "--hsr-rank", "damage"], "--hsr-rank: only --method bh has an HSR step"),
     (["--calib-damp", "auto"], "--calib-damp: acts only with calibration images"),
     (["--no-refit"], "--refit/--no-refit: acts only with calibration images"),
