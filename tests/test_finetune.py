@@ -14,10 +14,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-
+import torch
 from onnx import numpy_helper
-
-torch = pytest.importorskip("torch", reason="PyTorch (the finetune extra) is not installed")
 
 from support.cli_testing import assert_one_line_error, run_cli
 from support.builders import dsconv_model

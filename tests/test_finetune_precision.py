@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 
-torch = pytest.importorskip("torch", reason="PyTorch (the finetune extra) is not installed")
 from onnx import numpy_helper
 
 from support.cli_testing import run_cli

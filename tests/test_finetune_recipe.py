@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import torchvision
 
-torch = pytest.importorskip("torch", reason="PyTorch (the finetune extra) is not installed")
-torchvision = pytest.importorskip("torchvision", reason="torchvision (the finetune extra) is not installed")
 from click.testing import CliRunner
 
 from support.samples import REPO, sample_model
