@@ -17,7 +17,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-
 from onnx import numpy_helper
 
 from support.cli_testing import run_cli

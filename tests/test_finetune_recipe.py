@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-
 from click.testing import CliRunner
 
 from support.samples import REPO, sample_model
