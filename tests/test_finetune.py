@@ -19,7 +19,7 @@ from onnx import numpy_helper
 
 from support.cli_testing import assert_one_line_error, run_cli
 from support.builders import dsconv_model
-from support.finetune_data import CLASSES, image_tree, tiny_classifier
+from support.finetune_data import CLASSES, image_tree, pruned_tiny_classifier, tiny_classifier
 from support.op_testing import run_ort
 from support.samples import imagenet_samples, sample_model
 from deprune_onnx.analysis import analyze
@@ -79,14 +79,7 @@ def assert_same_masks_and_structure(pruned: onnx.ModelProto, tuned: onnx.ModelPr
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A tiny classifier, its bh-unaligned prune (method b, DW PR 0.5, with its sidecar plan), an image tree."""
-    root = tmp_path_factory.mktemp("tiny")
-    teacher = root / "teacher.onnx"
-    onnx.save(tiny_classifier(), str(teacher))
-    pruned = root / "pruned.onnx"
-    result = run_cli("prune", teacher, pruned, "--method", "b", "--dw-ratio", "0.5", "--format", "dense", "-q")
-    assert result.exit_code == 0, result.output
-    return {"teacher": teacher, "pruned": pruned, "plan": root / "pruned.plan.json",
-            "tree": image_tree(root / "tree", per_class=3)}
+    return pruned_tiny_classifier(tmp_path_factory.mktemp("tiny"), "b")
 
 
 def finetune_cli(tiny: dict[str, Path], out: Path, *extra: object, pruned: Path | None = None) -> dict:

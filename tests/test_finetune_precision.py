@@ -19,7 +19,7 @@ import torch
 from onnx import numpy_helper
 
 from support.cli_testing import run_cli
-from support.finetune_data import image_tree, tiny_classifier
+from support.finetune_data import pruned_tiny_classifier
 from deprune_onnx.finetune import train
 from deprune_onnx.finetune.train import Precision, precision_for
 
@@ -31,13 +31,7 @@ FAST = ["--workers", "0", "--batch", "4", "--optimizer", "adam", "--lr", "1e-3",
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A tiny classifier, its bh prune (DW PR 0.5, dense, sidecar plan) and a labelled image tree."""
-    root = tmp_path_factory.mktemp("precision")
-    teacher = root / "teacher.onnx"
-    onnx.save(tiny_classifier(), str(teacher))
-    pruned = root / "pruned.onnx"
-    result = run_cli("prune", teacher, pruned, "--method", "bh", "--dw-ratio", "0.5", "--format", "dense", "-q")
-    assert result.exit_code == 0, result.output
-    return {"teacher": teacher, "pruned": pruned, "tree": image_tree(root / "tree", per_class=3)}
+    return pruned_tiny_classifier(tmp_path_factory.mktemp("precision"), "bh")
 
 
 def weights(path: Path) -> dict[str, np.ndarray]:

@@ -55,3 +55,16 @@ def image_tree(root: Path, per_class: int = 4, seed: int = 0) -> Path:
             pixels = np.clip(base + 60 * rng.standard_normal((20, 24, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(pixels).save(root / f"c{label}" / f"{i}.png")
     return root
+
+
+def pruned_tiny_classifier(root: Path, method: str) -> dict[str, Path]:
+    """In ``root``: the tiny classifier (``teacher``), its ``prune --method METHOD --dw-ratio 0.5 --format dense``
+    (``pruned``, with its sidecar ``plan``) and a labelled image ``tree`` of 3 images per class."""
+    from support.cli_testing import run_cli
+
+    teacher, pruned = root / "teacher.onnx", root / "pruned.onnx"
+    onnx.save(tiny_classifier(), str(teacher))
+    result = run_cli("prune", teacher, pruned, "--method", method, "--dw-ratio", "0.5", "--format", "dense", "-q")
+    assert result.exit_code == 0, result.output
+    return {"teacher": teacher, "pruned": pruned, "plan": root / "pruned.plan.json",
+            "tree": image_tree(root / "tree", per_class=3)}
