@@ -25,7 +25,6 @@ EVAL = "imagenet_0[5-9]_*.jpg"
 @pytest.fixture(scope="module")
 def forms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The same pruning (b, DW PR 0.3) as float32 dense, float16 dense, float32 plugin and float16 plugin."""
-    pytest.importorskip("onnxconverter_common", reason="float16 conversion needs onnxconverter-common")
     folder = tmp_path_factory.mktemp("forms")
     paths = {}
     for name, args in {"dense": ["--format", "dense"], "dense16": ["--format", "dense", "--dtype", "float16"],
@@ -87,7 +86,6 @@ def test_calibration_on_a_float16_model(forms: dict[str, Path], tmp_path: Path) 
 
 @pytest.mark.torch
 def test_finetune_a_float16_student_with_a_plugin_teacher(forms: dict[str, Path], tmp_path: Path) -> None:
-    pytest.importorskip("onnx2torch")
     out = tmp_path / "tuned16.onnx"
     result = run_cli("finetune", forms["dense16"], out, "--teacher", forms["plugin16"], "--images",
                      imagenet_samples() / CALIB, "--epochs", "2", "--batch", "2", "--optimizer", "adam",

@@ -118,7 +118,6 @@ def test_compare_judges_only_the_images_and_says_when_n_caps_them(tmp_path: Path
 
 
 def test_sweep_of_a_detector_reports_errors_not_agreement(models: dict[str, Path], tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
     result = run_cli("sweep", models["detector"], "--images", IMAGES, "--ratios", "0.3,0.7", "--methods", "b",
                      "-o", tmp_path / "sweep")
     assert result.exit_code == 0, result.output
@@ -134,7 +133,6 @@ def test_sweep_of_a_detector_reports_errors_not_agreement(models: dict[str, Path
 @pytest.mark.parametrize("name,kind", [("detector", "sigmoid"), ("recogniser", "sequence:probabilities")])
 def test_finetune_distils_maps_and_sequences(models: dict[str, Path], tmp_path: Path, name: str,
                                              kind: str) -> None:
-    pytest.importorskip("onnx2torch")
     out = tmp_path / "tuned.onnx"
     result = run_cli("finetune", models[f"{name}_pruned"], out, "--teacher", models[name], "--images", IMAGES,
                      "--val-images", IMAGES, "--epochs", "6", "--batch", "4", "--optimizer", "adam", "--lr", "1e-3",
@@ -152,7 +150,6 @@ def test_finetune_distils_maps_and_sequences(models: dict[str, Path], tmp_path: 
 
 @pytest.mark.torch
 def test_finetune_refuses_a_loss_that_is_identically_zero(models: dict[str, Path], tmp_path: Path) -> None:
-    pytest.importorskip("onnx2torch")
     result = run_cli("finetune", models["constant_pruned"], tmp_path / "o.onnx", "--teacher", models["constant"],
                      "--images", IMAGES, "--epochs", "1")
     assert_one_line_error(result, "zero whatever the model outputs")

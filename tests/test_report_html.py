@@ -15,8 +15,6 @@ from onnx import numpy_helper
 from support.cli_testing import run_cli
 from support.dsconv_graphs import BlockSpec, dsconv_network
 
-pytest.importorskip("matplotlib")
-
 
 @pytest.fixture(scope="module")
 def pw_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
