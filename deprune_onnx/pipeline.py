@@ -205,7 +205,7 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan
         model, _ = apply_dw_masks(model, plan.dw_layers, in_place=True)
     if calib is not None and calib.refit:
         from deprune_onnx.recovery.model_check import check_refit
-        from deprune_onnx.recovery.refit import analysis_input, reconstruct
+        from deprune_onnx.recovery.refit import reconstruct
 
         unrefitted, unrefitted_plan = onnx.ModelProto(), plan
         unrefitted.CopyFrom(model)
@@ -222,7 +222,7 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan
                 projections = refit_projections(model, reference, analysis, [entry["layer"] for entry in refits],
                                                 samples.inputs)
         with timed_pass("model check"):
-            check = check_refit(reference, unrefitted, model, analysis_input(reference), samples.inputs)
+            check = check_refit(reference, unrefitted, model, samples.inputs)
         if not check.keep_refit:  # worse on the samples it was fitted on: undo it (recovery/model_check.py)
             model, plan = unrefitted, unrefitted_plan
             for entry in refits:

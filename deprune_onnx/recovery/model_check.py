@@ -19,7 +19,7 @@ import onnx
 
 from deprune_onnx.evaluation.metrics import error_metrics, kl_divergence, log_probabilities
 from deprune_onnx.evaluation.output_kind import CLASS_SCORES, output_kind
-from deprune_onnx.recovery.staged import StagedForward
+from deprune_onnx.evaluation.runner import ModelRunner
 
 
 @dataclass(frozen=True)
@@ -41,11 +41,6 @@ class ModelCheck:
                 "samples": self.samples, "kept": "refit" if self.keep_refit else "unrefitted"}
 
 
-def _first_output(model: onnx.ModelProto, input_name: str, inputs: np.ndarray) -> np.ndarray:
-    name = model.graph.output[0].name
-    return StagedForward(model, {input_name: inputs}).advance([name])[name]
-
-
 def _distance(reference: np.ndarray, model: np.ndarray) -> tuple[str, float]:
     if output_kind(reference.shape) == CLASS_SCORES:
         logits = (reference.reshape(len(reference), -1), model.reshape(len(model), -1))
@@ -54,11 +49,11 @@ def _distance(reference: np.ndarray, model: np.ndarray) -> tuple[str, float]:
 
 
 def check_refit(reference: onnx.ModelProto, unrefitted: onnx.ModelProto, refitted: onnx.ModelProto,
-                input_name: str, inputs: np.ndarray) -> ModelCheck:
+                inputs: np.ndarray) -> ModelCheck:
     """Compare both pruned models with ``reference`` on ``inputs`` [N, ...] (the calibration samples).
 
-    Runs each model once in ONNX Runtime (piecewise, as the refit does); raises what ONNX Runtime raises."""
-    target = _first_output(reference, input_name, inputs)
-    measure, before = _distance(target, _first_output(unrefitted, input_name, inputs))
-    _, after = _distance(target, _first_output(refitted, input_name, inputs))
+    Runs each model once in ONNX Runtime (``ModelRunner``: its first output); raises what ONNX Runtime raises."""
+    target = ModelRunner(reference).run(inputs)
+    measure, before = _distance(target, ModelRunner(unrefitted).run(inputs))
+    _, after = _distance(target, ModelRunner(refitted).run(inputs))
     return ModelCheck(measure, before, after, int(len(inputs)))
