@@ -1,6 +1,6 @@
 """Calibrated PW channel removal against onnxsim's structured pruning at equal parameter counts (issue 14).
 
-Side by side in one run, on MobileNetV2 (samples/), PW channels only (no DW pruning):
+Side by side in one run, on MobileNetV2 (samples/), PW channels only (no DW pruning), at every --pw-ratios R:
   (a) deprune-onnx  --pw-ratio R --pw-scope all --pw-align 8               (l2 filter norms, no data)
   (b) deprune-onnx  the same with --calib: channels ranked by activation energy, 1x1 readers refit by least squares
   (c) onnxsim 0.8.1 apply_structured_pruning(sparsity=S_c)                  (l2, no data)
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -80,14 +81,49 @@ def match_params(python: str, source: Path, function: str, target: int, calib: P
     return best[0], best[1]
 
 
+def compare_at(ratio: float, original: onnx.ModelProto, source: Path, images: Path, calib_file: Path,
+               input_name: str, eval_set, reference: np.ndarray, args: argparse.Namespace, work: Path) -> list[dict]:
+    """The four rows at one --pw-ratio: ours without and with --calib, then onnxsim's two functions at the
+    parameter count of ours."""
+    ours = {}
+    for label, calib in (("deprune-onnx l2 (no data)", None),
+                         ("deprune-onnx --calib (activation + LS refit)",
+                          CalibOptions(sources=[str(images / CALIB)], preprocess="imagenet", crops=args.crops))):
+        model = onnx.ModelProto()
+        model.CopyFrom(original)
+        start = time.perf_counter()
+        prune_model(model, PruneOptions(dw=DWOptions(method="b", dw_ratio=0.0),
+                                        pw=PWOptions(ratio=ratio, align=8, scope="all"),
+                                        output_format="dense", calib=calib))
+        ours[label] = (model, time.perf_counter() - start,
+                       f"--pw-ratio {ratio} --pw-scope all --pw-align 8" + (" --calib" if calib else ""))
+    target = count_params(next(iter(ours.values()))[0])
+    peers = {}
+    for label, function in (("onnxsim apply_structured_pruning", "apply_structured_pruning"),
+                            ("onnxsim apply_structured_wanda_pruning", "apply_structured_wanda_pruning")):
+        start = time.perf_counter()
+        sparsity, model = match_params(args.onnxsim_python, source, function, target, calib_file, input_name, work)
+        peers[label] = (model, time.perf_counter() - start, f"{function}(sparsity={sparsity})")
+    rows = []
+    for label, (model, seconds, setting) in {**ours, **peers}.items():
+        evaluation = evaluate_outputs(eval_set, ModelRunner(model, label).run(eval_set.inputs), reference)
+        rows.append({"ratio": ratio, "tool": label, "setting": setting, "params": count_params(model),
+                     "agreement": evaluation.agreement.agreement, "kl": evaluation.agreement.kl_mean,
+                     "top1": evaluation.labels.top1 if evaluation.labels else None, "seconds": round(seconds, 1)})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--onnxsim-python", required=True)
-    parser.add_argument("--pw-ratio", type=float, default=0.2)
+    parser.add_argument("--pw-ratios", type=lambda text: [float(x) for x in text.split(",")],
+                        default=[0.05, 0.1, 0.2], help="Comma-separated --pw-ratio values, one comparison each.")
     parser.add_argument("--crops", type=int, default=10)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     started = datetime.datetime.now(datetime.timezone.utc)
+    load_start = os.getloadavg()[0]
     images = foolbox_data_dir()
     source = REPO / "samples" / "mobilenet_v2_torchvision.onnx"
     original = onnx.load(str(source))
@@ -103,47 +139,26 @@ def main() -> None:
         calib_file = work / "calib.npy"
         np.save(calib_file, calib_set.inputs)
         input_name = analysis_input(original)
-        ours = {}
-        for label, calib in (("deprune-onnx l2 (no data)", None),
-                             ("deprune-onnx --calib (activation + LS refit)",
-                              CalibOptions(sources=[str(images / CALIB)], preprocess="imagenet", crops=args.crops))):
-            model = onnx.ModelProto()
-            model.CopyFrom(original)
-            start = time.perf_counter()
-            prune_model(model, PruneOptions(dw=DWOptions(method="b", dw_ratio=0.0),
-                                            pw=PWOptions(ratio=args.pw_ratio, align=8, scope="all"),
-                                            output_format="dense", calib=calib))
-            ours[label] = (model, time.perf_counter() - start, f"--pw-ratio {args.pw_ratio} --pw-scope all "
-                                                                 "--pw-align 8" + (" --calib" if calib else ""))
-        target = count_params(next(iter(ours.values()))[0])
-        peers = {}
-        for label, function in (("onnxsim apply_structured_pruning", "apply_structured_pruning"),
-                                ("onnxsim apply_structured_wanda_pruning", "apply_structured_wanda_pruning")):
-            start = time.perf_counter()
-            sparsity, model = match_params(args.onnxsim_python, source, function, target, calib_file, input_name,
-                                           work)
-            peers[label] = (model, time.perf_counter() - start, f"{function}(sparsity={sparsity})")
-        for label, (model, seconds, setting) in {**ours, **peers}.items():
-            evaluation = evaluate_outputs(eval_set, ModelRunner(model, label).run(eval_set.inputs), reference)
-            rows.append({"tool": label, "setting": setting, "params": count_params(model),
-                         "agreement": evaluation.agreement.agreement, "kl": evaluation.agreement.kl_mean,
-                         "top1": evaluation.labels.top1 if evaluation.labels else None, "seconds": round(seconds, 1)})
-            print(json.dumps(rows[-1]), flush=True)
+        for ratio in args.pw_ratios:
+            rows += compare_at(ratio, original, source, images, calib_file, input_name, eval_set, reference,
+                               args, work)
     import onnxruntime
     lines = ["# PW channel removal: deprune-onnx vs onnxsim 0.8.1 at equal parameter counts", "",
              f"- date: {started.isoformat(timespec='seconds')}",
-             f"- machine: {platform.machine()}, 2 cores shared with other jobs; python {platform.python_version()}, "
+             f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, load average {load_start:.1f} at the start, "
+             f"{os.getloadavg()[0]:.1f} at the end; python {platform.python_version()}, "
              f"onnxruntime {onnxruntime.__version__}, numpy {np.__version__}; onnxsim 0.8.1 in its own venv",
              f"- command: `python bench/pw_compare.py {' '.join(sys.argv[1:])}`",
              f"- model: MobileNetV2 (samples/), unpruned params {count_params(original):,}; PW channels only",
              f"- calibration: {CALIB} x {args.crops} views (deprune --calib and onnxsim wanda alike); evaluation: "
              f"{EVALUATION} x {args.crops} views, never used for calibration or choosing a setting",
              "- onnxsim sparsity searched (bisection, 7 runs) for the parameter count nearest deprune's", "",
-             "| tool | setting | params | agreement | KL | top-1 | time (s) |", "|---|---|---|---|---|---|---|"]
+             "| --pw-ratio | tool | setting | params | agreement | KL | top-1 | time (s) |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         top1 = f"{100 * r['top1']:.0f}%" if r["top1"] is not None else "-"
-        lines.append(f"| {r['tool']} | `{r['setting']}` | {r['params']:,} | {100 * r['agreement']:.0f}% | "
-                     f"{r['kl']:.3f} | {top1} | {r['seconds']} |")
+        lines.append(f"| {r['ratio']} | {r['tool']} | `{r['setting']}` | {r['params']:,} | "
+                     f"{100 * r['agreement']:.0f}% | {r['kl']:.3f} | {top1} | {r['seconds']} |")
     args.out.write_text("\n".join(lines) + "\n")
 
 
