@@ -14,7 +14,7 @@ fitted to the 28x28 input: grey as RGB, short side to 32, centre crop 28, ImageN
 training, pruning, fine-tuning and evaluation all see the same inputs.
 
 Usage: nice -n 10 python bench/finetune_fashion_mnist/run.py --work /tmp/fmnist [--teacher-epochs 4]
-       [--finetune-epochs 3] [--finetune-images 10000] [--export batchnorm|folded]
+       [--finetune-epochs 7] [--finetune-images N] [--export batchnorm|folded]
 Writes WORK/results.json and prints a markdown table (copied into bench/results/finetune_fashion_mnist.md).
 """
 from __future__ import annotations
@@ -126,8 +126,8 @@ def subset_list(work: Path, split: str, count: int, seed: int) -> Path:
     return path
 
 
-def train_teacher(work: Path, train_list: Path, val_list: Path, epochs: int, batch: int, seed: int,
-                  log: list[str]) -> Path:
+def train_teacher(work: Path, train_list: Path, val_list: Path, epochs: int, batch: int, min_scale: float,
+                  seed: int, log: list[str]) -> Path:
     """Train with deprune-onnx's own data pipeline (random resized crop + flip, imagenet preset at 28x28);
     keep the epoch with the best validation accuracy; export to ONNX with a symbolic batch."""
     import torch
@@ -142,7 +142,7 @@ def train_teacher(work: Path, train_list: Path, val_list: Path, epochs: int, bat
     torch.manual_seed(seed)
     torch.set_num_threads(1)  # see ONE_THREAD
     preset = fit_preset(PRESETS["imagenet"], (1, 3, 28, 28))
-    train = PresetImages(list_images(str(train_list)), preset, augment=True, min_scale=0.5, seed=seed)
+    train = PresetImages(list_images(str(train_list)), preset, augment=True, min_scale=min_scale, seed=seed)
     val = PresetImages(list_images(str(val_list)), preset, augment=False)
     loader = DataLoader(train, batch_size=batch, shuffle=True, num_workers=1, drop_last=True)
     val_loader = DataLoader(val, batch_size=256, num_workers=1)
@@ -224,11 +224,13 @@ def main() -> None:
     parser.add_argument("--train-images", type=int, default=20000, help="Teacher's training subset (of 55k).")
     parser.add_argument("--val-images", type=int, default=5000, help="Validation subset (of 5k).")
     parser.add_argument("--teacher-epochs", type=int, default=4)
-    parser.add_argument("--finetune-epochs", type=int, default=3)
-    parser.add_argument("--finetune-images", type=int, default=10000,
+    parser.add_argument("--teacher-min-scale", type=float, default=0.85,
+                        help="Smallest area share of the teacher's random resized crops.")
+    parser.add_argument("--finetune-epochs", type=int, default=7)
+    parser.add_argument("--finetune-images", type=int, default=None,
                         help="Fine-tune on this many of the training subset's images [default: all of them].")
-    parser.add_argument("--finetune-args", default="--optimizer adam --lr 1e-3 --schedule cosine --batch 128 "
-                                                   "--min-scale 0.5 --weight-decay 0",
+    parser.add_argument("--finetune-args", default="--optimizer adam --lr 2e-3 --label-weight 0.8 --schedule cosine "
+                                                   "--batch 128 --min-scale 0.85 --weight-decay 0",
                         help="Options passed to every deprune-onnx finetune run.")
     parser.add_argument("--export", choices=("batchnorm", "folded"), default="batchnorm",
                         help="Teacher ONNX that is pruned and fine-tuned: batchnorm = BatchNorm kept as nodes "
@@ -244,7 +246,8 @@ def main() -> None:
     phases["images"] = time.time() - began
     train_list = subset_list(work, "train", args.train_images, args.seed)
     val_list = subset_list(work, "val", args.val_images, args.seed)
-    folded = train_teacher(work, train_list, val_list, args.teacher_epochs, 128, args.seed, log)
+    folded = train_teacher(work, train_list, val_list, args.teacher_epochs, 128,
+                            args.teacher_min_scale, args.seed, log)
     teacher = folded if args.export == "folded" else work / "teacher_bn.onnx"
     phases["teacher"] = time.time() - began - sum(phases.values())
     common = ["--dw-ratio", DW_RATIO, "--pw-ratio", PW_RATIO, "--pw-align", 8, "--format", "dense", "-q"]
