@@ -21,9 +21,10 @@ SMALL_VALIDATION = 20
 
 
 def frozen_reasons(frozen: dict[str, str]) -> str:
-    """' (N: reason, ...)' for the console: why parameters were frozen, the quoted names left out (the full
-    list is in OUT.finetune.json), e.g. PyTorch's exporter sharing equal biases between convs."""
-    counts = Counter(re.sub(r"'[^']*'", "'...'", reason) for reason in frozen.values())
+    """' (N: reason, ...)' for the console: why parameters were frozen, the names left out (the full list is in
+    OUT.finetune.json), e.g. PyTorch's exporter sharing equal biases between convs."""
+    counts = Counter(re.sub(r"'[^']*'", "", re.sub(r"initializer '[^']*' is shared by", "an initializer shared by",
+                                                   reason)).replace("  ", " ") for reason in frozen.values())
     return f" ({'; '.join(f'{n}: {reason}' for reason, n in counts.most_common())})" if counts else ""
 
 
@@ -96,6 +97,7 @@ def _shared_conv_names(student: "onnx.ModelProto", teacher: "onnx.ModelProto") -
               help="Where to write the plan whose masks were kept [default: OUT.plan.json].")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False),
               help="Where to write the per-epoch metrics [default: OUT.finetune.json; the curve: OUT.finetune.png].")
+@click.option("--no-plot", is_flag=True, help="Do not draw OUT.finetune.png (no matplotlib needed).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 def command(input_path: str, output_path: str, teacher_path: str, images_source: str, val_source: str | None,
@@ -104,7 +106,7 @@ def command(input_path: str, output_path: str, teacher_path: str, images_source:
             schedule: str, step_epochs: int, step_gamma: float, temperature: float, label_weight: float,
             min_scale: float, batchnorm: str, amp: bool, workers: int, select: str, device: str, seed: int,
             checkpoint_dir: str | None, resume: bool, plan_out: str | None, report_path: str | None,
-            as_json: bool, quiet: bool) -> None:
+            no_plot: bool, as_json: bool, quiet: bool) -> None:
     """Fine-tune PRUNED.onnx by distillation from --teacher, keeping its masks; write the best epoch to OUT.onnx.
 
     PRUNED.onnx is a dense pruned model ('prune --format dense') with a static [N, C, H, W] image input (1-D
@@ -116,7 +118,8 @@ def command(input_path: str, output_path: str, teacher_path: str, images_source:
     cross-entropy when the images carry labels). Every epoch is validated and checkpointed; OUT.onnx holds the
     best epoch's weights, written back into PRUNED.onnx's own graph and checked against it (same nodes and
     shapes, pruned weights +0.0), so it rewrites to the plugin op (last line of the example). Writes
-    OUT.plan.json, OUT.finetune.json (metrics per epoch, the chosen epoch) and OUT.finetune.png. Several
+    OUT.plan.json, OUT.finetune.json (metrics per epoch, the chosen epoch) and OUT.finetune.png (unless
+    --no-plot). Several
     GPUs: torchrun --nproc_per_node N -m deprune_onnx.finetune PRUNED.onnx OUT.onnx ... (same options).
     Needs PyTorch: pip install 'deprune-onnx[finetune]'. Recipe for your own training code: docs/finetune.md.
 
@@ -143,11 +146,15 @@ def command(input_path: str, output_path: str, teacher_path: str, images_source:
                                                 write_bytes_atomic, write_json_atomic)
     from deprune_onnx.plan import load_plan
     from deprune_onnx.progress import configure_progress
+    from deprune_onnx.report.plots import have_matplotlib
 
     output = check_output_path(output_path, input_path, teacher_path)
     plan_file = check_output_path(plan_out or sidecar_path(output, ".plan.json"), input_path)
     report_file = check_output_path(report_path or sidecar_path(output, ".finetune.json"), input_path)
-    curve_file = report_file.with_suffix(".png")
+    curve_file = None if no_plot else report_file.with_suffix(".png")
+    if curve_file is not None and not have_matplotlib():  # checked before hours of training, not after
+        raise DepruneError(f"{curve_file} needs matplotlib: pip install 'deprune-onnx[plot]' (the finetune extra "
+                           "includes it), or pass --no-plot")
     checkpoints = Path(checkpoint_dir) if checkpoint_dir else sidecar_path(output, ".checkpoints")
     sidecar = sidecar_path(Path(input_path), ".plan.json")
     if plan_path:
@@ -191,16 +198,18 @@ def command(input_path: str, output_path: str, teacher_path: str, images_source:
             save_model(result.model, output)
             write_json_atomic(plan_file, result.plan.to_dict())
             write_json_atomic(report_file, report)
-            write_bytes_atomic(curve_file, curve_png(result.training.history, result.training.best_epoch,
-                                                     result.training.selected_by))
+            if curve_file is not None:
+                write_bytes_atomic(curve_file, curve_png(result.training.history, result.training.best_epoch,
+                                                         result.training.selected_by))
             if as_json:
                 click.echo(json.dumps(report, indent=2, sort_keys=True))
             elif talk:
                 best = result.training.history[result.training.best_epoch]
-                summary = ", ".join(f"{key} {best[key]:.4f}" for key in ("val_loss", "val_kl", "val_accuracy")
-                                    if key in best)
+                summary = ", ".join(f"{key} {max(best[key], 0.0) if key == 'val_kl' else best[key]:.4f}"
+                                    for key in ("val_loss", "val_kl", "val_accuracy") if key in best)
                 click.echo(f"best epoch {result.training.best_epoch} by {result.training.selected_by}: {summary}")
-                click.echo(f"labels: {'used' if result.labels_used else 'not used'}; "
+                labels = "used" if result.labels_used else f"not used ({result.data['labels_not_used_because']})"
+                click.echo(f"labels: {labels}; "
                            f"{len(result.masked_parameters)} masked DW weight tensors; {len(result.frozen)} frozen "
                            f"parameters{frozen_reasons(result.frozen)}; masks and removed channels unchanged "
                            "(checked)")
@@ -215,7 +224,9 @@ def command(input_path: str, output_path: str, teacher_path: str, images_source:
                 advice = "more --val-images" if val_source else "--val-images or a larger --val-fraction"
                 click.echo(f"warning: the epoch is chosen on {len(val.paths)} validation image(s); with fewer than "
                            f"{SMALL_VALIDATION} that choice is mostly noise (give {advice})", err=True)
-                click.echo(f"wrote {output}, {plan_file}, {report_file}, {curve_file}")
+            if talk:
+                written = [output, plan_file, report_file] + ([curve_file] if curve_file is not None else [])
+                click.echo(f"wrote {', '.join(map(str, written))}")
         processes.barrier()
     finally:
         distributed.finish(processes)

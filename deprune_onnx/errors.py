@@ -18,7 +18,17 @@ class DepruneError(Exception):
 
     def __init__(self, message: str) -> None:
         # One line, always: newlines from wrapped library messages would break scripts that grep stderr.
-        super().__init__(" ".join(str(message).split()))
+        super().__init__(" ".join(_own_message(str(message), type(self)).split()))
+
+
+def _own_message(message: str, kind: type) -> str:
+    """The error's own message. A DataLoader worker's error reaches the main process re-raised as the same type
+    with the worker's whole traceback as its message ("Caught DepruneError in DataLoader worker process 0.
+    Original Traceback ... deprune_onnx.errors.DepruneError: <message>"); keep what follows the class name."""
+    if not (message.startswith("Caught ") and "Original Traceback" in message):
+        return message
+    marker = f"{kind.__module__}.{kind.__qualname__}: "
+    return message.rsplit(marker, 1)[1] if marker in message else message
 
 
 class CheckFailed(DepruneError):

@@ -229,7 +229,7 @@ def test_frozen_parameter_reasons_are_counted_without_names() -> None:
     frozen = {"a.bias": "initializer 'onnx::Conv_501' is shared by 3 nodes",
               "b.bias": "initializer 'onnx::Conv_502' is shared by 3 nodes",
               "c.weight": "matches no initializer of its node"}
-    assert frozen_reasons(frozen) == " (2: initializer '...' is shared by 3 nodes; 1: matches no initializer of its node)"
+    assert frozen_reasons(frozen) == " (2: an initializer shared by 3 nodes; 1: matches no initializer of its node)"
     assert frozen_reasons({}) == ""
 
 
@@ -421,3 +421,59 @@ def test_fixed_batch_graph_trains_one_sample_at_a_time() -> None:
     assert np.array_equal(tuned == 0, dcp_mask(w, 0.6) == 0)
     if result.training.best_epoch > 0:
         assert not np.array_equal(tuned, w * dcp_mask(w, 0.6))
+
+
+# -- from a new user's trial (session 4) ---------------------------------------------------------------------------
+def test_an_unpruned_student_or_the_pruned_model_as_teacher_is_refused(tiny: dict[str, Path], tmp_path: Path) -> None:
+    """The files swapped or the wrong one given: one line naming the file, exit 2, nothing written."""
+    unpruned = run_cli("finetune", tiny["teacher"], tmp_path / "a.onnx", "--teacher", tiny["teacher"], "--images",
+                       tiny["tree"], *FAST, "--epochs", "1")
+    assert_one_line_error(unpruned, f"{tiny['teacher']}: nothing is pruned")
+    own = run_cli("finetune", tiny["pruned"], tmp_path / "b.onnx", "--teacher", tiny["pruned"], "--images",
+                  tiny["tree"], *FAST, "--epochs", "1")
+    assert_one_line_error(own, f"--teacher {tiny['pruned']}: has the same weights as")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_no_plot_writes_no_png_and_the_summary_names_every_file(tiny: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "t.onnx"
+    result = run_cli("finetune", tiny["pruned"], out, "--teacher", tiny["teacher"], "--images", tiny["tree"],
+                     *FAST[:-1], "--epochs", "1", "--no-plot", "--val-images", tiny["tree"])
+    assert result.exit_code == 0, result.output
+    assert not out.with_name("t.finetune.png").exists() and out.with_name("t.finetune.json").is_file()
+    wrote = [line for line in result.stdout.splitlines() if line.startswith("wrote ")]
+    assert wrote == [f"wrote {out}, {out.with_name('t.plan.json')}, {out.with_name('t.finetune.json')}"]
+
+
+def test_whole_steps_drop_the_tail_per_optimizer_step_not_per_micro_batch() -> None:
+    """300 samples, loader batch 8 x --accumulate 4: 9 whole steps of 32 (288 samples) in every epoch, as
+    --accumulate 1 with a loader batch of 32 would train; fewer samples than one step: all of them."""
+    from torch.utils.data import DistributedSampler
+
+    from deprune_onnx.finetune.train import WholeSteps
+
+    data = list(range(300))
+    steps = WholeSteps(DistributedSampler(data, num_replicas=1, rank=0, shuffle=True, seed=0), 8 * 4)
+    indices = list(steps)
+    assert len(steps) == len(indices) == 288 and len(set(indices)) == 288
+    single = WholeSteps(DistributedSampler(data, num_replicas=1, rank=0, shuffle=True, seed=0), 32)
+    assert list(single) == indices  # the same samples as --accumulate 1 at the same global batch
+    assert len(WholeSteps(DistributedSampler(data[:20], num_replicas=1, rank=0), 32)) == 20
+
+
+def test_unusable_labels_say_why() -> None:
+    images = ImageList([Path("a_1.png"), Path("b_15.png")], [1, 15])
+    assert images.label_problem(10) == "b_15.png has label 15, the model has 10 classes"
+    assert ImageList([Path("a.png"), Path("b_1.png")], [None, 1]).label_problem(10) == "1 of 2 image(s) have no label"
+    assert images.label_problem(16) is None
+
+
+def test_a_data_loader_worker_error_is_its_own_line() -> None:
+    """torch re-raises a worker's error as the same type with the worker's traceback as the message."""
+    from deprune_onnx.errors import DepruneError
+
+    wrapped = DepruneError("Caught DepruneError in DataLoader worker process 0.\nOriginal Traceback (most recent "
+                           "call last):\n  File \"x.py\", line 1, in f\ndeprune_onnx.errors.DepruneError: bad.png: "
+                           "cannot read image (OSError: image file is truncated)\n")
+    assert str(wrapped) == "bad.png: cannot read image (OSError: image file is truncated)"
+    assert str(DepruneError("plain\n text")) == "plain text"

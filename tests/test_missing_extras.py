@@ -47,6 +47,9 @@ CASES = [
                   "--epochs", "1"]),
     ("matplotlib", ["report", "REPORT", "-o", "OUT/r.html"]),
     ("matplotlib", ["sweep", MODEL, "--images", "IMAGE", "--ratios", "0.3", "--methods", "b", "-o", "OUT"]),
+    # checked before training, not after it (a new user's trial: the PNG failed once the model was written)
+    ("matplotlib", ["finetune", "PRUNED", "OUT/t.onnx", "--teacher", MODEL, "--images", "IMAGE", "--val-images",
+                    "IMAGE", "--epochs", "1"]),
     ("torch", ["finetune", "PRUNED", "OUT/t.onnx", "--teacher", MODEL, "--images", "IMAGE", "--val-images", "IMAGE",
                   "--epochs", "1"]),
     ("onnx2torch", ["finetune", "PRUNED", "OUT/t.onnx", "--teacher", MODEL, "--images", "IMAGE", "--val-images", "IMAGE",
@@ -55,7 +58,8 @@ CASES = [
 ]
 
 
-# finetune imports torch before anything else it needs: blocking PIL or onnx2torch there needs torch installed.
+# finetune imports torch before anything else it needs: blocking PIL, matplotlib or onnx2torch there needs torch
+# installed.
 PARAMS = [pytest.param(m, a, id=f"{m}-{' '.join(map(str, a[:1] + a[-2:]))}",
                        marks=pytest.mark.torch if a[0] == "finetune" and m != "torch" else ()) for m, a in CASES]
 

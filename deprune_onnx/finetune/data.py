@@ -47,7 +47,18 @@ class ImageList:
 
     def labelled(self, classes: int) -> bool:
         """Whether every image has a label the model can output (``classes`` outputs)."""
-        return all(label is not None and 0 <= label < classes for label in self.labels)
+        return self.label_problem(classes) is None
+
+    def label_problem(self, classes: int) -> str | None:
+        """Why the labels cannot be used with a ``classes``-way output (None: they can): images without a label,
+        or the first label out of range, named by its file."""
+        missing = sum(label is None for label in self.labels)
+        if missing:
+            return f"{missing} of {len(self.labels)} image(s) have no label"
+        for path, label in zip(self.paths, self.labels):
+            if not 0 <= label < classes:
+                return f"{path} has label {label}, the model has {classes} classes"
+        return None
 
 
 def _list_file(path: Path, option: str) -> ImageList:

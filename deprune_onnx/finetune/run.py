@@ -31,7 +31,8 @@ from deprune_onnx.finetune.data import ImageList, PresetImages
 from deprune_onnx.finetune.distill import check_informative, predict
 from deprune_onnx.finetune.distributed import Processes
 from deprune_onnx.finetune.fixed_masks import FixedMasks
-from deprune_onnx.finetune.structure import MaskSource, resolve_masks, structure_changes
+from deprune_onnx.finetune.structure import (MaskSource, check_student_is_pruned, resolve_masks,
+                                              structure_changes)
 from deprune_onnx.finetune.train import Trainer, TrainOptions, TrainResult
 from deprune_onnx.onnx_io.float16 import convert_to_float16, convert_to_float32, is_float16
 from deprune_onnx.onnx_io.graph import ensure_unique_node_names
@@ -132,6 +133,7 @@ def finetune_model(student: onnx.ModelProto, teacher: onnx.ModelProto, train: Im
                            f"{list(shape)}")
     masks = resolve_masks(student, plan, plan_source, realign, tile)
     plan = masks.plan
+    check_student_is_pruned(student, teacher, plan, student_name, teacher_name)
     apply_dw_masks(student, plan.dw_layers, in_place=True)
     torch_student = to_torch(student, student_name, shape)
     torch_teacher = to_torch(teacher, teacher_name, shape)
@@ -173,6 +175,10 @@ def finetune_model(student: onnx.ModelProto, teacher: onnx.ModelProto, train: Im
     tuned = convert_to_float16(tuned)[0] if half else tuned
     data = {"train_images": len(train.paths), "val_images": len(val.paths), "classes": classes,
             "val_labelled": classes > 0 and val.labelled(classes), "preset": asdict(preset)}
+    if not use_labels:
+        data["labels_not_used_because"] = ("the output is not class scores [N, K]" if classes == 0 else
+                                           "--label-weight 0" if options.label_weight <= 0 else
+                                           f"training images: {train.label_problem(classes)}")
     return FinetuneResult(model=tuned, plan=plan, training=result, masks=masks, output_kind=kind,
                           labels_used=use_labels, micro_batch=torch_student.micro_batch,
                           masked_parameters=fixed.parameters, data=data, frozen=torch_student.frozen)

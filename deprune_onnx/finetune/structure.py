@@ -94,6 +94,28 @@ def resolve_masks(student: onnx.ModelProto, plan: PruningPlan | None, plan_sourc
     return MaskSource(plan, f"zero pattern re-aligned to {realign}", changed)
 
 
+def check_student_is_pruned(student: onnx.ModelProto, teacher: onnx.ModelProto, plan: PruningPlan,
+                            student_name: str, teacher_name: str) -> None:
+    """A DepruneError unless ``student`` is a pruned model distinct from ``teacher``: it has DW convs, and
+    either some DW weight is masked or its weight shapes differ from the teacher's (PW channels removed); and
+    ``teacher`` is not the pruned model itself. Why: the files swapped, or the unpruned model given as PRUNED.onnx,
+    otherwise train and write a normal-looking "fine-tuned" model (a new user's trial, issue 15)."""
+    if not analyze(student).dw_layers:
+        raise DepruneError(f"{student_name}: no depthwise conv found, so no DW masks to keep fixed; finetune trains "
+                           "models pruned by deprune-onnx (other models: your own training code, docs/finetune.md)")
+    student_weights = {t.name: numpy_helper.to_array(t) for t in student.graph.initializer}
+    teacher_weights = {t.name: numpy_helper.to_array(t) for t in teacher.graph.initializer}
+    same_shapes = {k: v.shape for k, v in student_weights.items()} == {k: v.shape for k, v in teacher_weights.items()}
+    masked = sum(int(np.count_nonzero(~layer.keep_mask())) for layer in plan.dw_layers)
+    if not masked and same_shapes:
+        raise DepruneError(f"{student_name}: nothing is pruned (no DW weight is zero and every weight has "
+                           f"{teacher_name}'s shape): is it the unpruned model? Prune it first: deprune-onnx prune "
+                           "MODEL.onnx PRUNED.onnx --format dense")
+    if same_shapes and all(np.array_equal(value, teacher_weights[name]) for name, value in student_weights.items()):
+        raise DepruneError(f"{teacher_name}: has the same weights as {student_name}, the pruned model; the teacher "
+                           "is the unpruned model it was pruned from")
+
+
 def structure_changes(pruned: onnx.ModelProto, tuned: onnx.ModelProto, plan: PruningPlan) -> list[str]:
     """Every difference between ``tuned`` and ``pruned`` other than the values of kept weights (empty: none)."""
     problems: list[str] = []

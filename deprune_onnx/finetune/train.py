@@ -33,14 +33,16 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, Callable
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, DistributedSampler, Sampler, Subset
 
 from deprune_onnx.errors import CheckFailed, DepruneError
 from deprune_onnx.finetune.convert import TorchModel
@@ -145,6 +147,27 @@ def loader_batch(options: TrainOptions, processes: int) -> int:
     return options.batch // per_step
 
 
+class WholeSteps(Sampler[int]):
+    """The first whole optimizer steps' worth of ``shard``'s indices: a multiple of ``step`` (loader batch x
+    --accumulate) samples per epoch, or all of them when there are fewer than one step. Why not the DataLoader's
+    drop_last: it drops per micro-batch, so with --accumulate K an epoch ended with a short group of micro-batches
+    stepped at full weight, and K changed what an epoch trained on (a new user's trial, issue 15)."""
+
+    def __init__(self, shard: DistributedSampler, step: int) -> None:
+        self.shard, self.step = shard, step
+        whole = len(shard) - len(shard) % step
+        self.count = whole if whole else len(shard)
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(iter(self.shard), self.count)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def set_epoch(self, epoch: int) -> None:
+        self.shard.set_epoch(epoch)
+
+
 def selection_metric(select: str, labelled_validation: bool) -> str:
     """The history key that picks the best epoch: ``val_accuracy`` (higher is better) or ``val_loss``/``val_kl``
     (lower is better); ``last`` writes the last epoch whatever the validation says."""
@@ -205,12 +228,11 @@ class Trainer:
                 trainable, lr=options.learning_rate, momentum=options.momentum, weight_decay=options.weight_decay)
         else:
             self.optimizer = torch.optim.Adam(trainable, lr=options.learning_rate, weight_decay=options.weight_decay)
-        self.sampler = DistributedSampler(train_set, num_replicas=processes.world, rank=processes.rank,
-                                          shuffle=True, seed=options.seed)
-        shard = len(self.sampler)
+        self.sampler = WholeSteps(DistributedSampler(train_set, num_replicas=processes.world, rank=processes.rank,
+                                                     shuffle=True, seed=options.seed),
+                                  self.loader_batch * options.accumulate)
         self.loader = DataLoader(train_set, batch_size=self.loader_batch, sampler=self.sampler,
-                                 num_workers=options.workers, drop_last=shard >= self.loader_batch,
-                                 pin_memory=self.device.type == "cuda")
+                                 num_workers=options.workers, pin_memory=self.device.type == "cuda")
         self.steps_per_epoch = max(1, math.ceil(len(self.loader) / options.accumulate))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(options, step, self.steps_per_epoch))
