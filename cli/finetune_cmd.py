@@ -146,15 +146,14 @@ def command(input_path: str, output_path: str, teacher_path: str, images_source:
                                                 write_bytes_atomic, write_json_atomic)
     from deprune_onnx.plan import load_plan
     from deprune_onnx.progress import configure_progress
-    from deprune_onnx.report.plots import have_matplotlib
+    from deprune_onnx.report.plots import require_matplotlib
 
     output = check_output_path(output_path, input_path, teacher_path)
     plan_file = check_output_path(plan_out or sidecar_path(output, ".plan.json"), input_path)
     report_file = check_output_path(report_path or sidecar_path(output, ".finetune.json"), input_path)
     curve_file = None if no_plot else report_file.with_suffix(".png")
-    if curve_file is not None and not have_matplotlib():  # checked before hours of training, not after
-        raise DepruneError(f"{curve_file} needs matplotlib: pip install 'deprune-onnx[plot]' (the finetune extra "
-                           "includes it), or pass --no-plot")
+    if curve_file is not None:
+        require_matplotlib(str(curve_file))  # before hours of training, not after
     checkpoints = Path(checkpoint_dir) if checkpoint_dir else sidecar_path(output, ".checkpoints")
     sidecar = sidecar_path(Path(input_path), ".plan.json")
     if plan_path:

@@ -27,7 +27,7 @@ def command(report_path: str, output_path: str, no_plot: bool) -> None:
     from deprune_onnx.errors import DepruneError
     from deprune_onnx.report.html import layer_plot, render_html, sensitivity_plot
     from deprune_onnx.onnx_io.load_save import check_output_path, write_bytes_atomic, write_text_atomic
-    from deprune_onnx.report.plots import have_matplotlib
+    from deprune_onnx.report.plots import require_matplotlib
 
     source = Path(report_path)
     try:
@@ -38,8 +38,8 @@ def command(report_path: str, output_path: str, no_plot: bool) -> None:
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
         raise DepruneError(f"{source}: not a deprune-onnx report ({type(exc).__name__}: {exc})") from None
     output = check_output_path(output_path, report_path)
-    if not no_plot and not have_matplotlib():
-        raise DepruneError("report charts need matplotlib: pip install 'deprune-onnx[plot]', or pass --no-plot")
+    if not no_plot:
+        require_matplotlib("report charts")
     stem = output.name[: -len(".html")] if output.name.endswith(".html") else output.name
     images: list[str] = []
     if not no_plot:

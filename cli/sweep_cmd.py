@@ -51,7 +51,7 @@ def command(model_path: str, images: tuple[str, ...], preprocessing: "Preprocess
     from deprune_onnx.evaluation.runner import ModelRunner, lower_custom_ops
     from deprune_onnx.onnx_io.load_save import load_model, write_bytes_atomic, write_json_atomic, write_text_atomic
     from deprune_onnx.options import DW_METHODS, CalibOptions, check_ratio
-    from deprune_onnx.report.plots import have_matplotlib
+    from deprune_onnx.report.plots import require_matplotlib
     from deprune_onnx.progress import configure_progress
     from deprune_onnx.evaluation.sweep import format_sweep_table, plot_sweep, sweep
 
@@ -64,8 +64,8 @@ def command(model_path: str, images: tuple[str, ...], preprocessing: "Preprocess
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     plot = out is not None and not no_plot
-    if plot and not have_matplotlib():
-        raise DepruneError("sweep.png needs matplotlib: pip install 'deprune-onnx[plot]', or pass --no-plot")
+    if plot:
+        require_matplotlib("sweep.png")
     model = lower_custom_ops(load_model(model_path), str(model_path))  # a plugin-format model: its dense form
     image_set = load_images(images, preprocessing, crops, labels, ModelRunner.image_input_shape(model),
                             (model, str(model_path)))

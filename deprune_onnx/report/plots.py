@@ -27,6 +27,17 @@ def have_matplotlib() -> bool:
     return True
 
 
+def require_matplotlib(what: str) -> None:
+    """A DepruneError naming ``what`` (the chart or file to be drawn) unless matplotlib is installed: checked
+    before the command's work, so a missing extra never fails a finished run."""
+    try:
+        import matplotlib  # noqa: F401
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] != "matplotlib":
+            raise  # matplotlib is there but one of its own dependencies (Pillow) is not: the CLI names its extra
+        raise DepruneError(f"{what} needs matplotlib: pip install 'deprune-onnx[plot]', or pass --no-plot") from None
+
+
 def distinct_colours(count: int) -> list[tuple[float, float, float, float]]:
     """``count`` RGBA colours, none repeated (matplotlib's colour cycle repeats after 10): tab10 or tab20 while
     they last, then evenly spaced points of the perceptual 'turbo' map."""
