@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,17 @@ def _block(monkeypatch: pytest.MonkeyPatch, module: str) -> None:
     for name in [name for name in sys.modules if name == module or name.startswith(module + ".")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, module, None)
+
+
+@pytest.fixture(autouse=True)
+def _modules_as_before() -> Iterator[None]:
+    """sys.modules exactly as before the test: modules first imported while another was blocked (matplotlib
+    half-imported without Pillow, say) must not leak into later test files."""
+    saved = dict(sys.modules)
+    yield
+    for name in [name for name in sys.modules if name not in saved]:
+        del sys.modules[name]
+    sys.modules.update(saved)
 
 
 @pytest.fixture(scope="module")
