@@ -146,3 +146,13 @@ def test_cli_preset_names_are_the_presets() -> None:
     assert PRESET_NAMES == image_options.PRESET_NAMES == images.PRESET_NAMES == tuple(PRESETS)
     assert image_options.CHANNEL_ORDERS == images.CHANNEL_ORDERS
     assert image_options.CROP_RULES == images.CROP_RULES
+
+
+def test_an_image_folder_tree_is_named_in_the_error(tmp_path: Path) -> None:
+    """eval reads flat folders; an ImageFolder tree (which finetune reads) is said to be one, with what to give."""
+    (tmp_path / "cat").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "cat" / "a.png")
+    with pytest.raises(DepruneError, match=r"holds sub-folders: an ImageFolder tree, which only finetune reads"):
+        find_images([tmp_path])
+    assert find_images([tmp_path / "cat"]) == [(tmp_path / "cat" / "a.png").resolve()]
+

@@ -159,6 +159,10 @@ def test_written_model_is_the_best_epoch_and_resume_equals_a_straight_run(tiny: 
     again = run_cli("finetune", tiny["pruned"], tmp_path / "resumed.onnx", "--teacher", tiny["teacher"], "--images",
                     tiny["tree"], *FAST, "--epochs", "2", "--select", "kl", "--resume")
     assert_one_line_error(again, "--resume: the checkpoint has 3 epoch(s) already, so --epochs 2 trains nothing")
+    other_mean = run_cli("finetune", tiny["pruned"], tmp_path / "resumed.onnx", "--teacher", tiny["teacher"],
+                         "--images", tiny["tree"], *FAST, "--epochs", "4", "--select", "kl", "--resume",
+                         "--mean", "0.5,0.5,0.5")
+    assert_one_line_error(other_mean, "(the fingerprint differs)")  # preprocessing is part of what was trained on
     for a, b in zip(straight["history"], resumed["history"]):
         assert a["epoch"] == b["epoch"]
         assert a["val_kl"] == pytest.approx(b["val_kl"], rel=1e-5, abs=1e-7)

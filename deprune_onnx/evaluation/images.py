@@ -360,7 +360,12 @@ def find_images(sources: str | Path | Iterable[str | Path], option: str = "--ima
             if match.is_file() and match.suffix.lower() in IMAGE_SUFFIXES:
                 found[match.resolve()] = None
     if not found:
-        raise DepruneError(f"{option}: no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, sources))}")
+        trees = [str(s) for s in sources if Path(str(s)).is_dir() and any(c.is_dir() for c in Path(str(s)).iterdir())]
+        hint = (f" ({trees[0]} holds sub-folders: an ImageFolder tree, which only finetune reads; here give the "
+                "class folders or a quoted glob, with the label as a trailing _<class> in each name or --labels "
+                "FILE)") if trees else ""
+        raise DepruneError(f"{option}: no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, sources))}"
+                           + hint)
     return sorted(found, key=lambda p: (p.name, str(p)))
 
 

@@ -96,16 +96,16 @@ def output_kind(model: onnx.ModelProto, shape: Sequence[int]) -> str:
 
 
 def fingerprint(student: onnx.ModelProto, teacher: onnx.ModelProto, train: ImageList, val: ImageList,
-                options: TrainOptions, plan: PruningPlan) -> str:
-    """What a checkpoint must have been trained on to be resumed: models, data lists, masks, options (the
-    number of epochs and the device may change on resume)."""
+                options: TrainOptions, plan: PruningPlan, preset: Preset) -> str:
+    """What a checkpoint must have been trained on to be resumed: models, data lists, preprocessing, masks,
+    options (the number of epochs and the device may change on resume)."""
     digest = hashlib.sha256()
     for model in (student, teacher):
         digest.update(model.SerializeToString(deterministic=True))
     for images in (train, val):
         digest.update(json.dumps([[str(p), l] for p, l in zip(images.paths, images.labels)]).encode())
     settings = {k: v for k, v in asdict(options).items() if k not in ("epochs", "device", "workers")}
-    digest.update(json.dumps([settings, plan.to_dict()], sort_keys=True, default=str).encode())
+    digest.update(json.dumps([settings, plan.to_dict(), preset.describe()], sort_keys=True, default=str).encode())
     return digest.hexdigest()
 
 
@@ -162,7 +162,7 @@ def finetune_model(student: onnx.ModelProto, teacher: onnx.ModelProto, train: Im
     trainer = Trainer(torch_student, torch_teacher, fixed, kind, use_labels,
                       PresetImages(train, preset, augment=True, min_scale=options.min_scale, seed=options.seed),
                       PresetImages(val, preset, augment=False), options, processes, checkpoints,
-                      fingerprint(pruned, teacher, train, val, options, plan), log)
+                      fingerprint(pruned, teacher, train, val, options, plan, preset), log)
     result = trainer.run(resume, options.select)
     broken = fixed.violations()
     if broken:
@@ -174,7 +174,7 @@ def finetune_model(student: onnx.ModelProto, teacher: onnx.ModelProto, train: Im
                           + "; ".join(problems))
     tuned = convert_to_float16(tuned)[0] if half else tuned
     data = {"train_images": len(train.paths), "val_images": len(val.paths), "classes": classes,
-            "val_labelled": classes > 0 and val.labelled(classes), "preset": asdict(preset)}
+            "val_labelled": classes > 0 and val.labelled(classes), "preset": preset.describe()}
     if not use_labels:
         data["labels_not_used_because"] = ("the output is not class scores [N, K]" if classes == 0 else
                                            "--label-weight 0" if options.label_weight <= 0 else
