@@ -481,3 +481,16 @@ def test_a_data_loader_worker_error_is_its_own_line() -> None:
                            "cannot read image (OSError: image file is truncated)\n")
     assert str(wrapped) == "bad.png: cannot read image (OSError: image file is truncated)"
     assert str(DepruneError("plain\n text")) == "plain text"
+
+
+def test_why_labels_are_not_used_is_said_before_training(tiny: dict[str, Path], tmp_path: Path) -> None:
+    images = sorted(tiny["tree"].rglob("*.png"))
+    listing = tmp_path / "train.txt"
+    listing.write_text("".join(f"{path} {CLASSES + 5 if i == 0 else i % CLASSES}\n" for i, path in enumerate(images)))
+    result = run_cli("finetune", tiny["pruned"], tmp_path / "t.onnx", "--teacher", tiny["teacher"], "--images",
+                     listing, "--val-images", tiny["tree"], *FAST[:-1], "--epochs", "1", "--no-plot")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    said = [i for i, line in enumerate(lines) if line.startswith("labels: not used (training images: ")]
+    first_epoch = next(i for i, line in enumerate(lines) if line.startswith("epoch 1/1"))
+    assert said and said[0] < first_epoch and f"has label {CLASSES + 5}, the model has {CLASSES} classes" in lines[said[0]]

@@ -159,6 +159,11 @@ def finetune_model(student: onnx.ModelProto, teacher: onnx.ModelProto, train: Im
         "process(es)")
     fixed = FixedMasks.from_plan(torch_student, student, plan)
     use_labels = classes > 0 and train.labelled(classes) and options.label_weight > 0
+    labels_not_used = None if use_labels else (
+        "the output is not class scores [N, K]" if classes == 0 else "--label-weight 0"
+        if options.label_weight <= 0 else f"training images: {train.label_problem(classes)}")
+    if labels_not_used:
+        log(f"labels: not used ({labels_not_used}); distillation only")  # before training, not after it
     trainer = Trainer(torch_student, torch_teacher, fixed, kind, use_labels,
                       PresetImages(train, preset, augment=True, min_scale=options.min_scale, seed=options.seed),
                       PresetImages(val, preset, augment=False), options, processes, checkpoints,
@@ -175,10 +180,8 @@ def finetune_model(student: onnx.ModelProto, teacher: onnx.ModelProto, train: Im
     tuned = convert_to_float16(tuned)[0] if half else tuned
     data = {"train_images": len(train.paths), "val_images": len(val.paths), "classes": classes,
             "val_labelled": classes > 0 and val.labelled(classes), "preset": preset.describe()}
-    if not use_labels:
-        data["labels_not_used_because"] = ("the output is not class scores [N, K]" if classes == 0 else
-                                           "--label-weight 0" if options.label_weight <= 0 else
-                                           f"training images: {train.label_problem(classes)}")
+    if labels_not_used:
+        data["labels_not_used_because"] = labels_not_used
     return FinetuneResult(model=tuned, plan=plan, training=result, masks=masks, output_kind=kind,
                           labels_used=use_labels, micro_batch=torch_student.micro_batch,
                           masked_parameters=fixed.parameters, data=data, frozen=torch_student.frozen)
