@@ -36,9 +36,9 @@ import io
 import itertools
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any, Callable
 
 import torch
@@ -154,7 +154,7 @@ class WholeSteps(Sampler[int]):
     stepped at full weight, and K changed what an epoch trained on (a new user's trial, issue 15)."""
 
     def __init__(self, shard: DistributedSampler, step: int) -> None:
-        self.shard, self.step = shard, step
+        self.shard = shard
         whole = len(shard) - len(shard) % step
         self.count = whole if whole else len(shard)
 

@@ -19,14 +19,6 @@ def pyplot() -> Any:
     return plt
 
 
-def have_matplotlib() -> bool:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def require_matplotlib(what: str) -> None:
     """A DepruneError naming ``what`` (the chart or file to be drawn) unless matplotlib is installed: checked
     before the command's work, so a missing extra never fails a finished run."""
