@@ -87,7 +87,9 @@ def image_source_options(required: bool, crops: bool = True, labels: bool = True
     def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
         if labels:
             function = click.option("--labels", type=click.Path(dir_okay=False), metavar="FILE",
-                                    help="Labels file: 'file-name label' per line [default: from file names].")(
+                                    help="Labels file: 'file-name label' per line [default: from file names: "
+                                         "a trailing _<class>, as imagenet_00_243.jpg; ImageNet's "
+                                         "ILSVRC2012_val_* names need this file].")(
                 function)
         if crops:
             function = click.option("--crops", type=int, default=1, show_default=True, metavar="N",

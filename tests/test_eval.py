@@ -156,3 +156,11 @@ def test_an_image_folder_tree_is_named_in_the_error(tmp_path: Path) -> None:
         find_images([tmp_path])
     assert find_images([tmp_path / "cat"]) == [(tmp_path / "cat" / "a.png").resolve()]
 
+
+def test_imagenet_running_numbers_are_not_labels() -> None:
+    """ILSVRC2012_val_00000001.JPEG is validation image 1, not class 1: reading it as a label would give a
+    silently wrong top-1 on the standard ImageNet folder."""
+    assert label_from_name(Path("ILSVRC2012_val_00000001.JPEG")) is None
+    assert label_from_name(Path("ILSVRC2012_test_00012345.JPEG")) is None
+    assert label_from_name(Path("imagenet_00_243.jpg")) == 243 and label_from_name(Path("v0013.png")) is None
+

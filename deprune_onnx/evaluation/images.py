@@ -73,6 +73,9 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)
 # (x position, y position) of the crop window inside the slack: centre, then the four corners.
 _POSITIONS = ((0.5, 0.5), (0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0))
 _LABEL_IN_NAME = re.compile(r"(\d+)$")
+# ImageNet's own file names end in a running number, not a class (ILSVRC2012_val_00000001.JPEG is image 1 of the
+# validation set): never a label; their labels come from --labels FILE.
+_IMAGENET_INDEX_NAME = re.compile(r"^ILSVRC\d+_(val|test)_\d+$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -370,9 +373,10 @@ def find_images(sources: str | Path | Iterable[str | Path], option: str = "--ima
 
 
 def label_from_name(path: Path) -> int | None:
-    """The class index at the end of the file name (``imagenet_00_243.jpg`` -> 243), if the name ends in digits."""
+    """The class index at the end of the file name (``imagenet_00_243.jpg`` -> 243), if the name ends in digits
+    after a ``_`` or ``-`` somewhere; None for ImageNet's own running-number names (``ILSVRC2012_val_00000001``)."""
     match = _LABEL_IN_NAME.search(path.stem)
-    if match is None or "_" not in path.stem and "-" not in path.stem:
+    if match is None or "_" not in path.stem and "-" not in path.stem or _IMAGENET_INDEX_NAME.match(path.stem):
         return None
     return int(match.group(1))
 
