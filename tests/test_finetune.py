@@ -162,7 +162,10 @@ def test_written_model_is_the_best_epoch_and_resume_equals_a_straight_run(tiny: 
     other_mean = run_cli("finetune", tiny["pruned"], tmp_path / "resumed.onnx", "--teacher", tiny["teacher"],
                          "--images", tiny["tree"], *FAST, "--epochs", "4", "--select", "kl", "--resume",
                          "--mean", "0.5,0.5,0.5")
-    assert_one_line_error(other_mean, "(the fingerprint differs)")  # preprocessing is part of what was trained on
+    assert_one_line_error(other_mean, "was trained with other preprocessing (the fingerprint differs)")
+    other_lr = run_cli("finetune", tiny["pruned"], tmp_path / "resumed.onnx", "--teacher", tiny["teacher"],
+                       "--images", tiny["tree"], *FAST, "--epochs", "4", "--select", "kl", "--resume", "--lr", "2e-3")
+    assert_one_line_error(other_lr, "was trained with other training options (the fingerprint differs)")
     for a, b in zip(straight["history"], resumed["history"]):
         assert a["epoch"] == b["epoch"]
         assert a["val_kl"] == pytest.approx(b["val_kl"], rel=1e-5, abs=1e-7)

@@ -96,17 +96,27 @@ def output_kind(model: onnx.ModelProto, shape: Sequence[int]) -> str:
 
 
 def fingerprint(student: onnx.ModelProto, teacher: onnx.ModelProto, train: ImageList, val: ImageList,
-                options: TrainOptions, plan: PruningPlan, preset: Preset) -> str:
-    """What a checkpoint must have been trained on to be resumed: models, data lists, preprocessing, masks,
+                options: TrainOptions, plan: PruningPlan, preset: Preset) -> dict[str, str]:
+    """What a checkpoint must have been trained on to be resumed, one digest per part so that a refused
+    --resume can say which part changed: the models, the image lists, the preprocessing, the masks, the
     options (the number of epochs and the device may change on resume)."""
-    digest = hashlib.sha256()
-    for model in (student, teacher):
-        digest.update(model.SerializeToString(deterministic=True))
-    for images in (train, val):
-        digest.update(json.dumps([[str(p), l] for p, l in zip(images.paths, images.labels)]).encode())
+    def digest(*parts: bytes) -> str:
+        hashed = hashlib.sha256()
+        for part in parts:
+            hashed.update(part)
+        return hashed.hexdigest()
+
+    def as_json(value: Any) -> bytes:
+        return json.dumps(value, sort_keys=True, default=str).encode()
+
     settings = {k: v for k, v in asdict(options).items() if k not in ("epochs", "device", "workers")}
-    digest.update(json.dumps([settings, plan.to_dict(), preset.describe()], sort_keys=True, default=str).encode())
-    return digest.hexdigest()
+    images = [[[str(path), label] for path, label in zip(i.paths, i.labels)] for i in (train, val)]
+    return {"models (PRUNED.onnx, --teacher)": digest(*(m.SerializeToString(deterministic=True)
+                                                         for m in (student, teacher))),
+            "images (--images, --val-images)": digest(as_json(images)),
+            "preprocessing": digest(as_json(preset.describe())),
+            "masks": digest(as_json(plan.to_dict())),
+            "training options": digest(as_json(settings))}
 
 
 def finetune_model(student: onnx.ModelProto, teacher: onnx.ModelProto, train: ImageList, val: ImageList,

@@ -58,7 +58,7 @@ DEFAULT_LR = {"sgd": 1e-3, "adam": 1e-4}
 SCHEDULES = ("step", "cosine", "constant")
 SELECTIONS = ("auto", "loss", "kl", "accuracy", "last")
 BATCHNORM_MODES = ("auto", "train", "frozen")
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 
 
 @dataclass
@@ -202,7 +202,7 @@ class Trainer:
 
     def __init__(self, student: TorchModel, teacher: TorchModel, masks: FixedMasks, kind: str, use_labels: bool,
                  train_set: PresetImages, val_set: PresetImages, options: TrainOptions, processes: Processes,
-                 checkpoints: Path | None, fingerprint: str, log: Callable[[str], None] = lambda _: None) -> None:
+                 checkpoints: Path | None, fingerprint: dict[str, str], log: Callable[[str], None] = lambda _: None) -> None:
         self.student, self.teacher, self.masks, self.kind = student, teacher, masks, kind
         self.use_labels, self.options, self.processes = use_labels, options, processes
         self.train_set, self.val_set = train_set, val_set
@@ -360,9 +360,14 @@ class Trainer:
             state = torch.load(path, map_location=self.device, weights_only=True)
         except Exception as exc:  # a truncated or foreign file: say which
             raise DepruneError(f"--resume: cannot read '{path}' ({type(exc).__name__}: {exc})") from None
-        if state.get("version") != CHECKPOINT_VERSION or state.get("fingerprint") != self.fingerprint:
-            raise DepruneError(f"--resume: '{path}' was written for another model, data or options "
-                               "(the fingerprint differs); start without --resume or restore those")
+        saved = state.get("fingerprint")
+        if state.get("version") != CHECKPOINT_VERSION or not isinstance(saved, dict):
+            raise DepruneError(f"--resume: '{path}' was written by another version of deprune-onnx; start without "
+                               "--resume")
+        changed = [part for part, value in self.fingerprint.items() if saved.get(part) != value]
+        if changed:
+            raise DepruneError(f"--resume: '{path}' was trained with other {', '.join(changed)} (the fingerprint "
+                               "differs); start without --resume or restore those")
         return state
 
     # -- the run ----------------------------------------------------------------------------------------------
