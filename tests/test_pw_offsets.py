@@ -15,8 +15,7 @@ from onnx import numpy_helper
 
 from deprune_onnx.onnx_io.graph import GraphIndex
 from deprune_onnx.pw import PWPlan, apply_pw_plan, build_dependency_graph
-from deprune_onnx.pw.plan import PWGroupPlan
-from support.pw_graphs import GraphBuilder, random_feeds, run, weight
+from support.pw_graphs import GraphBuilder, random_feeds, run, sized_plan, weight
 
 CONCAT_SIZES = [4, 8, 12, 8]   # offsets 0, 4, 12, 24 in the 32-channel Concat output
 SPLIT_SIZES = [4, 12, 8]       # offsets 0, 4, 16 in the 24-channel Split input
@@ -64,15 +63,8 @@ def concat_members(info: dict, inputs: int) -> list[list[tuple[str, int, int]]]:
 
 
 def hand_plan(groups: list[list[tuple[str, int, int]]], removed: list[list[int]]) -> PWPlan:
-    plan = PWPlan(ratio=0.5, align=1, scope="all")
-    for i, (members, drop) in enumerate(zip(groups, removed)):
-        size = min(m[2] for m in members)  # the group's size: the smallest member (the producer's own tensor)
-        plan.groups.append(PWGroupPlan(
-            id=f"hand{i}", producers=[], readers=[], members=[{"tensor": t, "offset": o, "channels": c}
-                                                               for t, o, c in members],
-            channels=size, kept=size - len(drop), removed=drop, target_ratio=0.5, ratio=len(drop) / size,
-            aligned=True, importance="l2"))
-    return plan
+    """``sized_plan`` with each group's size the smallest member (the producer's own tensor)."""
+    return sized_plan([(members, min(m[2] for m in members), drop) for members, drop in zip(groups, removed)])
 
 
 def zero_filters(model: onnx.ModelProto, node_name: str, rows: list[int]) -> onnx.ModelProto:

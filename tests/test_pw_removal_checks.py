@@ -11,9 +11,9 @@ from deprune_onnx.errors import DepruneError
 from deprune_onnx.onnx_io.graph import GraphIndex
 from deprune_onnx.pw import apply_pw_plan
 from deprune_onnx.pw.removal import removed_constant_indices
-from support.pw_graphs import GraphBuilder
+from support.pw_graphs import GraphBuilder, sized_plan
 from test_pw_offsets import assert_same_outputs, zero_filters
-from test_pw_rules import C, chain, const, groups_with, members, node_of, sized_plan
+from test_pw_rules import C, chain, const, groups_with, members, node_of
 
 
 def plain_chain() -> tuple[onnx.ModelProto, str, list[tuple[str, int, int]]]:

@@ -15,10 +15,9 @@ import pytest
 from onnx import TensorProto, helper
 
 from deprune_onnx.onnx_io.graph import GraphIndex
-from deprune_onnx.pw import PWPlan, apply_pw_plan, build_dependency_graph
+from deprune_onnx.pw import apply_pw_plan, build_dependency_graph
 from deprune_onnx.pw.dependency import ChannelGroup, RewriteSlice, RewriteSplit, SetGroupAttribute, SetShapeEntry, SliceConstant
-from support.pw_graphs import GraphBuilder, weight
-from deprune_onnx.pw.plan import PWGroupPlan
+from support.pw_graphs import GraphBuilder, sized_plan, weight
 from test_pw_offsets import assert_same_outputs, zero_filters
 
 C = 16
@@ -326,18 +325,6 @@ def test_a_channel_coupled_to_another_of_the_same_tensor_blocks_the_group() -> N
 
 
 # -- groups that pass through: exact members, edits and removal ------------------------------------------------
-
-def sized_plan(groups: list[tuple[list[tuple[str, int, int]], int, list[int]]]) -> PWPlan:
-    """A hand-written plan: (members, group size, removed indices) per group."""
-    plan = PWPlan(ratio=0.5, align=1, scope="all")
-    for i, (group, size, drop) in enumerate(groups):
-        plan.groups.append(PWGroupPlan(
-            id=f"hand{i}", producers=[], readers=[], members=[{"tensor": t, "offset": o, "channels": c}
-                                                               for t, o, c in group],
-            channels=size, kept=size - len(drop), removed=drop, target_ratio=0.5, ratio=len(drop) / size,
-            aligned=True, importance="l2"))
-    return plan
-
 
 def zero_rows(model: onnx.ModelProto, initializer: str, rows: list[int]) -> None:
     tensor = next(t for t in model.graph.initializer if t.name == initializer)

@@ -13,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from deprune_onnx.onnx_io.graph import GraphIndex
 from support.op_testing import random_feeds, run_ort as run
 from deprune_onnx.pw import PWPlan, apply_pw_plan, build_dependency_graph, plan_pw_pruning
+from deprune_onnx.pw.plan import PWGroupPlan
 
 
 class GraphBuilder:
@@ -143,3 +144,15 @@ def assert_exact_pruning(model: onnx.ModelProto, *, ratio: float, align: int, sc
 def weight(model: onnx.ModelProto, node_name: str, input_index: int = 1) -> np.ndarray:
     index = GraphIndex(model.graph)
     return index.constant(index.node(node_name).input[input_index])
+
+
+def sized_plan(groups: list[tuple[list[tuple[str, int, int]], int, list[int]]]) -> PWPlan:
+    """A hand-written plan: (members as (tensor, offset, channels), group size, removed indices) per group."""
+    plan = PWPlan(ratio=0.5, align=1, scope="all")
+    for i, (group, size, drop) in enumerate(groups):
+        plan.groups.append(PWGroupPlan(
+            id=f"hand{i}", producers=[], readers=[], members=[{"tensor": t, "offset": o, "channels": c}
+                                                               for t, o, c in group],
+            channels=size, kept=size - len(drop), removed=drop, target_ratio=0.5, ratio=len(drop) / size,
+            aligned=True, importance="l2"))
+    return plan
