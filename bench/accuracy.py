@@ -11,7 +11,8 @@ and top-1 against the ImageNet labels where they apply (MobileNetV2 only).
 
     python bench/accuracy.py --out bench/results/accuracy.md [--models mobilenet_v2] [--rows b-0.3,b-0.3-calib]
 
-Rows: ``-calib`` = --calib; ``alloc-R`` = bh --allocate kl --calib at R; ``-project`` adds --calib-project.
+Rows: ``-calib`` = --calib (DW and projection refit, the default); ``alloc-R`` = bh --allocate kl --calib at R;
+``-dw-only`` adds --no-calib-project (the DW layers refit alone).
 """
 from __future__ import annotations
 
@@ -55,10 +56,11 @@ ROWS = {
     "bh-0.3": _row("bh", 0.3), "bh-0.3-calib": _row("bh", 0.3, True),
     "bh-0.5": _row("bh", 0.5), "bh-0.5-calib": _row("bh", 0.5, True),
     "alloc-0.5": _row("bh", 0.5, True, True), "alloc-0.7": _row("bh", 0.7, True, True),
-    # --calib-project: the projection PW of every pruned block refit too
-    "bh-0.5-calib-project": _row("bh", 0.5, True, cal={"project": True}),
-    "alloc-0.5-project": _row("bh", 0.5, True, True, cal={"project": True}),
-    "alloc-0.7-project": _row("bh", 0.7, True, True, cal={"project": True}),
+    # --no-calib-project: the DW layers refit alone (the default before 2026-11-30), for comparison
+    **{f"{label}-dw-only": _row(method, ratio, True, allocate, cal={"project": False})
+       for label, method, ratio, allocate in (("b-0.3-calib", "b", 0.3, False), ("b-0.5-calib", "b", 0.5, False),
+                                              ("bh-0.3-calib", "bh", 0.3, False), ("bh-0.5-calib", "bh", 0.5, False),
+                                              ("alloc-0.5", "bh", 0.5, True), ("alloc-0.7", "bh", 0.7, True))},
 }
 DEFAULT_ROWS = list(ROWS)
 

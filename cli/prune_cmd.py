@@ -98,9 +98,10 @@ def _parse_damp(value: str) -> float | None:
 @click.option("--calib-saliency", is_flag=True,
               help="Choose the kept taps by second-order saliency w^2/[H^-1]_pp instead of |w| (same K per "
                    "sub-GEMM, so the DR/tile structure is unchanged).")
-@click.option("--calib-project", is_flag=True,
-              help="After the DW refit, also refit each pruned DW layer's projection PW (1x1) by damped least "
-                   "squares, so it undoes what the kept taps cannot (docs/accuracy.md).")
+@click.option("--calib-project/--no-calib-project", default=None,
+              help="With --calib (on by default with the refit): refit each pruned DW layer's projection PW (1x1) "
+                   "right after the layer, by damped least squares, to reproduce the block's output; "
+                   "--no-calib-project refits the DW layers only (docs/accuracy.md).")
 @click.option("--refit/--no-refit", default=True, show_default=True,
               help="With --calib: refit the kept weights (--no-refit uses the images for --allocate only).")
 @click.option("--allocate", type=click.Choice(ALLOCATORS),
@@ -126,7 +127,7 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, tar
             output_format: str, timings_path: str | None, dtype: str, calib_sources: tuple[str, ...],
             calib_n: int | None,
             calib_preprocessing: PreprocessOptions, calib_crops: int | None, calib_damp: str, calib_saliency: bool,
-            calib_project: bool,
+            calib_project: bool | None,
             refit: bool, allocate: str | None, allocate_ratios: str, allocate_samples: int,
             drop_initializer_inputs: bool, as_json: bool, quiet: bool, verbose: int) -> None:
     """Prune the depthwise convs of IN.onnx the DEPrune way and write OUT.onnx.
@@ -183,7 +184,7 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, tar
 
 # Options that only act together with another one: given without it, they would be ignored silently.
 _NEEDS_CALIB = {"calib_damp": "--calib-damp", "refit": "--refit/--no-refit", "allocate_ratios": "--allocate-ratios",
-                "allocate_samples": "--allocate-samples"}
+                "allocate_samples": "--allocate-samples", "calib_project": "--calib-project/--no-calib-project"}
 
 
 def _refuse_options_without_effect(ctx: click.Context, *, method: str, target_speedup: float | None,

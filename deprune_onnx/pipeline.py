@@ -209,18 +209,18 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan
 
         unrefitted, unrefitted_plan = onnx.ModelProto(), plan
         unrefitted.CopyFrom(model)
+        projection_refit = None
+        if calib.refits_projections:
+            from deprune_onnx.recovery.pw_refit import ProjectionRefit
+
+            projection_refit = ProjectionRefit(reference, analysis)
         with timed_pass("refit"):
             model, refit = reconstruct(model, reference, analysis, plan.dw_layers, samples.inputs, calib.damp,
-                                       calib.saliency, in_place=True, groups=samples.image_index)
+                                       calib.saliency, in_place=True, groups=samples.image_index,
+                                       projections=projection_refit)
         refits = refit.layers
         plan = plan.with_masks(refit.masks)  # --calib-saliency chose other taps (same K per sub-GEMM)
-        projections = None
-        if calib.project:
-            from deprune_onnx.recovery.pw_refit import refit_projections
-
-            with timed_pass("projection refit"):
-                projections = refit_projections(model, reference, analysis, [entry["layer"] for entry in refits],
-                                                samples.inputs)
+        projections = None if projection_refit is None else projection_refit.records
         with timed_pass("model check"):
             check = check_refit(reference, unrefitted, model, samples.inputs)
         if not check.keep_refit:  # worse on the samples it was fitted on: undo it (recovery/model_check.py)

@@ -26,6 +26,7 @@ from deprune_onnx.evaluation.metrics import agreement_metrics
 from deprune_onnx.onnx_io.graph import GraphIndex
 from deprune_onnx.pipeline import PruneOptions, prune_model
 from deprune_onnx.recovery.calibration import CalibOptions
+from deprune_onnx.recovery.pw_refit import BLOCK_OUTPUT_TARGET
 from support.mask_checks import assert_bh_structure, subgemm_slices
 
 CALIB_IMAGES = "imagenet_0[0-4]_*.jpg"
@@ -185,13 +186,17 @@ def test_allocation_with_calibration_at_05_beats_uniform_bh_by_2x(mobilenet: dic
 
 
 def test_projection_refit_lowers_heldout_kl_and_keeps_the_dw_masks(mobilenet: dict) -> None:
+    """On by default with --calib: every pruned block's projection is refit, the ten residual blocks' to their
+    block output; the DW masks and the zeros of pruned taps are those of the DW-only refit."""
     dw = DWOptions(method="bh", dw_ratio=0.5, hsr_rank="beta")
-    plain_result, plain = prune_and_measure(mobilenet, dw, calib())
-    result, projected = prune_and_measure(mobilenet, dw, calib(project=True))
+    plain_result, plain = prune_and_measure(mobilenet, dw, calib(project=False))
+    result, projected = prune_and_measure(mobilenet, dw, calib())
     assert projected.kl_mean < plain.kl_mean, (plain, projected)
     records = result.report["calibration"]["projections"]
     blocks = analyze(mobilenet["source"]).blocks
     assert [r["layer"] for r in records] == [b.project_pw for b in blocks]   # every block's DW is pruned at 0.5
+    assert [r["target"] == BLOCK_OUTPUT_TARGET for r in records] == [b.residual_add is not None for b in blocks]
+    assert sum(r["target"] == BLOCK_OUTPUT_TARGET for r in records) == 10
     assert all(r["residual_after"] <= r["residual_before"] for r in records)
     assert "projections" not in plain_result.report["calibration"]
     nodes = {n.name: n for n in result.model.graph.node}
@@ -203,11 +208,13 @@ def test_projection_refit_lowers_heldout_kl_and_keeps_the_dw_masks(mobilenet: di
 
 def test_projection_refit_option_errors_are_one_line(tmp_path) -> None:
     out = tmp_path / "o.onnx"
-    assert_one_line_error(run_cli("prune", sample_model("mobilenet_v2"), out, "--calib-project"),
-                          "--calib-project: needs calibration images, give --calib DIR")
+    for flag in ("--calib-project", "--no-calib-project"):
+        assert_one_line_error(run_cli("prune", sample_model("mobilenet_v2"), out, flag),
+                              "--calib-project/--no-calib-project: acts only with calibration images; give --calib DIR")
     assert_one_line_error(run_cli("prune", sample_model("mobilenet_v2"), out, "--calib",
                                   str(imagenet_samples() / CALIB_IMAGES), "--calib-project", "--no-refit"),
-                          "--calib-project: refits the projections after the DW refit, so it needs --refit")
+                          "--calib-project: refits each projection right after its DW layer's refit, so it needs "
+                          "--refit")
     assert not out.exists()
 
 

@@ -15,15 +15,14 @@ B = [X_p 1]^T [X 1] [W b]^T, accumulated over positions; damped (``damp`` * mean
 columns of W) and solved for all output channels at once. The groups, their alignment and which channels go are
 the plan's; only the readers' remaining weights and biases change.
 
-The same solve serves ``--calib-project`` (``refit_projections``): after the DW refit, the projection PW of
-every block whose DW layer was pruned is refit with all its columns, damped towards its own weights.
+The same solve serves ``--calib-project`` (``ProjectionRefit``): interleaved with the DW refit, the projection
+PW of every block whose DW layer was pruned is refit with all its columns, damped towards its own weights, to
+reproduce the block's output (the skip connection's error included).
 
 Selection (``channel_energy``): mean squared activation per channel of every group-1 Conv's input on the
 unpruned model, which ``pw.importance.group_importance`` turns into each channel's energy into its readers.
 """
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import numpy as np
 import onnx
@@ -38,9 +37,13 @@ from deprune_onnx.recovery.refit import DEFAULT_DAMP, ParameterWriter, analysis_
 from deprune_onnx.recovery.staged import StagedForward
 
 # --calib-project's damping, relative to the mean diagonal of the projection's Gram matrix: chosen on the choice
-# images (MobileNetV2, --allocate kl at 0.5: KL 1.11 without, 0.79 / 0.81 / 0.93 at 0.3 / 1 / 3, with 0.1 the
-# calibration KL fell to 0.005 but the held-out one only to 0.83: it overfits).
+# images (MobileNetV2, --allocate kl at 0.5). Refit after all DW layers, conv output as target: KL 1.11 without,
+# 0.79 / 0.81 / 0.93 at 0.3 / 1 / 3, at 0.1 the calibration KL fell to 0.005 but the held-out one only to 0.83
+# (it overfits). Block output as target (choice images x 4 views), after all DW layers: 0.81 / 0.67 / 0.67 / 0.75
+# at 0.1 / 0.3 / 1 / 3; interleaved with the DW refit: 0.44 / 0.42 at 0.3 / 1 (x10 views 0.325 / 0.322): kept.
 PROJECTION_DAMP = 0.3
+# What a projection whose output goes straight into a residual Add is fitted to (the report's ``target``).
+BLOCK_OUTPUT_TARGET = "block output (residual Add, its other operand's error included)"
 
 
 def _pointwise_readers(model: onnx.ModelProto) -> list[onnx.NodeProto]:
@@ -61,6 +64,28 @@ def _positions(x: np.ndarray, strides: tuple[int, int]) -> np.ndarray:
     """[N, C, H, W] -> [N*H'*W', C]: the input pixels a strided 1x1 conv reads, one row per output position."""
     x = x[:, :, ::strides[0], ::strides[1]]
     return x.transpose(0, 2, 3, 1).reshape(-1, x.shape[1]).astype(np.float64)
+
+
+def _sum_partner(index: GraphIndex, conv_output: str) -> str | None:
+    """The computed other operand of the two-input Add that alone reads ``conv_output`` (a residual join), or None.
+
+    Why: the model's value after the Add is conv + partner; when the partner carries an error (earlier layers
+    pruned), a refit that reproduces the Add's unpruned value, conv_ref + partner_ref - partner, corrects it
+    where it is carried instead of passing it on."""
+    user = index.only_consumer(conv_output)
+    if user is None or user.op_type != "Add" or len(user.input) != 2 or list(user.input).count(conv_output) != 1:
+        return None
+    partner = next(tensor for tensor in user.input if tensor != conv_output)
+    return partner if index.constant(partner) is None else None
+
+
+def _partner_error(partner: str, pruned_run: StagedForward, reference_run: StagedForward, shape: tuple[int, int]
+                   ) -> np.ndarray | None:
+    """[P, out] unpruned minus pruned value of the Add's ``partner``, or None when it is not of the conv output's
+    ``shape`` [P, out] (a broadcasting Add)."""
+    error = (_positions(reference_run.advance([partner])[partner], (1, 1))
+             - _positions(pruned_run.advance([partner])[partner], (1, 1)))
+    return error if error.shape == shape else None
 
 
 def channel_energy(model: onnx.ModelProto, inputs: np.ndarray) -> dict[str, np.ndarray]:
@@ -115,16 +140,20 @@ def refit_pw_readers(model: onnx.ModelProto, original: onnx.ModelProto, plan: PW
     return records
 
 
-def _least_squares(xp: np.ndarray, xr: np.ndarray, target_w: np.ndarray, start: np.ndarray, damp: float
-                   ) -> tuple[np.ndarray, float, float]:
+def _least_squares(xp: np.ndarray, xr: np.ndarray, target_w: np.ndarray, start: np.ndarray, damp: float,
+                   offset: np.ndarray | None = None) -> tuple[np.ndarray, float, float]:
     """[K+1, out] weights+bias reproducing ``target_w`` [out, C+1] applied to the reference positions ``xr``
-    [P, C] from the model's positions ``xp`` [P, K], damped towards ``start`` [K+1, out] by ``damp`` * the mean
-    diagonal of the Gram matrix; and the relative residual of ``start`` and of the solution."""
+    [P, C] (plus ``offset`` [P, out] when given) from the model's positions ``xp`` [P, K], damped towards
+    ``start`` [K+1, out] by ``damp`` * the mean diagonal of the Gram matrix; and the relative residual of
+    ``start`` and of the solution."""
     ones = np.ones((len(xp), 1))
     xp, xr = np.concatenate([xp, ones], axis=1), np.concatenate([xr, ones], axis=1)
     gram = xp.T @ xp                                                                      # [K+1, K+1]
     rhs = (xp.T @ xr) @ target_w.T                                                        # [K+1, out]
     target_energy = float(np.einsum("ok,kl,ol->", target_w, xr.T @ xr, target_w))
+    if offset is not None:  # ||xr W^T + d||^2 = W xr^T xr W^T + 2 <xr W^T, d> + ||d||^2
+        rhs += xp.T @ offset
+        target_energy += 2.0 * float(np.einsum("ko,ko->", xr.T @ offset, target_w.T)) + float(np.sum(offset ** 2))
     lam = damp * float(np.mean(np.diag(gram)[:-1])) + 1e-12
     solution = np.linalg.solve(gram + lam * np.eye(len(gram)), rhs + lam * start)
 
@@ -135,39 +164,52 @@ def _least_squares(xp: np.ndarray, xr: np.ndarray, target_w: np.ndarray, start: 
     return solution, residual(start), residual(solution)
 
 
-def refit_projections(model: onnx.ModelProto, reference: onnx.ModelProto, analysis: ModelAnalysis,
-                      pruned: Sequence[str], inputs: np.ndarray, damp: float = PROJECTION_DAMP) -> list[dict]:
-    """``--calib-project``: after the DW refit, refit in ``model`` the projection PW (1x1, group 1) of every
-    DSConv block whose DW layer is in ``pruned``, in graph order, so that fed the partly reconstructed pruned
-    model's input it reproduces ``reference``'s (the model before DW pruning) conv output at every position of
-    every calibration sample. Why: the DW refit fixes each pruned channel alone (kh*kw+1 weights); the
-    projection mixes all channels and can undo what the kept taps cannot. It has C_in+1 weights per output, so
-    it is damped hard (``PROJECTION_DAMP``). Returns one record per conv: residual before -> after."""
-    blocks = [block for block in analysis.blocks if block.dw in set(pruned) and block.project_pw]
-    index_reference, index = GraphIndex(reference.graph), GraphIndex(model.graph)
-    nodes = {node.name: node for node in model.graph.node}
-    projections = [nodes[b.project_pw] for b in blocks
-                   if b.project_pw in nodes and _is_pointwise(index, nodes[b.project_pw])
-                   and int(node_attributes(nodes[b.project_pw]).get("group", 1)) == 1]
-    order = {node.name: position for position, node in enumerate(model.graph.node)}
-    projections.sort(key=lambda node: order[node.name])
-    input_name = analysis_input(model)
-    pruned_run = StagedForward(model, {input_name: inputs})
-    reference_run = StagedForward(reference, {input_name: inputs})
-    writer = ParameterWriter(model)
-    records = []
-    for node in progress(projections, "projection refit", unit="conv"):
-        weight = index_reference.constant(node.input[1]).astype(np.float64)
-        bias = index_reference.constant(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+class ProjectionRefit:
+    """``--calib-project``: right after each pruned DW layer's refit, refit its block's projection PW (1x1, group
+    1) so that, fed the partly reconstructed pruned model's input, the block reproduces the unpruned model's
+    (``reference``: the model before DW pruning) output at every position of every calibration sample.
+
+    Why: the DW refit fixes each pruned channel alone (kh*kw+1 weights); the projection mixes all channels and
+    can undo part of what the kept taps cannot. Two choices make it generalise (docs/accuracy.md, measured on
+    the choice images):
+    - interleaved (``recovery.refit.reconstruct`` calls ``after_dw`` per layer): every later DW layer and
+      projection is fitted on the input the corrected blocks before it produce, as in sequential layer-wise
+      reconstruction (SparseGPT, OBC), instead of all DW layers first and the projections after;
+    - the block output, not the conv output: where the projection's output goes straight into a residual Add,
+      the target adds the skip input's error (unpruned minus pruned), so the residual stream's accumulated error
+      is corrected where it is carried instead of passed on.
+    It has C_in+1 weights per output, so it is damped hard (``PROJECTION_DAMP``). ``records``: one per conv."""
+
+    def __init__(self, reference: onnx.ModelProto, analysis: ModelAnalysis, damp: float = PROJECTION_DAMP) -> None:
+        self.damp = damp
+        self.records: list[dict] = []
+        self._index = GraphIndex(reference.graph)
+        self._nodes = {node.name: node for node in reference.graph.node}  # the pruned model's names are the same
+        self._blocks = {block.dw: block for block in analysis.blocks if block.project_pw in self._nodes}
+
+    def after_dw(self, dw_name: str, pruned_run: StagedForward, reference_run: StagedForward,
+                 writer: ParameterWriter) -> None:
+        """Refit the projection of ``dw_name``'s block (nothing when it has no 1x1 group-1 projection)."""
+        block = self._blocks.get(dw_name)
+        if block is None:
+            return
+        node = self._nodes[block.project_pw]
+        if not _is_pointwise(self._index, node) or int(node_attributes(node).get("group", 1)) != 1:
+            return
+        weight = self._index.constant(node.input[1]).astype(np.float64)
+        bias = self._index.constant(node.input[2]) if len(node.input) > 2 and node.input[2] else None
         bias = np.zeros(weight.shape[0]) if bias is None else bias.astype(np.float64)
         target_w = np.concatenate([weight[:, :, 0, 0], bias[:, None]], axis=1)            # [out, C+1]
         strides = tuple(node_attributes(node).get("strides", [1, 1]))
         xp = _positions(pruned_run.advance([node.input[0]])[node.input[0]], strides)
         xr = _positions(reference_run.advance([node.input[0]])[node.input[0]], strides)
-        solution, before, after = _least_squares(xp, xr, target_w, target_w.T, damp)
-        dtype = index.constant(node.input[1]).dtype
+        partner = _sum_partner(self._index, node.output[0])
+        offset = None if partner is None else _partner_error(partner, pruned_run, reference_run,
+                                                             (len(xp), weight.shape[0]))
+        solution, before, after = _least_squares(xp, xr, target_w, target_w.T, self.damp, offset)
+        dtype = self._index.constant(node.input[1]).dtype
         writer.write(node.name, 1, solution[:-1].T.reshape(weight.shape).astype(dtype), "projection_weight")
         writer.write(node.name, 2, solution[-1].astype(dtype), "projection_bias")
-        records.append({"layer": node.name, "positions": int(len(xp)), "residual_before": before,
-                        "residual_after": after, "damp": damp})
-    return records
+        target = BLOCK_OUTPUT_TARGET if offset is not None else "conv output"
+        self.records.append({"layer": node.name, "positions": int(len(xp)), "target": target,
+                             "residual_before": before, "residual_after": after, "damp": self.damp})

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -43,6 +44,9 @@ from deprune_onnx.dw.masks import keep_top_per_subgemm
 from deprune_onnx.plan import DWLayerPlan
 from deprune_onnx.progress import progress
 from deprune_onnx.recovery.staged import StagedForward
+
+if TYPE_CHECKING:
+    from deprune_onnx.recovery.pw_refit import ProjectionRefit
 
 DEFAULT_DAMP = 0.01
 # Dampings --calib-damp auto cross-validates, relative to each channel's mean tap energy.
@@ -252,15 +256,18 @@ class RefitRecord:
 
 def reconstruct(model: onnx.ModelProto, reference: onnx.ModelProto, analysis: ModelAnalysis,
                 plans: Sequence[DWLayerPlan], inputs: np.ndarray, damp: float | None = DEFAULT_DAMP,
-                saliency: bool = False, *, in_place: bool = False, groups: np.ndarray | None = None
-                ) -> tuple[onnx.ModelProto, RefitRecord]:
+                saliency: bool = False, *, in_place: bool = False, groups: np.ndarray | None = None,
+                projections: "ProjectionRefit | None" = None) -> tuple[onnx.ModelProto, RefitRecord]:
     """Refit the pruned DW layers of ``model`` (masks applied) against the unpruned ``reference``: a copy of
     ``model``, or ``model`` itself with ``in_place=True``.
 
     ``inputs`` are the preprocessed calibration samples [N, ...]; ``groups`` [N] their image (cross-validation
     folds). ``damp`` None chooses the damping per layer by cross-validation and keeps the unrefitted weights of a
     layer whose validation residual the refit does not lower (module docstring); its records then also hold the
-    held-out residuals and ``refit``. Returns the model and the RefitRecord. ``plans`` are not changed.
+    held-out residuals and ``refit``. ``projections`` (``--calib-project``): refits each pruned layer's
+    projection PW right after the layer, into the model being refit (``ProjectionRefit``, built on it), so
+    later layers are fitted on the corrected blocks' output. Returns the model and the RefitRecord. ``plans``
+    are not changed.
     """
     if damp is not None and (damp < 0 or not np.isfinite(damp)):
         raise DepruneError(f"--calib-damp {damp}: must be a finite number >= 0 (or auto)")
@@ -323,6 +330,8 @@ def reconstruct(model: onnx.ModelProto, reference: onnx.ModelProto, analysis: Mo
         writer.write(plan.name, 1, fitted[:, :-1].reshape(weight.shape).astype(weight.dtype), "refit_weight")
         writer.write(plan.name, 2, fitted[:, -1].astype(bias.dtype), "refit_bias")
         records.append({"layer": plan.name, **record})
+        if projections is not None:
+            projections.after_dw(plan.name, pruned_run, reference_run, writer)
     return model, RefitRecord(records, chosen)
 
 
