@@ -85,8 +85,9 @@ def _parse_damp(value: str) -> float | None:
 @click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True,
               help="float16 converts weights, activations and I/O (TensorRT 11 takes precision from the model).")
 @click.option("--calib", "calib_sources", multiple=True, metavar="DIR|FILE|GLOB",
-              help="Calibration images: refit every pruned DW channel's kept weights and bias by least squares "
-                   "so it reproduces the unpruned model (masks unchanged); repeatable.")
+              help="Calibration images: refit every pruned DW channel's kept weights and bias, and each pruned "
+                   "block's projection PW weights, by least squares so they reproduce the unpruned model (masks "
+                   "and zeros unchanged); with --pw-ratio also the 1x1 convs reading reduced tensors; repeatable.")
 @click.option("--calib-n", type=int, metavar="N", help="Use only the first N calibration images (by name).")
 @preprocessing_options(prefix="--calib-", dest="calib_preprocessing")
 @click.option("--calib-crops", type=int, metavar="V",

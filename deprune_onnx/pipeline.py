@@ -5,7 +5,7 @@ same sequence. The input ModelProto is modified in place (the caller loaded it f
 touched).
 
 Every step that changes a model follows one contract: ``step(model, ..., *, in_place=False) -> (model, record)``
-(``apply_pw_plan``, ``apply_dw_masks``, ``reconstruct``, ``apply_nm24``, ``rewrite_to_plugin``,
+(``apply_pw_plan``, ``apply_dw_masks``, ``apply_nm24``, ``reconstruct``, ``rewrite_to_plugin``,
 ``convert_to_float16``): a copy by default, the model itself with ``in_place=True`` (what this pipeline uses,
 so a multi-GB model is held about once), and the step's record, which goes into the PruneRecord.
 """
@@ -203,6 +203,8 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan
                                      **speed.summary()}
     with timed_pass("apply"):
         model, _ = apply_dw_masks(model, plan.dw_layers, in_place=True)
+    if options.pw.method == "nm24":  # before the refit: it fits the model as written, and keeps the 2:4 zeros
+        model, record.pw_nm24 = apply_nm24(model, analysis, in_place=True)
     if calib is not None and calib.refit:
         from deprune_onnx.recovery.model_check import check_refit
         from deprune_onnx.recovery.refit import reconstruct
@@ -234,8 +236,6 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, plan: PruningPlan
             layers_refit=sum(bool(entry["refit"]) for entry in refits),
             projections=projections if check.keep_refit else None, model_check=check.to_dict(),
             layers={entry.pop("layer"): entry for entry in refits})
-    if options.pw.method == "nm24":
-        model, record.pw_nm24 = apply_nm24(model, analysis, in_place=True)
     if options.output_format != "dense":
         chosen = None
         if options.output_format == "auto":

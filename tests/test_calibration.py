@@ -6,6 +6,8 @@ samples) measure KL to the unpruned model.
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -26,6 +28,7 @@ from deprune_onnx.evaluation.metrics import agreement_metrics
 from deprune_onnx.onnx_io.graph import GraphIndex
 from deprune_onnx.pipeline import PruneOptions, prune_model
 from deprune_onnx.recovery.calibration import CalibOptions
+from deprune_onnx.recovery.model_check import ModelCheck
 from deprune_onnx.recovery.pw_refit import BLOCK_OUTPUT_TARGET
 from support.mask_checks import assert_bh_structure, subgemm_slices
 
@@ -320,3 +323,59 @@ def test_model_check_measures_kl_for_class_scores_and_rel_l2_for_maps() -> None:
     maps = rng.standard_normal((2, 3, 8, 8))
     measure, value = _distance(maps, 2 * maps)
     assert measure == "rel_l2" and value == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(("unrefitted", "refitted", "kept"), [
+    (1e-17, 3e-17, True),          # a model whose output hardly depends on the layers: rounding, not damage
+    (0.2, 0.2 + 1e-12, True),
+    (0.2, 0.1, True),
+    (0.2, 0.2001, False),          # worse by more than rounding: undone
+    (0.0, 1e-6, False),
+])
+def test_the_whole_model_check_ignores_rounding_only(unrefitted: float, refitted: float, kept: bool) -> None:
+    assert ModelCheck("kl", unrefitted, refitted, 10).keep_refit is kept
+
+
+def test_nm24_with_calib_refits_the_model_as_written_and_keeps_every_2_of_4(mobilenet: dict) -> None:
+    """--pw-method nm24 is applied before the refit: the whole-model check (and the report) measure the model that
+    is written, and the projection refit keeps the 2:4 zeros (before, the masks came after the refit: the report
+    showed the KL of a model without them)."""
+    from deprune_onnx.evaluation.metrics import kl_divergence, log_probabilities
+    from deprune_onnx.options import PWOptions
+    from deprune_onnx.recovery.calibration import calibration_set
+
+    model = onnx.ModelProto()
+    model.CopyFrom(mobilenet["source"])
+    options = calib(crops=2)
+    result = prune_model(model, PruneOptions(dw=DWOptions(method="b", dw_ratio=0.5), pw=PWOptions(method="nm24"),
+                                             calib=options, output_format="dense"))
+    check = result.report["calibration"]["model_check"]
+    samples = calibration_set(mobilenet["source"], options).inputs
+    written = ModelRunner(result.model).run(samples)
+    reference = ModelRunner(mobilenet["source"]).run(samples)
+    kl = float(np.mean(kl_divergence(log_probabilities(reference), log_probabilities(written))))
+    assert check["kept"] == "refit" and check["refitted"] == pytest.approx(kl, rel=1e-3)
+    assert check["refitted"] < check["unrefitted"]
+    index = GraphIndex(result.model.graph)
+    nodes = {node.name: node for node in result.model.graph.node}
+    projections = {record["layer"] for record in result.report["calibration"]["projections"]}
+    assert len(projections) == 17
+    for layer in analyze(mobilenet["source"]).pw_layers:
+        weight = index.constant(nodes[layer.name].input[1])[:, :, 0, 0]
+        if weight.shape[1] % 4 == 0:
+            nonzero = (weight.reshape(weight.shape[0], -1, 4) != 0).sum(axis=2)
+            assert nonzero.max() <= 2, layer.name
+
+
+def test_the_summary_says_how_many_projections_were_refit(tmp_path) -> None:
+    args = ["prune", sample_model("mobilenet_v2"), tmp_path / "o.onnx", "--method", "b", "--dw-ratio", "0.3",
+            "--format", "dense", "--calib", str(imagenet_samples() / "imagenet_00_*.jpg"), "--calib-crops", "2"]
+    with_projections = run_cli(*args)
+    assert with_projections.exit_code == 0, with_projections.output
+    assert "refit 17 projection PWs right after their DW layers (10 to the block output through the residual Add)" \
+        in with_projections.output
+    without = run_cli(*args, "--no-calib-project")
+    assert without.exit_code == 0, without.output
+    assert "projection PWs" not in without.output and "refit 17 DW layers" in without.output
+    report = json.loads((tmp_path / "o.report.json").read_text())
+    assert "projections" not in report["calibration"]

@@ -52,6 +52,27 @@ def test_least_squares_with_an_offset_fits_the_shifted_target() -> None:
     assert after < before
 
 
+def test_least_squares_keeps_the_zeros_it_is_told_to_keep() -> None:
+    """``keep`` [out, K]: each output is solved over its own kept weights (and the bias); the rest stay 0."""
+    rng = np.random.default_rng(4)
+    xr = rng.standard_normal((300, 8))
+    xp = xr + 0.2 * rng.standard_normal((300, 8))
+    target_w = rng.standard_normal((3, 9))
+    keep = np.array([[True, False] * 4, [False, True] * 4, [True] * 8])
+    start = np.where(np.append(keep, np.ones((3, 1), bool), axis=1), target_w, 0.0).T
+    solution, _, after = _least_squares(xp, xr, target_w, start, 0.3, keep=keep)
+    assert not solution[:-1][~keep.T].any()
+    y = np.concatenate([xr, np.ones((300, 1))], axis=1) @ target_w.T
+    lam = 0.3 * float(np.mean(np.sum(xp * xp, axis=0))) + 1e-12
+    design = np.concatenate([xp, np.ones((300, 1))], axis=1)
+    for output, row in enumerate(keep):
+        free = np.append(row, True)
+        d = design[:, free]
+        expected = np.linalg.solve(d.T @ d + lam * np.eye(free.sum()), d.T @ y[:, output] + lam * start[free, output])
+        np.testing.assert_allclose(solution[free, output], expected, rtol=1e-9, atol=1e-12)
+    assert after < 1.0
+
+
 def _pruned(model: onnx.ModelProto, ratio: float = 0.6):
     analysis = analyze(model)
     plan, _ = make_plan(model, PruneOptions(dw=DWOptions(method="b", dw_ratio=ratio)), analysis, None)
@@ -126,26 +147,47 @@ def test_interleaved_refit_matches_a_step_by_step_oracle() -> None:
     assert len(record.layers) == len(analysis.blocks)
 
 
-def test_the_target_is_the_block_output_only_where_the_projection_feeds_the_residual_add() -> None:
+def test_a_batch_norm_between_projection_and_residual_add_scales_the_skip_error() -> None:
+    """Block 3's projection reaches its Add through a BatchNormalization (an export that keeps BN): the Add's
+    value is a * conv + c + skip, so the conv's target is conv_ref + (skip_ref - skip) / a. Block 2 has no
+    residual: its target is its conv output. Oracle for block 3 (the last refit, so the final model's values are
+    the ones it was fitted on): the explicit damped least squares."""
     model = dsconv_network(BLOCKS, size=9, seed=6)
-    # Block 3's projection reaches its Add through an Identity: the analysis still sees the residual, but the
-    # skip error would have to be mapped back through the node in between, so only the conv output is fitted.
     blocks = analyze(model).blocks
     add = next(node for node in model.graph.node if node.name == blocks[2].residual_add)
-    projection_out = next(node for node in model.graph.node if node.name == blocks[2].project_pw).output[0]
-    add.input[list(add.input).index(projection_out)] = "identity_out"
+    projection = next(node for node in model.graph.node if node.name == blocks[2].project_pw)
+    add.input[list(add.input).index(projection.output[0])] = "bn_out"
+    rng = np.random.default_rng(11)
+    a_scale, a_bias = rng.uniform(0.5, 2.0, 12), rng.standard_normal(12)
+    a_mean, a_var = rng.standard_normal(12), rng.uniform(0.5, 2.0, 12)
+    for name, value in (("bn_scale", a_scale), ("bn_bias", a_bias), ("bn_mean", a_mean), ("bn_var", a_var)):
+        model.graph.initializer.append(numpy_helper.from_array(value.astype(np.float32), name))
     position = [node.name for node in model.graph.node].index(add.name)
-    model.graph.node.insert(position, helper.make_node("Identity", [projection_out], ["identity_out"],
-                                                       name="between"))
+    model.graph.node.insert(position, helper.make_node(
+        "BatchNormalization", [projection.output[0], "bn_scale", "bn_bias", "bn_mean", "bn_var"], ["bn_out"],
+        name="between", epsilon=1e-3))
     analysis, plan, masked = _pruned(model)
     assert analysis.blocks[2].residual_add == add.name
-    inputs = np.random.default_rng(7).standard_normal((4, 8, 9, 9)).astype(np.float32)
+    inputs = np.random.default_rng(7).standard_normal((5, 8, 9, 9)).astype(np.float32)
     refit = ProjectionRefit(model, analysis)
-    reconstruct(masked, model, analysis, plan.dw_layers, inputs, projections=refit)
-    targets = [record["target"] for record in refit.records]
-    assert targets == [BLOCK_OUTPUT_TARGET, "conv output", "conv output"]
+    result, _ = reconstruct(masked, model, analysis, plan.dw_layers, inputs, projections=refit)
+    assert [record["target"] for record in refit.records] == [BLOCK_OUTPUT_TARGET, "conv output", BLOCK_OUTPUT_TARGET]
     assert all(r["residual_after"] < r["residual_before"] for r in refit.records)
     assert all(r["damp"] == PROJECTION_DAMP and r["positions"] > 0 for r in refit.records)
+
+    skip = next(t for t in add.input if t != "bn_out")
+    factor = a_scale.astype(np.float32).astype(np.float64) / np.sqrt(a_var.astype(np.float32) + 1e-3)
+    xp = _positions(_run(result, inputs, [projection.input[0]])[projection.input[0]])
+    skip_error = (_positions(_run(model, inputs, [skip])[skip]) - _positions(_run(result, inputs, [skip])[skip]))
+    target = _positions(_run(model, inputs, [projection.output[0]])[projection.output[0]]) + skip_error / factor
+    index = GraphIndex(model.graph)
+    start = np.concatenate([index.constant(projection.input[1])[:, :, 0, 0], index.constant(projection.input[2])[:, None]],
+                           axis=1).T.astype(np.float64)
+    expected = _damped_solution(xp, target, start, PROJECTION_DAMP)
+    written = {t.name: numpy_helper.to_array(t) for t in result.graph.initializer}
+    node = next(n for n in result.graph.node if n.name == projection.name)
+    np.testing.assert_allclose(written[node.input[1]][:, :, 0, 0], expected[:-1].T, rtol=2e-3, atol=2e-5)
+    np.testing.assert_allclose(written[node.input[2]], expected[-1], rtol=2e-3, atol=2e-5)
 
 
 def test_unpruned_layers_get_no_projection_refit() -> None:

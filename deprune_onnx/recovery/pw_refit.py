@@ -42,7 +42,8 @@ from deprune_onnx.recovery.staged import StagedForward
 # (it overfits). Block output as target (choice images x 4 views), after all DW layers: 0.81 / 0.67 / 0.67 / 0.75
 # at 0.1 / 0.3 / 1 / 3; interleaved with the DW refit: 0.44 / 0.42 at 0.3 / 1 (x10 views 0.325 / 0.322): kept.
 PROJECTION_DAMP = 0.3
-# What a projection whose output goes straight into a residual Add is fitted to (the report's ``target``).
+# What a projection whose output reaches a residual Add (directly, or through BatchNormalization or Identity) is
+# fitted to (the report's ``target``).
 BLOCK_OUTPUT_TARGET = "block output (residual Add, its other operand's error included)"
 
 
@@ -66,26 +67,49 @@ def _positions(x: np.ndarray, strides: tuple[int, int]) -> np.ndarray:
     return x.transpose(0, 2, 3, 1).reshape(-1, x.shape[1]).astype(np.float64)
 
 
-def _sum_partner(index: GraphIndex, conv_output: str) -> str | None:
-    """The computed other operand of the two-input Add that alone reads ``conv_output`` (a residual join), or None.
+def _sum_partner(index: GraphIndex, conv_output: str) -> tuple[str, np.ndarray | None] | None:
+    """The computed other operand of the two-input Add that ``conv_output`` reaches (directly, or through
+    Identity and inference-mode BatchNormalization nodes that alone read it: a residual join), and the per-channel
+    factor those BatchNormalizations multiply the conv output by (None: none in between); None when there is no
+    such Add.
 
-    Why: the model's value after the Add is conv + partner; when the partner carries an error (earlier layers
-    pruned), a refit that reproduces the Add's unpruned value, conv_ref + partner_ref - partner, corrects it
-    where it is carried instead of passing it on."""
-    user = index.only_consumer(conv_output)
-    if user is None or user.op_type != "Add" or len(user.input) != 2 or list(user.input).count(conv_output) != 1:
+    Why: the model's value after the Add is a * conv + c + partner; when the partner carries an error (earlier
+    layers pruned), a refit that reproduces the Add's unpruned value, conv_ref + (partner_ref - partner) / a,
+    corrects it where it is carried instead of passing it on."""
+    tensor, factor = conv_output, None
+    for _ in range(4):
+        user = index.only_consumer(tensor)
+        if user is None:
+            return None
+        if user.op_type == "Add" and len(user.input) == 2 and list(user.input).count(tensor) == 1:
+            partner = next(name for name in user.input if name != tensor)
+            return (partner, factor) if index.constant(partner) is None else None
+        if user.op_type == "BatchNormalization" and len(user.output) == 1 and user.input[0] == tensor:
+            scale, variance = index.constant(user.input[1]), index.constant(user.input[4])
+            if scale is None or variance is None or node_attributes(user).get("training_mode", 0):
+                return None
+            epsilon = float(node_attributes(user).get("epsilon", 1e-5))
+            multiplier = scale.astype(np.float64) / np.sqrt(variance.astype(np.float64) + epsilon)
+            if not np.all(np.abs(multiplier) > 1e-12):
+                return None  # a channel the BatchNormalization zeroes cannot carry a correction
+            factor = multiplier if factor is None else factor * multiplier
+        elif user.op_type != "Identity":
+            return None
+        tensor = user.output[0]
+    return None
+
+
+def _partner_error(partner: tuple[str, np.ndarray | None], pruned_run: StagedForward, reference_run: StagedForward,
+                   shape: tuple[int, int]) -> np.ndarray | None:
+    """[P, out] unpruned minus pruned value of the Add's other operand, divided by the factor between the conv
+    output and the Add (``_sum_partner``); None when it is not of the conv output's ``shape`` [P, out] (a
+    broadcasting Add)."""
+    name, factor = partner
+    error = (_positions(reference_run.advance([name])[name], (1, 1))
+             - _positions(pruned_run.advance([name])[name], (1, 1)))
+    if error.shape != shape:
         return None
-    partner = next(tensor for tensor in user.input if tensor != conv_output)
-    return partner if index.constant(partner) is None else None
-
-
-def _partner_error(partner: str, pruned_run: StagedForward, reference_run: StagedForward, shape: tuple[int, int]
-                   ) -> np.ndarray | None:
-    """[P, out] unpruned minus pruned value of the Add's ``partner``, or None when it is not of the conv output's
-    ``shape`` [P, out] (a broadcasting Add)."""
-    error = (_positions(reference_run.advance([partner])[partner], (1, 1))
-             - _positions(pruned_run.advance([partner])[partner], (1, 1)))
-    return error if error.shape == shape else None
+    return error if factor is None else error / factor
 
 
 def channel_energy(model: onnx.ModelProto, inputs: np.ndarray) -> dict[str, np.ndarray]:
@@ -141,11 +165,13 @@ def refit_pw_readers(model: onnx.ModelProto, original: onnx.ModelProto, plan: PW
 
 
 def _least_squares(xp: np.ndarray, xr: np.ndarray, target_w: np.ndarray, start: np.ndarray, damp: float,
-                   offset: np.ndarray | None = None) -> tuple[np.ndarray, float, float]:
+                   offset: np.ndarray | None = None, keep: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, float, float]:
     """[K+1, out] weights+bias reproducing ``target_w`` [out, C+1] applied to the reference positions ``xr``
     [P, C] (plus ``offset`` [P, out] when given) from the model's positions ``xp`` [P, K], damped towards
     ``start`` [K+1, out] by ``damp`` * the mean diagonal of the Gram matrix; and the relative residual of
-    ``start`` and of the solution."""
+    ``start`` and of the solution. ``keep`` [out, K] (None: all): the weights allowed to be non-zero, each output
+    solved over its own (the others stay exactly 0, e.g. a 2:4 pattern)."""
     ones = np.ones((len(xp), 1))
     xp, xr = np.concatenate([xp, ones], axis=1), np.concatenate([xr, ones], axis=1)
     gram = xp.T @ xp                                                                      # [K+1, K+1]
@@ -155,7 +181,15 @@ def _least_squares(xp: np.ndarray, xr: np.ndarray, target_w: np.ndarray, start: 
         rhs += xp.T @ offset
         target_energy += 2.0 * float(np.einsum("ko,ko->", xr.T @ offset, target_w.T)) + float(np.sum(offset ** 2))
     lam = damp * float(np.mean(np.diag(gram)[:-1])) + 1e-12
-    solution = np.linalg.solve(gram + lam * np.eye(len(gram)), rhs + lam * start)
+    damped = gram + lam * np.eye(len(gram))
+    if keep is None or keep.all():
+        solution = np.linalg.solve(damped, rhs + lam * start)
+    else:
+        solution = np.zeros_like(start)
+        for output, row in enumerate(keep):
+            free = np.append(row, True)                                                   # the bias is free
+            solution[free, output] = np.linalg.solve(damped[np.ix_(free, free)],
+                                                     rhs[free, output] + lam * start[free, output])
 
     def residual(z: np.ndarray) -> float:
         return float(np.einsum("ko,kl,lo->", z, gram, z) - 2.0 * np.einsum("ko,ko->", z, rhs)
@@ -175,9 +209,10 @@ class ProjectionRefit:
     - interleaved (``recovery.refit.reconstruct`` calls ``after_dw`` per layer): every later DW layer and
       projection is fitted on the input the corrected blocks before it produce, as in sequential layer-wise
       reconstruction (SparseGPT, OBC), instead of all DW layers first and the projections after;
-    - the block output, not the conv output: where the projection's output goes straight into a residual Add,
-      the target adds the skip input's error (unpruned minus pruned), so the residual stream's accumulated error
-      is corrected where it is carried instead of passed on.
+    - the block output, not the conv output: where the projection's output reaches a residual Add (directly, or
+      through BatchNormalization or Identity, ``_sum_partner``), the target adds the skip input's error (unpruned
+      minus pruned, divided by the BatchNormalizations' factor), so the residual stream's accumulated error is
+      corrected where it is carried instead of passed on.
     It has C_in+1 weights per output, so it is damped hard (``PROJECTION_DAMP``). ``records``: one per conv."""
 
     def __init__(self, reference: onnx.ModelProto, analysis: ModelAnalysis, damp: float = PROJECTION_DAMP) -> None:
@@ -206,7 +241,11 @@ class ProjectionRefit:
         partner = _sum_partner(self._index, node.output[0])
         offset = None if partner is None else _partner_error(partner, pruned_run, reference_run,
                                                              (len(xp), weight.shape[0]))
-        solution, before, after = _least_squares(xp, xr, target_w, target_w.T, self.damp, offset)
+        # Weights that are exactly 0 in the model being refit (a 2:4 PW pattern, --pw-method nm24) stay 0.
+        current = writer.current(node.name, 1)
+        keep = np.ones(weight.shape[:2], bool) if current is None else current[:, :, 0, 0] != 0
+        start = np.concatenate([np.where(keep, weight[:, :, 0, 0], 0.0), bias[:, None]], axis=1).T
+        solution, before, after = _least_squares(xp, xr, target_w, start, self.damp, offset, keep)
         dtype = self._index.constant(node.input[1]).dtype
         writer.write(node.name, 1, solution[:-1].T.reshape(weight.shape).astype(dtype), "projection_weight")
         writer.write(node.name, 2, solution[-1].astype(dtype), "projection_bias")

@@ -210,6 +210,14 @@ class ParameterWriter:
         self.graph_inputs = {v.name for v in model.graph.input}
         self.node_position = index.node_position
 
+    def current(self, node_name: str, slot: int) -> np.ndarray | None:
+        """The value the node's input ``slot`` holds now, when it is an initializer (None otherwise)."""
+        node = self.model.graph.node[self.node_position[node_name]]
+        name = node.input[slot] if len(node.input) > slot else ""
+        if name not in self.position:
+            return None
+        return numpy_helper.to_array(self.model.graph.initializer[self.position[name]])
+
     def write(self, node_name: str, slot: int, value: np.ndarray, suffix: str) -> None:
         node = self.model.graph.node[self.node_position[node_name]]
         name = node.input[slot] if len(node.input) > slot else ""

@@ -265,6 +265,14 @@ def format_calibration(report: dict[str, Any]) -> str:
     if rows:
         lines.append(f"  relative output error of the refit layers: mean {before.mean():.4f} -> {after.mean():.4f} "
                      f"(worst {before.max():.4f} -> {after.max():.4f})")
+    projections = calibration.get("projections") or []
+    if projections:
+        block_outputs = sum(entry["target"] != "conv output" for entry in projections)
+        first = np.array([entry["residual_before"] for entry in projections])
+        last = np.array([entry["residual_after"] for entry in projections])
+        lines.append(f"  refit {len(projections)} projection PWs right after their DW layers ({block_outputs} to the "
+                     f"block output through the residual Add): relative error mean {first.mean():.4f} -> "
+                     f"{last.mean():.4f} (--no-calib-project: DW layers only)")
     check = calibration.get("model_check")
     if check:
         unit = "mean KL" if check["measure"] == "kl" else "relative L2 error"
