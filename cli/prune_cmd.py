@@ -86,7 +86,7 @@ def _parse_damp(value: str) -> float | None:
               help="float16 converts weights, activations and I/O (TensorRT 11 takes precision from the model).")
 @click.option("--calib", "calib_sources", multiple=True, metavar="DIR|FILE|GLOB",
               help="Calibration images: refit every pruned DW channel's kept weights and bias, and each pruned "
-                   "block's projection PW weights, by least squares so they reproduce the unpruned model (masks "
+                   "block's projection PW weights and biases, by least squares so they reproduce the unpruned model (masks "
                    "and zeros unchanged); with --pw-ratio also the 1x1 convs reading reduced tensors; repeatable.")
 @click.option("--calib-n", type=int, metavar="N", help="Use only the first N calibration images (by name).")
 @preprocessing_options(prefix="--calib-", dest="calib_preprocessing")
@@ -146,8 +146,9 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, tar
       deprune-onnx prune mobilenet_v2.onnx out.onnx --dw-ratio 0.5 --allocate kl --calib calib_images/
       deprune-onnx prune finetuned.onnx out.onnx --keep-zeros --method bh --format plugin
 
-    --calib refits the kept DW weights and biases (layer by layer, exact per channel, no training);
-    --allocate kl measures each DW layer's sensitivity on the calibration images and gives sensitive
+    --calib refits the kept DW weights and biases (layer by layer, exact per channel, no training) and,
+    right after each pruned DW layer, its block's projection PW weights and biases, so the block reproduces
+    its unpruned output (--no-calib-project: the DW layers alone); --allocate kl measures each DW layer's sensitivity on the calibration images and gives sensitive
     layers (stride-2 ones, usually) lower ratios. Both keep every DCP/BWT/HSR rule and are recorded in
     the plan and the report.
     """

@@ -272,12 +272,12 @@ def format_calibration(report: dict[str, Any]) -> str:
         last = np.array([entry["residual_after"] for entry in projections])
         lines.append(f"  refit {len(projections)} projection PWs right after their DW layers ({block_outputs} to the "
                      f"block output through the residual Add): relative error mean {first.mean():.4f} -> "
-                     f"{last.mean():.4f} (--no-calib-project: DW layers only)")
+                     f"{last.mean():.4f} (off with --no-calib-project)")
     check = calibration.get("model_check")
     if check:
         unit = "mean KL" if check["measure"] == "kl" else "relative L2 error"
         lines.append(f"  whole model on the calibration samples, {unit} to the unpruned model: "
-                     f"{check['unrefitted']:.4f} unrefitted -> {check['refitted']:.4f} refitted")
+                     f"{check['unrefitted']:.4g} unrefitted -> {check['refitted']:.4g} refitted")
         if check["kept"] != "refit":
             lines.append("warning: the refit made the whole model worse on the very samples it was fitted on, so it "
                          "was undone (the masks stay); try --calib-damp auto, more calibration images, or fine-tuning")
