@@ -37,11 +37,13 @@ OPTIONS = {
     "b-0.5-nm24-plugin": ["--method", "b", "--dw-ratio", "0.5", "--pw-method", "nm24"],
 }
 # Calibrated cases, MobileNetV2 only (ImageNet classes): ``{images}`` is foolbox's packaged ImageNet samples.
+# --no-calib-project (added 2026-11-30, when the projection refit became --calib's default): the DW refit alone,
+# what --calib did when these were recorded.
 CALIB_OPTIONS = {
     "b-0.3-calib-dense": ["--method", "b", "--dw-ratio", "0.3", "--format", "dense", "--calib",
-                      "{images}/imagenet_0[0-4]_*.jpg", "--calib-crops", "2"],
+                      "{images}/imagenet_0[0-4]_*.jpg", "--calib-crops", "2", "--no-calib-project"],
     "bh-0.5-allocate-plugin": ["--method", "bh", "--dw-ratio", "0.5", "--calib", "{images}/imagenet_0[0-4]_*.jpg",
-                           "--calib-crops", "1", "--allocate", "kl"],
+                           "--calib-crops", "1", "--allocate", "kl", "--no-calib-project"],
 }
 
 
