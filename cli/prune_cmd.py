@@ -86,8 +86,9 @@ def _parse_damp(value: str) -> float | None:
               help="float16 converts weights, activations and I/O (TensorRT 11 takes precision from the model).")
 @click.option("--calib", "calib_sources", multiple=True, metavar="DIR|FILE|GLOB",
               help="Calibration images: refit every pruned DW channel's kept weights and bias, and each pruned "
-                   "block's projection PW weights and biases, by least squares so they reproduce the unpruned model (masks "
-                   "and zeros unchanged); with --pw-ratio also the 1x1 convs reading reduced tensors; repeatable.")
+                   "block's projection PW weights and biases, by least squares so they reproduce the unpruned "
+                   "model (masks and zeros unchanged); with --pw-ratio also the 1x1 convs reading reduced "
+                   "tensors; repeatable.")
 @click.option("--calib-n", type=int, metavar="N", help="Use only the first N calibration images (by name).")
 @preprocessing_options(prefix="--calib-", dest="calib_preprocessing")
 @click.option("--calib-crops", type=int, metavar="V",
@@ -148,9 +149,9 @@ def command(input_path: str, output_path: str, method: str, dw_ratio: float, tar
 
     --calib refits the kept DW weights and biases (layer by layer, exact per channel, no training) and,
     right after each pruned DW layer, its block's projection PW weights and biases, so the block reproduces
-    its unpruned output (--no-calib-project: the DW layers alone); --allocate kl measures each DW layer's sensitivity on the calibration images and gives sensitive
-    layers (stride-2 ones, usually) lower ratios. Both keep every DCP/BWT/HSR rule and are recorded in
-    the plan and the report.
+    its unpruned output (--no-calib-project: the DW layers alone); --allocate kl measures each DW layer's
+    sensitivity on the calibration images and gives sensitive layers (stride-2 ones, usually) lower ratios.
+    Both keep every DCP/BWT/HSR rule and are recorded in the plan and the report.
     """
     from deprune_onnx.dw.planner import load_hsr_file
     from deprune_onnx.logging_utils import QUIET, configure

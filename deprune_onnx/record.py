@@ -37,10 +37,10 @@ class CalibrationRecord:
             the preset name; damp: the ridge damping; saliency: taps chosen by saliency; layers_refit: count.
         layers: per refit DW layer name: residual_before / residual_after (relative output error
             ||Y - Y_ref||^2 / ||Y_ref||^2 of that layer, before and after the refit), samples, damp, saliency.
-        projections: ``--calib-project``: per refit projection PW, in the order refit (each right after its DW
-            layer): layer, positions, target (``conv output``, or the block output where the projection feeds a
-            residual Add directly), residual_before, residual_after (relative to that target), damp; None without
-            it (or when the refit was undone).
+        projections: the projection refit (on unless ``--no-calib-project``): per refit projection PW, in the
+            order refit (each right after its DW layer): layer, positions, target (``conv output``, or the block
+            output where the projection reaches a residual Add), residual_before, residual_after (relative to
+            that target), damp; None without it (or when the refit was undone).
         model_check: the whole model's distance to the unpruned one on the calibration samples, unrefitted vs
             refitted (``recovery.model_check``: measure, unrefitted, refitted, samples, kept); a refit that made it
             worse is undone and ``kept`` says "unrefitted".

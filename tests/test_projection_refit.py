@@ -181,8 +181,8 @@ def test_a_batch_norm_between_projection_and_residual_add_scales_the_skip_error(
     skip_error = (_positions(_run(model, inputs, [skip])[skip]) - _positions(_run(result, inputs, [skip])[skip]))
     target = _positions(_run(model, inputs, [projection.output[0]])[projection.output[0]]) + skip_error / factor
     index = GraphIndex(model.graph)
-    start = np.concatenate([index.constant(projection.input[1])[:, :, 0, 0], index.constant(projection.input[2])[:, None]],
-                           axis=1).T.astype(np.float64)
+    start = np.concatenate([index.constant(projection.input[1])[:, :, 0, 0],
+                            index.constant(projection.input[2])[:, None]], axis=1).T.astype(np.float64)
     expected = _damped_solution(xp, target, start, PROJECTION_DAMP)
     written = {t.name: numpy_helper.to_array(t) for t in result.graph.initializer}
     node = next(n for n in result.graph.node if n.name == projection.name)

@@ -15,9 +15,9 @@ B = [X_p 1]^T [X 1] [W b]^T, accumulated over positions; damped (``damp`` * mean
 columns of W) and solved for all output channels at once. The groups, their alignment and which channels go are
 the plan's; only the readers' remaining weights and biases change.
 
-The same solve serves ``--calib-project`` (``ProjectionRefit``): interleaved with the DW refit, the projection
-PW of every block whose DW layer was pruned is refit with all its columns, damped towards its own weights, to
-reproduce the block's output (the skip connection's error included).
+The same solve serves the projection refit of ``--calib`` (``ProjectionRefit``, on unless ``--no-calib-project``):
+interleaved with the DW refit, the projection PW of every block whose DW layer was pruned is refit with all its
+columns, damped towards its own weights, to reproduce the block's output (the skip connection's error included).
 
 Selection (``channel_energy``): mean squared activation per channel of every group-1 Conv's input on the
 unpruned model, which ``pw.importance.group_importance`` turns into each channel's energy into its readers.
@@ -36,7 +36,7 @@ from deprune_onnx.pw.removal import removed_channels
 from deprune_onnx.recovery.refit import DEFAULT_DAMP, ParameterWriter, analysis_input
 from deprune_onnx.recovery.staged import StagedForward
 
-# --calib-project's damping, relative to the mean diagonal of the projection's Gram matrix: chosen on the choice
+# The projection refit's damping, relative to the mean diagonal of the projection's Gram matrix: chosen on the choice
 # images (MobileNetV2, --allocate kl at 0.5). Refit after all DW layers, conv output as target: KL 1.11 without,
 # 0.79 / 0.81 / 0.93 at 0.3 / 1 / 3, at 0.1 the calibration KL fell to 0.005 but the held-out one only to 0.83
 # (it overfits). Block output as target (choice images x 4 views), after all DW layers: 0.81 / 0.67 / 0.67 / 0.75
@@ -199,9 +199,10 @@ def _least_squares(xp: np.ndarray, xr: np.ndarray, target_w: np.ndarray, start: 
 
 
 class ProjectionRefit:
-    """``--calib-project``: right after each pruned DW layer's refit, refit its block's projection PW (1x1, group
-    1) so that, fed the partly reconstructed pruned model's input, the block reproduces the unpruned model's
-    (``reference``: the model before DW pruning) output at every position of every calibration sample.
+    """The projection refit of ``--calib`` (``CalibOptions.project``): right after each pruned DW layer's refit,
+    refit its block's projection PW (1x1, group 1) so that, fed the partly reconstructed pruned model's input, the
+    block reproduces the unpruned model's (``reference``: the model before DW pruning) output at every position
+    of every calibration sample.
 
     Why: the DW refit fixes each pruned channel alone (kh*kw+1 weights); the projection mixes all channels and
     can undo part of what the kept taps cannot. Two choices make it generalise (docs/accuracy.md, measured on

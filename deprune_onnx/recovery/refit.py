@@ -272,10 +272,10 @@ def reconstruct(model: onnx.ModelProto, reference: onnx.ModelProto, analysis: Mo
     ``inputs`` are the preprocessed calibration samples [N, ...]; ``groups`` [N] their image (cross-validation
     folds). ``damp`` None chooses the damping per layer by cross-validation and keeps the unrefitted weights of a
     layer whose validation residual the refit does not lower (module docstring); its records then also hold the
-    held-out residuals and ``refit``. ``projections`` (``--calib-project``): refits each pruned layer's
-    projection PW right after the layer, into the model being refit (``ProjectionRefit``, built on it), so
-    later layers are fitted on the corrected blocks' output. Returns the model and the RefitRecord. ``plans``
-    are not changed.
+    held-out residuals and ``refit``. ``projections`` (the projection refit, ``CalibOptions.project``): refits
+    each pruned layer's projection PW right after the layer, into the model being refit (``ProjectionRefit``,
+    built on ``reference``), so later layers are fitted on the corrected blocks' output. Returns the model and
+    the RefitRecord. ``plans`` are not changed.
     """
     if damp is not None and (damp < 0 or not np.isfinite(damp)):
         raise DepruneError(f"--calib-damp {damp}: must be a finite number >= 0 (or auto)")
