@@ -232,7 +232,8 @@ class ProjectionRefit:
         node = self._nodes[block.project_pw]
         if not _is_pointwise(self._index, node) or int(node_attributes(node).get("group", 1)) != 1:
             return
-        weight = self._index.constant(node.input[1]).astype(np.float64)
+        stored = self._index.constant(node.input[1])
+        weight = stored.astype(np.float64)
         bias = self._index.constant(node.input[2]) if len(node.input) > 2 and node.input[2] else None
         bias = np.zeros(weight.shape[0]) if bias is None else bias.astype(np.float64)
         target_w = np.concatenate([weight[:, :, 0, 0], bias[:, None]], axis=1)            # [out, C+1]
@@ -247,9 +248,8 @@ class ProjectionRefit:
         keep = np.ones(weight.shape[:2], bool) if current is None else current[:, :, 0, 0] != 0
         start = np.concatenate([np.where(keep, weight[:, :, 0, 0], 0.0), bias[:, None]], axis=1).T
         solution, before, after = _least_squares(xp, xr, target_w, start, self.damp, offset, keep)
-        dtype = self._index.constant(node.input[1]).dtype
-        writer.write(node.name, 1, solution[:-1].T.reshape(weight.shape).astype(dtype), "projection_weight")
-        writer.write(node.name, 2, solution[-1].astype(dtype), "projection_bias")
+        writer.write(node.name, 1, solution[:-1].T.reshape(weight.shape).astype(stored.dtype), "projection_weight")
+        writer.write(node.name, 2, solution[-1].astype(stored.dtype), "projection_bias")
         target = BLOCK_OUTPUT_TARGET if offset is not None else "conv output"
         self.records.append({"layer": node.name, "positions": int(len(xp)), "target": target,
                              "residual_before": before, "residual_after": after, "damp": self.damp})

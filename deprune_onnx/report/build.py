@@ -267,7 +267,9 @@ def format_calibration(report: dict[str, Any]) -> str:
                      f"(worst {before.max():.4f} -> {after.max():.4f})")
     projections = calibration.get("projections") or []
     if projections:
-        block_outputs = sum(entry["target"] != "conv output" for entry in projections)
+        from deprune_onnx.recovery.pw_refit import BLOCK_OUTPUT_TARGET
+
+        block_outputs = sum(entry["target"] == BLOCK_OUTPUT_TARGET for entry in projections)
         first = np.array([entry["residual_before"] for entry in projections])
         last = np.array([entry["residual_after"] for entry in projections])
         lines.append(f"  refit {len(projections)} projection PWs right after their DW layers ({block_outputs} to the "
